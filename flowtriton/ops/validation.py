@@ -1,0 +1,48 @@
+"""Input checks of the functional layer: every error names the argument and what was seen."""
+
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_image(image, name: str = "image") -> None:
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(image).__name__}")
+    if image.dim() != 4:
+        raise ValueError(f"{name} must have shape (N, C, H, W), got {tuple(image.shape)} ({image.dim()} dims)")
+    if image.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating tensor (float16/bfloat16/float32/float64), got {image.dtype}")
+    if image.shape[1] == 0 or image.shape[2] == 0 or image.shape[3] == 0:
+        raise ValueError(f"{name} must have C, H, W >= 1, got {tuple(image.shape)}")
+
+
+def check_flow(flow, image: torch.Tensor, name: str = "flow", image_name: str = "image") -> None:
+    if not isinstance(flow, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(flow).__name__}")
+    if flow.dim() != 4:
+        raise ValueError(f"{name} must have shape (N, 2, H, W), got {tuple(flow.shape)} ({flow.dim()} dims)")
+    if flow.shape[1] != 2:
+        raise ValueError(f"{name} must have 2 channels (x, y), got shape {tuple(flow.shape)}")
+    n, _, h, w = image.shape
+    if flow.shape[0] != n or flow.shape[2] != h or flow.shape[3] != w:
+        raise ValueError(
+            f"{name} shape {tuple(flow.shape)} does not match {image_name} shape {tuple(image.shape)}: "
+            f"expected ({n}, 2, {h}, {w})"
+        )
+    check_same(flow, image, name, image_name)
+
+
+def check_same(tensor: torch.Tensor, other: torch.Tensor, name: str, other_name: str) -> None:
+    if tensor.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating tensor, got {tensor.dtype}")
+    if tensor.dtype != other.dtype:
+        raise TypeError(f"{name} dtype {tensor.dtype} differs from {other_name} dtype {other.dtype}")
+    if tensor.device != other.device:
+        raise ValueError(f"{name} is on {tensor.device} but {other_name} is on {other.device}")
+
+
+def check_choice(value, choices, name: str) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")

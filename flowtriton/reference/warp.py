@@ -1,0 +1,121 @@
+"""Pure-PyTorch bilinear backward warping by a pixel-unit flow: the oracle for the Triton kernels.
+
+Semantics (shared with ``kernels/warp.py``, which must agree to rounding):
+
+* ``out[n, c, i, j] = image[n, c](y, x)`` with ``y = i + flow[n, 1, i, j]`` and
+  ``x = j + flow[n, 0, i, j]`` in pixels; pixel centres sit on integer coordinates
+  (``align_corners=True``). Coordinates are built from exact integers, so a zero flow is the
+  identity.
+* Bilinear interpolation of the four corners ``floor(x), floor(x) + 1`` (and likewise in y).
+  At an exactly integer coordinate the derivative is therefore the forward difference
+  ``v[k + 1] - v[k]``.
+* ``padding_mode``:
+  - ``'zeros'``: a corner outside the image reads 0 (as ``F.grid_sample``).
+  - ``'border'``: corner indices are clamped to the image (the authors' gather sampler). The
+    value equals ``F.grid_sample(padding_mode='border')``; the derivative is the forward
+    difference in the first column/row and 0 in the last one and outside.
+  - ``'reflection'``: the coordinate is reflected about the first and last pixel centre (period
+    ``2 (size - 1)``), then sampled as ``'border'``. The derivative of the reflection is
+    ``+-1``.
+* Non-finite flows: a pixel whose flow has a NaN or an infinite component reads 0 in every mode
+  and passes no gradient (neither to the flow nor to the image).
+* Reflection reduces ``|x|`` modulo the period with ``1 / period`` rounded to float32 (as the
+  kernels receive it).
+* Coordinates are clamped to ``[-2, size + 1]`` before ``floor`` (no integer overflow for huge
+  flows); that changes neither values nor derivatives, which are constant out there.
+
+Written for clarity; differentiable twice by plain autograd.
+"""
+
+from __future__ import annotations
+
+import torch
+
+PADDING_MODES = ("zeros", "border", "reflection")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision the math runs in: float64 for float64 inputs, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _map_coordinate(coord: torch.Tensor, size: int, padding_mode: str) -> torch.Tensor:
+    """Apply the padding mode's coordinate map; gradient = the map's derivative (1 or +-1)."""
+    if padding_mode != "reflection":
+        return coord.clamp(-2.0, size + 1.0)
+    if size == 1:
+        return coord * 0.0
+    period = 2.0 * (size - 1)
+    # The kernels receive 1 / period as a float32 argument; round it the same way so that both
+    # implementations pick the same branch at the reflection points.
+    inv_period = float(torch.tensor(1.0 / period, dtype=torch.float32))
+    raw = coord.detach()
+    mag = raw.abs()
+    mag = mag - period * torch.floor(mag * inv_period)
+    flipped = mag > (size - 1)
+    reflected = torch.where(flipped, period - mag, mag)
+    sign = torch.where(raw < 0, -1.0, 1.0).to(coord.dtype)
+    slope = torch.where(flipped, -sign, sign)
+    # Value of the reflected coordinate, derivative `slope` (straight-through form keeps it
+    # differentiable to any order with the exact piecewise-linear derivative).
+    return reflected + slope * (coord - raw)
+
+
+def _gather(plane: torch.Tensor, iy: torch.Tensor, ix: torch.Tensor, padding_mode: str,
+            height: int, width: int) -> torch.Tensor:
+    """plane (N, C, H*W); iy, ix (N, H, W) int64 corner indices -> (N, C, H, W)."""
+    if padding_mode == "zeros":
+        inside = (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
+        iy = iy.clamp(0, height - 1)
+        ix = ix.clamp(0, width - 1)
+    else:
+        inside = None
+        iy = iy.clamp(0, height - 1)
+        ix = ix.clamp(0, width - 1)
+    n, c = plane.shape[:2]
+    index = (iy * width + ix).reshape(n, 1, -1).expand(n, c, -1)
+    values = torch.gather(plane, 2, index).reshape(n, c, height, width)
+    if inside is not None:
+        values = values * inside.unsqueeze(1).to(values.dtype)
+    return values
+
+
+def warp(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
+    """Backward-warp ``image`` (N, C, H, W) by ``flow`` (N, 2, H, W), pixel units.
+
+    Returns (N, C, H, W) in ``image.dtype``. No validation here: ``flowtriton.warp`` owns it.
+    """
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    n, c, height, width = image.shape
+    work = compute_dtype(image.dtype)
+    img = image.to(work)
+    flw = flow.to(work)
+    finite = torch.isfinite(flw).all(dim=1)  # (N, H, W)
+    flw = torch.where(finite.unsqueeze(1), flw, torch.zeros((), dtype=work, device=flw.device))
+
+    rows = torch.arange(height, device=image.device, dtype=work).view(1, height, 1)
+    cols = torch.arange(width, device=image.device, dtype=work).view(1, 1, width)
+    y = _map_coordinate(rows + flw[:, 1], height, padding_mode)
+    x = _map_coordinate(cols + flw[:, 0], width, padding_mode)
+
+    y0f = torch.floor(y.detach())
+    x0f = torch.floor(x.detach())
+    wy = y - y0f
+    wx = x - x0f
+    y0 = y0f.long()
+    x0 = x0f.long()
+
+    plane = img.reshape(n, c, height * width)
+    v00 = _gather(plane, y0, x0, padding_mode, height, width)
+    v01 = _gather(plane, y0, x0 + 1, padding_mode, height, width)
+    v10 = _gather(plane, y0 + 1, x0, padding_mode, height, width)
+    v11 = _gather(plane, y0 + 1, x0 + 1, padding_mode, height, width)
+
+    wx = wx.unsqueeze(1)
+    wy = wy.unsqueeze(1)
+    top = v00 + wx * (v01 - v00)
+    bottom = v10 + wx * (v11 - v10)
+    out = top + wy * (bottom - top)
+    out = out * finite.unsqueeze(1).to(work)
+    return out.to(image.dtype)

@@ -1,0 +1,354 @@
+"""Triton kernels for bilinear backward warping by a pixel-unit flow, and their launchers.
+
+Semantics are those of ``flowtriton/reference/warp.py`` (read its docstring): exact-integer
+pixel coordinates, corners ``floor(x)`` and ``floor(x) + 1``, padding modes zeros / border
+(clamped corner indices) / reflection (reflected coordinate, slope +-1), non-finite flows read 0.
+
+Three kernels, each one program per (block of BLOCK pixels, image n), looping over channels:
+
+* ``_warp_gather_kernel``: ``out = sum_k w_k * A[k] + sum_k (dw_k . t) * B[k]`` where ``A[k]``,
+  ``B[k]`` are the four corner values of two images. With A = image it is the forward warp; with
+  B = image and ``t`` a tangent flow it is the flow-direction JVP; with both it is the
+  grad_output part of the double backward.
+* ``_warp_grad_flow_kernel``: ``g[d] = sum_c go_c * d(warp A)_c / d flow_d`` (a gather: each
+  output pixel owns its flow vector, so no atomics), plus the mixed second-derivative term
+  ``sum_c go_c * sum_e t_e d^2(warp B)_c / d flow_d d flow_e`` of the double backward.
+* ``_warp_scatter_kernel``: ``grad_image[corner_k(p)] += coef_k(p) * go(p)`` with coef = w
+  (backward w.r.t. the image) or ``dw . t`` (double backward), with atomics.
+
+Launchers (``warp_gather``, ``warp_grad_flow``, ``warp_scatter``) check shapes and dtypes,
+allocate outputs and pick the grid. No autograd, no dispatch, no GPU query at import time.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+PADDING_CODES = {"zeros": 0, "border": 1, "reflection": 2}
+GPU_BLOCK = 256
+GPU_NUM_WARPS = 4
+
+
+@triton.jit
+def _axis(coord, size, inv_period, PAD: tl.constexpr):
+    """One axis: corner indices (clamped to the image), in-bounds flags, fraction, slope."""
+    sizef = size * 1.0
+    if PAD == 2:
+        period = 2.0 * (sizef - 1.0)
+        mag = tl.abs(coord)
+        mag = mag - period * tl.floor(mag * inv_period)
+        flipped = mag > (sizef - 1.0)
+        reflected = tl.where(flipped, period - mag, mag)
+        sign = tl.where(coord < 0, -1.0, 1.0)
+        slope = tl.where(flipped, -sign, sign)
+        coord = tl.where(size > 1, reflected, 0.0)
+        slope = tl.where(size > 1, slope, 0.0)
+    else:
+        coord = tl.minimum(tl.maximum(coord, -2.0), sizef + 1.0)
+        slope = tl.zeros_like(coord) + 1.0
+    lo = tl.floor(coord)
+    frac = coord - lo
+    i0 = lo.to(tl.int32)
+    i1 = i0 + 1
+    in0 = (i0 >= 0) & (i0 < size)
+    in1 = (i1 >= 0) & (i1 < size)
+    i0 = tl.minimum(tl.maximum(i0, 0), size - 1)
+    i1 = tl.minimum(tl.maximum(i1, 0), size - 1)
+    return i0, i1, in0, in1, frac, slope
+
+
+@triton.jit
+def _setup(flow_ptr, n64, offs, H, W, inv_period_x, inv_period_y,
+           PAD: tl.constexpr, IS_FP64: tl.constexpr):
+    """Per-pixel sampling set-up shared by all kernels."""
+    hw = H * W
+    mask = offs < hw
+    row = offs // W
+    col = offs % W
+    fbase = flow_ptr + n64 * 2 * hw
+    fx = tl.load(fbase + offs, mask=mask, other=0.0)
+    fy = tl.load(fbase + hw + offs, mask=mask, other=0.0)
+    if IS_FP64:
+        fx = fx.to(tl.float64)
+        fy = fy.to(tl.float64)
+    else:
+        fx = fx.to(tl.float32)
+        fy = fy.to(tl.float32)
+    finite = (tl.abs(fx) < float("inf")) & (tl.abs(fy) < float("inf"))  # False for NaN too
+    valid = mask & finite
+    fx = tl.where(finite, fx, 0.0)
+    fy = tl.where(finite, fy, 0.0)
+    x = col.to(fx.dtype) + fx
+    y = row.to(fy.dtype) + fy
+    x0, x1, inx0, inx1, wx, sx = _axis(x, W, inv_period_x, PAD)
+    y0, y1, iny0, iny1, wy, sy = _axis(y, H, inv_period_y, PAD)
+    if PAD == 0:
+        m00 = valid & iny0 & inx0
+        m01 = valid & iny0 & inx1
+        m10 = valid & iny1 & inx0
+        m11 = valid & iny1 & inx1
+    else:
+        m00 = valid
+        m01 = valid
+        m10 = valid
+        m11 = valid
+    o00 = y0 * W + x0
+    o01 = y0 * W + x1
+    o10 = y1 * W + x0
+    o11 = y1 * W + x1
+    return mask, valid, wx, wy, sx, sy, o00, o01, o10, o11, m00, m01, m10, m11
+
+
+@triton.jit
+def _corners(base, o00, o01, o10, o11, m00, m01, m10, m11, IS_FP64: tl.constexpr):
+    v00 = tl.load(base + o00, mask=m00, other=0.0)
+    v01 = tl.load(base + o01, mask=m01, other=0.0)
+    v10 = tl.load(base + o10, mask=m10, other=0.0)
+    v11 = tl.load(base + o11, mask=m11, other=0.0)
+    if IS_FP64:
+        return v00.to(tl.float64), v01.to(tl.float64), v10.to(tl.float64), v11.to(tl.float64)
+    return v00.to(tl.float32), v01.to(tl.float32), v10.to(tl.float32), v11.to(tl.float32)
+
+
+@triton.jit
+def _load_tangent(tan_ptr, n64, offs, hw, mask, IS_FP64: tl.constexpr):
+    tbase = tan_ptr + n64 * 2 * hw
+    tx = tl.load(tbase + offs, mask=mask, other=0.0)
+    ty = tl.load(tbase + hw + offs, mask=mask, other=0.0)
+    if IS_FP64:
+        return tx.to(tl.float64), ty.to(tl.float64)
+    return tx.to(tl.float32), ty.to(tl.float32)
+
+
+@triton.jit
+def _warp_gather_kernel(val_ptr, tsrc_ptr, flow_ptr, tan_ptr, out_ptr,
+                        C, H, W, inv_period_x, inv_period_y,
+                        PAD: tl.constexpr, HAS_VALUE: tl.constexpr, HAS_TANGENT: tl.constexpr,
+                        IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    n64 = tl.program_id(1).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    hw = H * W
+    (mask, valid, wx, wy, sx, sy, o00, o01, o10, o11,
+     m00, m01, m10, m11) = _setup(flow_ptr, n64, offs, H, W, inv_period_x, inv_period_y, PAD, IS_FP64)
+    if HAS_TANGENT:
+        tx, ty = _load_tangent(tan_ptr, n64, offs, hw, mask, IS_FP64)
+        ax = tx * sx  # d wx along the tangent
+        ay = ty * sy
+    for c in range(C):
+        plane = (n64 * C + c) * hw
+        acc = tl.zeros_like(wx)
+        if HAS_VALUE:
+            a00, a01, a10, a11 = _corners(val_ptr + plane, o00, o01, o10, o11, m00, m01, m10, m11, IS_FP64)
+            top = a00 + wx * (a01 - a00)
+            bottom = a10 + wx * (a11 - a10)
+            acc += top + wy * (bottom - top)
+        if HAS_TANGENT:
+            b00, b01, b10, b11 = _corners(tsrc_ptr + plane, o00, o01, o10, o11, m00, m01, m10, m11, IS_FP64)
+            dx = (1.0 - wy) * (b01 - b00) + wy * (b11 - b10)
+            dy = (1.0 - wx) * (b10 - b00) + wx * (b11 - b01)
+            acc += ax * dx + ay * dy
+        acc = tl.where(valid, acc, 0.0)
+        tl.store(out_ptr + plane + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _warp_grad_flow_kernel(src_ptr, csrc_ptr, flow_ptr, tan_ptr, go_ptr, out_ptr,
+                           C, H, W, inv_period_x, inv_period_y,
+                           PAD: tl.constexpr, HAS_FIRST: tl.constexpr, HAS_CROSS: tl.constexpr,
+                           IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    n64 = tl.program_id(1).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    hw = H * W
+    (mask, valid, wx, wy, sx, sy, o00, o01, o10, o11,
+     m00, m01, m10, m11) = _setup(flow_ptr, n64, offs, H, W, inv_period_x, inv_period_y, PAD, IS_FP64)
+    gx = tl.zeros_like(wx)
+    gy = tl.zeros_like(wx)
+    cross = tl.zeros_like(wx)
+    for c in range(C):
+        plane = (n64 * C + c) * hw
+        go = tl.load(go_ptr + plane + offs, mask=mask, other=0.0)
+        if IS_FP64:
+            go = go.to(tl.float64)
+        else:
+            go = go.to(tl.float32)
+        if HAS_FIRST:
+            a00, a01, a10, a11 = _corners(src_ptr + plane, o00, o01, o10, o11, m00, m01, m10, m11, IS_FP64)
+            gx += go * ((1.0 - wy) * (a01 - a00) + wy * (a11 - a10))
+            gy += go * ((1.0 - wx) * (a10 - a00) + wx * (a11 - a01))
+        if HAS_CROSS:
+            b00, b01, b10, b11 = _corners(csrc_ptr + plane, o00, o01, o10, o11, m00, m01, m10, m11, IS_FP64)
+            cross += go * (b00 - b01 - b10 + b11)
+    gx = gx * sx
+    gy = gy * sy
+    if HAS_CROSS:
+        tx, ty = _load_tangent(tan_ptr, n64, offs, hw, mask, IS_FP64)
+        mixed = cross * sx * sy
+        gx += mixed * ty
+        gy += mixed * tx
+    gx = tl.where(valid, gx, 0.0)
+    gy = tl.where(valid, gy, 0.0)
+    obase = out_ptr + n64 * 2 * hw
+    tl.store(obase + offs, gx.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(obase + hw + offs, gy.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _warp_scatter_kernel(go_ptr, flow_ptr, tan_ptr, out_ptr,
+                         C, H, W, inv_period_x, inv_period_y,
+                         PAD: tl.constexpr, USE_TANGENT: tl.constexpr,
+                         IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    n64 = tl.program_id(1).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    hw = H * W
+    (mask, valid, wx, wy, sx, sy, o00, o01, o10, o11,
+     m00, m01, m10, m11) = _setup(flow_ptr, n64, offs, H, W, inv_period_x, inv_period_y, PAD, IS_FP64)
+    if USE_TANGENT:
+        tx, ty = _load_tangent(tan_ptr, n64, offs, hw, mask, IS_FP64)
+        ax = tx * sx
+        ay = ty * sy
+        # d w_k along the tangent, for k = 00, 01, 10, 11
+        c00 = -ax * (1.0 - wy) - ay * (1.0 - wx)
+        c01 = ax * (1.0 - wy) - ay * wx
+        c10 = -ax * wy + ay * (1.0 - wx)
+        c11 = ax * wy + ay * wx
+    else:
+        c00 = (1.0 - wx) * (1.0 - wy)
+        c01 = wx * (1.0 - wy)
+        c10 = (1.0 - wx) * wy
+        c11 = wx * wy
+    for c in range(C):
+        plane = (n64 * C + c) * hw
+        go = tl.load(go_ptr + plane + offs, mask=mask, other=0.0)
+        if IS_FP64:
+            go = go.to(tl.float64)
+        else:
+            go = go.to(tl.float32)
+        base = out_ptr + plane
+        tl.atomic_add(base + o00, c00 * go, mask=m00)
+        tl.atomic_add(base + o01, c01 * go, mask=m01)
+        tl.atomic_add(base + o10, c10 * go, mask=m10)
+        tl.atomic_add(base + o11, c11 * go, mask=m11)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def block_size(hw: int) -> int:
+    """Pixels per program: GPU_BLOCK on a GPU; one large block in the interpreter (fewer, vectorized
+    programs are what make it fast)."""
+    if _interpreted():
+        return max(16, min(triton.next_power_of_2(hw), 4096))
+    return GPU_BLOCK
+
+
+def _inv_period(size: int) -> float:
+    """1 / (2 (size - 1)); Triton passes Python floats as float32, and the reference rounds alike."""
+    return 1.0 / (2.0 * (size - 1)) if size > 1 else 0.0
+
+
+def _check(image: torch.Tensor, flow: torch.Tensor, name: str = "image") -> None:
+    assert image.dim() == 4 and flow.dim() == 4, (image.shape, flow.shape)
+    assert flow.shape == (image.shape[0], 2, image.shape[2], image.shape[3]), (image.shape, flow.shape)
+    assert image.is_contiguous() and flow.is_contiguous(), f"{name} and flow must be contiguous"
+    assert image.device == flow.device, (image.device, flow.device)
+
+
+def _launch_args(image_like: torch.Tensor, padding_mode: str):
+    n, c, h, w = image_like.shape
+    block = block_size(h * w)
+    grid = (triton.cdiv(h * w, block), n)
+    common = dict(PAD=PADDING_CODES[padding_mode], IS_FP64=image_like.dtype == torch.float64,
+                  BLOCK=block, num_warps=GPU_NUM_WARPS)
+    return grid, (c, h, w, _inv_period(w), _inv_period(h)), common
+
+
+def warp_gather(flow: torch.Tensor, padding_mode: str, value_src: torch.Tensor | None = None,
+                tangent_src: torch.Tensor | None = None, tangent: torch.Tensor | None = None,
+                out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``warp(value_src, flow) + jvp(tangent_src, flow; tangent)``, (N, C, H, W)."""
+    assert value_src is not None or tangent_src is not None
+    assert (tangent_src is None) == (tangent is None)
+    ref = value_src if value_src is not None else tangent_src
+    _check(ref, flow)
+    if tangent_src is not None:
+        _check(tangent_src, tangent, "tangent_src")
+        assert tangent.shape == flow.shape and tangent_src.shape == ref.shape
+    if ref.numel() == 0:
+        return torch.zeros(ref.shape, dtype=out_dtype or ref.dtype, device=ref.device)
+    out = torch.empty(ref.shape, dtype=out_dtype or ref.dtype, device=ref.device)
+    grid, sizes, common = _launch_args(ref, padding_mode)
+    _warp_gather_kernel[grid](
+        value_src if value_src is not None else tangent_src,
+        tangent_src if tangent_src is not None else value_src,
+        flow, tangent if tangent is not None else flow, out, *sizes,
+        HAS_VALUE=value_src is not None, HAS_TANGENT=tangent_src is not None, **common)
+    return out
+
+
+def warp_grad_flow(flow: torch.Tensor, grad_out: torch.Tensor, padding_mode: str,
+                   src: torch.Tensor | None = None, cross_src: torch.Tensor | None = None,
+                   tangent: torch.Tensor | None = None) -> torch.Tensor:
+    """``sum_c grad_out * d warp(src)/d flow`` plus the mixed term for ``cross_src`` along
+    ``tangent``; (N, 2, H, W) in ``flow.dtype``."""
+    assert src is not None or cross_src is not None
+    assert (cross_src is None) == (tangent is None)
+    _check(grad_out, flow, "grad_out")
+    for t in (src, cross_src):
+        if t is not None:
+            assert t.shape == grad_out.shape and t.is_contiguous(), (t.shape, grad_out.shape)
+    if tangent is not None:
+        assert tangent.shape == flow.shape and tangent.is_contiguous()
+    out = torch.empty(flow.shape, dtype=flow.dtype, device=flow.device)
+    if flow.numel() == 0:
+        return out
+    grid, sizes, common = _launch_args(grad_out, padding_mode)
+    _warp_grad_flow_kernel[grid](
+        src if src is not None else cross_src, cross_src if cross_src is not None else src,
+        flow, tangent if tangent is not None else flow, grad_out, out, *sizes,
+        HAS_FIRST=src is not None, HAS_CROSS=cross_src is not None, **common)
+    return out
+
+
+def warp_scatter(flow: torch.Tensor, grad_out: torch.Tensor, padding_mode: str,
+                 tangent: torch.Tensor | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Adjoint of the warp w.r.t. the image: scatter ``grad_out`` into the four corners with the
+    bilinear weights (or their derivative along ``tangent``); (N, C, H, W)."""
+    _check(grad_out, flow, "grad_out")
+    if tangent is not None:
+        assert tangent.shape == flow.shape and tangent.is_contiguous()
+    acc_dtype = torch.float64 if grad_out.dtype == torch.float64 else torch.float32
+    acc = torch.zeros(grad_out.shape, dtype=acc_dtype, device=grad_out.device)
+    if grad_out.numel() > 0:
+        grid, sizes, common = _launch_args(grad_out, padding_mode)
+        _warp_scatter_kernel[grid](
+            grad_out, flow, tangent if tangent is not None else flow, acc, *sizes,
+            USE_TANGENT=tangent is not None, **common)
+    want = out_dtype or grad_out.dtype
+    return acc if acc.dtype == want else acc.to(want)
+
+
+def compile_specializations():
+    """Every (kernel, constexprs) combination the launchers use on a GPU, for compile checks."""
+    specs = []
+    for pad in PADDING_CODES.values():
+        for fp64 in (False, True):
+            base = dict(PAD=pad, IS_FP64=fp64, BLOCK=GPU_BLOCK)
+            for hv, ht in ((True, False), (False, True), (True, True)):
+                specs.append((_warp_gather_kernel, dict(base, HAS_VALUE=hv, HAS_TANGENT=ht)))
+            for hf, hc in ((True, False), (False, True), (True, True)):
+                specs.append((_warp_grad_flow_kernel, dict(base, HAS_FIRST=hf, HAS_CROSS=hc)))
+            for ut in (False, True):
+                specs.append((_warp_scatter_kernel, dict(base, USE_TANGENT=ut)))
+    return specs
