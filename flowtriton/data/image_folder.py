@@ -1,0 +1,103 @@
+"""Image-folder datasets: ``<root>/<split>/<class>/*.jpg|jpeg|png``, decoded with PIL.
+
+Classes are the sub-folders of ``<root>/<split>`` in sorted order (for CIFAR-10 that is the
+canonical label order). Decoded uint8 tensors are cached under the user's cache folder (see
+:mod:`flowtriton.data.paths`), keyed by the folder's path and its files' names, sizes and times;
+the data folder itself is never written to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .paths import cache_dir
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+
+
+def list_image_folder(split_dir: Path, max_per_class: int | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
+    """(class names, [(file, label)]) of one split folder, in sorted order."""
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"image folder {split_dir} does not exist")
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    if not classes:
+        raise ValueError(f"image folder {split_dir} has no class sub-folders (expected <split>/<class>/*.jpg)")
+    files = []
+    for label, name in enumerate(classes):
+        found = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files += [(p, label) for p in found[:max_per_class]]
+    if not files:
+        raise ValueError(f"image folder {split_dir} holds no .jpg/.jpeg/.png files")
+    return classes, files
+
+
+def _cache_key(split_dir: Path, files: list[tuple[Path, int]], mode: str) -> str:
+    digest = hashlib.sha1(f"{split_dir.resolve()}|{mode}".encode())
+    for path, label in files:
+        stat = path.stat()
+        digest.update(f"{path.name}|{label}|{stat.st_size}|{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
+
+
+def decode_images(files: list[tuple[Path, int]], mode: str = "RGB") -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode files with PIL -> (uint8 (N, C, H, W), int64 labels (N,)); all must share one size."""
+    from PIL import Image, UnidentifiedImageError
+
+    arrays = []
+    for path, _ in files:
+        try:
+            with Image.open(path) as image:
+                arrays.append(np.asarray(image.convert(mode), dtype=np.uint8))
+        except (UnidentifiedImageError, OSError) as err:
+            raise ValueError(f"cannot decode image {path}: {err}") from err
+        if arrays[-1].shape != arrays[0].shape:
+            raise ValueError(f"image {path} has size {arrays[-1].shape[:2]} but {files[0][0]} has "
+                             f"{arrays[0].shape[:2]}: an image folder must hold images of one size")
+    stacked = np.stack(arrays)
+    if stacked.ndim == 3:
+        stacked = stacked[:, :, :, None]
+    images = torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
+    return images, torch.tensor([label for _, label in files], dtype=torch.int64)
+
+
+def _save_atomic(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_image_folder(root: str | Path, split: str, mode: str = "RGB", max_per_class: int | None = None,
+                      use_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """(images uint8 (N, C, H, W), labels int64 (N,), class names) of ``<root>/<split>``.
+
+    ``mode``: PIL mode, 'RGB' (C=3) or 'L' (C=1). ``max_per_class``: keep the first files of each
+    class (sorted by name), for quick runs. The decoded tensors are cached (see module docstring).
+    """
+    split_dir = Path(root) / split
+    classes, files = list_image_folder(split_dir, max_per_class)
+    cache_file = cache_dir() / "image-folder" / f"{split_dir.name}-{_cache_key(split_dir, files, mode)}.pt"
+    if use_cache and cache_file.is_file():
+        try:
+            cached = torch.load(cache_file, weights_only=True)
+            return cached["images"], cached["labels"], list(cached["classes"])
+        except Exception:  # a damaged cache is rebuilt, never trusted
+            pass
+    images, labels = decode_images(files, mode)
+    if use_cache:
+        try:
+            _save_atomic({"images": images, "labels": labels, "classes": classes}, cache_file)
+        except OSError:
+            pass  # a read-only cache folder only costs speed
+    return images, labels, classes

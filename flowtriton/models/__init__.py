@@ -1,0 +1,35 @@
+"""Models: a small CNN for 28x28 digits, the paper's CIFAR VGGs with BatchNorm, a CIFAR ResNet-18,
+and the ``build_model`` registry. All take float (N, C, H, W) images in [0, 1] and return logits."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from torch import nn
+
+from .resnet import ResNet18
+from .small_cnn import SmallCNN, TinyCNN
+from .vgg import VGG, VGG_CONFIGS
+
+MODELS = {
+    "tiny-cnn": TinyCNN,
+    "small-cnn": SmallCNN,
+    **{name: partial(VGG, name) for name in VGG_CONFIGS},
+    "resnet18": ResNet18,
+}
+
+
+def list_models() -> list[str]:
+    return sorted(MODELS)
+
+
+def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """A fresh model by registry name (see :func:`list_models`)."""
+    if name not in MODELS:
+        raise ValueError(f"model must be one of {list_models()}, got {name!r}")
+    if num_classes < 1 or in_channels < 1:
+        raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes}, {in_channels}")
+    return MODELS[name](num_classes=num_classes, in_channels=in_channels)
+
+
+__all__ = ["MODELS", "ResNet18", "SmallCNN", "TinyCNN", "VGG", "build_model", "list_models"]
