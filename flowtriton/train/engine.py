@@ -1,0 +1,368 @@
+"""The training loop: data, model, objective, SGD + MultiStepLR, validation, checkpoints, logs.
+
+Guarantees: checkpoints are written atomically (``last.pt`` every epoch and on SIGINT/SIGTERM,
+``best.pt`` when validation accuracy improves); ``resume=True`` continues exactly where
+``last.pt`` stopped, mid-epoch included (model, optimizer, scheduler, global RNG states, the
+data order, which is a function of (seed, epoch), epoch, step, best metric); a NaN/inf loss stops
+the run with :class:`NonFiniteLoss` and leaves the last good checkpoint alone; with a seed the
+run is deterministic on CPU. Model selection uses the VALIDATION split; the test split is only
+evaluated once, at the end, for the report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..data import Augmentation, ImageData, TensorLoader, load_dataset, split_train_val
+from ..models import build_model
+from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from .config import TrainConfig
+from .distributed import DistContext, any_rank, init_distributed, shutdown
+from .objectives import Objective, method_lam
+
+_RESUME_MUST_MATCH = ("dataset", "model", "method", "lam", "seed", "batch_size", "val_size", "split_seed", "augment")
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class DataSplits:
+    """train / validation (held out from train) / test, uint8 in memory."""
+
+    train: ImageData
+    val: ImageData
+    test: ImageData
+
+
+@dataclass
+class TrainResult:
+    status: str                      # 'finished' or 'interrupted'
+    epoch: int                       # epochs completed
+    best_val_acc: float
+    best_epoch: int
+    test_acc: float | None
+    out_dir: Path
+    history: list = field(default_factory=list)
+
+
+def load_splits(cfg: TrainConfig) -> DataSplits:
+    train = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download, cfg.max_per_class)
+    test = load_dataset(cfg.dataset, "test", cfg.data_dir, False, cfg.max_per_class)
+    train, val = split_train_val(train, cfg.val_size, cfg.split_seed)
+    return DataSplits(train, val, test)
+
+
+def resolve_augment(cfg: TrainConfig, data: ImageData) -> Augmentation:
+    """'auto' -> the paper's augmentation for 32x32 colour images, none for anything else."""
+    _, c, h, w = data.images.shape
+    name = cfg.augment
+    if name == "auto":
+        name = "paper" if (c == 3 and h == w == 32) else "none"
+    return Augmentation(name, size=min(h, w))
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: torch.nn.Module, loader: TensorLoader, amp_dtype=None) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` in eval mode over ``loader``."""
+    was_training = model.training
+    model.eval()
+    total, loss_sum, correct = 0, 0.0, 0
+    for images, labels in loader:
+        with _autocast(images.device, amp_dtype):
+            logits = model(images)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+        correct += (logits.argmax(1) == labels).sum().item()
+        total += labels.numel()
+    model.train(was_training)
+    return loss_sum / max(total, 1), correct / max(total, 1)
+
+
+def _autocast(device: torch.device, dtype):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM set a flag the loop checks after each step; a second SIGINT aborts."""
+
+    def __init__(self):
+        self.signum, self._old = None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """Runs one configured training job; see the module docstring for what it guarantees.
+
+    ``data``: pre-loaded splits (else loaded from ``cfg.dataset``). ``on_step(trainer, epoch,
+    step, parts)``: an optional hook after every optimizer step (rank 0 and others alike).
+    """
+
+    def __init__(self, cfg: TrainConfig, data: DataSplits | None = None, on_step=None):
+        self.cfg, self.on_step = cfg, on_step
+        self.ctx: DistContext = init_distributed(cfg.device)
+        if cfg.batch_size % self.ctx.world_size:
+            raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the world size {self.ctx.world_size}")
+        self.out_dir = Path(cfg.out_dir)
+        self.data = data or load_splits(cfg)
+        self.amp_dtype = self._amp_dtype()
+        torch.manual_seed(cfg.seed)
+        _, channels, _, _ = self.data.train.images.shape
+        num_classes = max(self.data.train.num_classes, self.data.test.num_classes)
+        self.model = build_model(cfg.model, num_classes, channels).to(self.ctx.device)
+        self.ddp_model = self.model
+        if self.ctx.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg.milestones, cfg.gamma)
+        self.objective = Objective(cfg, attack_model=self.model)
+        augment = resolve_augment(cfg, self.data.train)
+        per_rank = cfg.batch_size // self.ctx.world_size
+        self.train_loader = TensorLoader(self.data.train, per_rank, shuffle=True, drop_last=True, seed=cfg.seed,
+                                         rank=self.ctx.rank, world_size=self.ctx.world_size, augment=augment,
+                                         train=True, device=self.ctx.device)
+        self.val_loader = TensorLoader(self.data.val, max(per_rank, 256), shuffle=False, augment=augment,
+                                       train=False, device=self.ctx.device)
+        self.test_loader = TensorLoader(self.data.test, max(per_rank, 256), shuffle=False, augment=augment,
+                                        train=False, device=self.ctx.device)
+        self.epoch, self.step, self.global_step = 0, 0, 0
+        self.best_val_acc, self.best_epoch, self.history = -1.0, -1, []
+        self._epoch_stats = self._fresh_stats()
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _amp_dtype(self):
+        want = self.cfg.amp
+        if want == "off" or (want == "auto" and self.ctx.device.type != "cuda"):
+            return None
+        if self.ctx.device.type != "cuda":
+            raise ValueError(f"amp={want!r} needs a CUDA device, got {self.ctx.device}")
+        return torch.bfloat16
+
+    @staticmethod
+    def _fresh_stats() -> dict:
+        return {"loss_sum": 0.0, "correct": 0, "seen": 0, "acc_seen": 0, "time": 0.0}
+
+    def log(self, record: dict) -> None:
+        if not self.ctx.is_main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / "log.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "step": self.step,
+            "global_step": self.global_step, "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
+            "history": self.history, "epoch_stats": dict(self._epoch_stats), "rng": rng_state(),
+            "config": self.cfg.to_dict(), "classes": list(self.data.train.classes),
+            "in_channels": self.data.train.images.shape[1],
+        }
+
+    def save(self, name: str = "last.pt") -> Path | None:
+        if not self.ctx.is_main:
+            return None
+        return save_atomic(self.state_dict(), self.out_dir / name)
+
+    def resume(self) -> bool:
+        """Load ``last.pt`` from the output folder if it is there; True when resumed."""
+        path = self.out_dir / "last.pt"
+        if not path.is_file():
+            return False
+        state = load_checkpoint(path, map_location=self.ctx.device)
+        saved = state["config"]
+        changed = [k for k in _RESUME_MUST_MATCH if saved.get(k) != getattr(self.cfg, k)]
+        if changed:
+            raise ValueError(f"cannot resume {path}: settings differ from the checkpoint's: "
+                             + ", ".join(f"{k}={getattr(self.cfg, k)!r} (checkpoint {saved.get(k)!r})" for k in changed))
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.step, self.global_step = state["epoch"], state["step"], state["global_step"]
+        self.best_val_acc, self.best_epoch = state["best_val_acc"], state["best_epoch"]
+        self.history, self._epoch_stats = state["history"], state["epoch_stats"]
+        set_rng_state(state["rng"])
+        return True
+
+    # -- the loop --------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        if cfg.resume:
+            self.resume()
+        elif self.ctx.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "log.jsonl").unlink(missing_ok=True)
+        if self.ctx.is_main:
+            cfg.save(self.out_dir / "config.json")
+        self.log({"event": "start", "resumed_at": [self.epoch, self.step], "world_size": self.ctx.world_size,
+                  "device": str(self.ctx.device), "lam": method_lam(cfg), "train": len(self.data.train),
+                  "val": len(self.data.val), "test": len(self.data.test)})
+        status = "finished"
+        try:
+            with _StopOnSignal() as stopper:
+                while self.epoch < cfg.epochs:
+                    if not self._train_epoch(stopper):
+                        status = "interrupted"
+                        self.save()
+                        self.log({"event": "interrupted", "epoch": self.epoch, "step": self.step,
+                                  "signal": stopper.signum})
+                        break
+                    self._end_epoch()
+            test_acc = self._final_test() if status == "finished" else None
+        finally:
+            shutdown(self.ctx)
+        return TrainResult(status, self.epoch, self.best_val_acc, self.best_epoch, test_acc, self.out_dir, self.history)
+
+    def _train_epoch(self, stopper: _StopOnSignal) -> bool:
+        """Train from (self.epoch, self.step) to the end of the epoch; False if stopped early."""
+        cfg, model = self.cfg, self.ddp_model
+        model.train()
+        self.train_loader.set_epoch(self.epoch, self.step)
+        steps = len(self.train_loader)
+        if cfg.max_steps_per_epoch:
+            steps = min(steps, cfg.max_steps_per_epoch)
+        progress = None
+        if cfg.progress and self.ctx.is_main:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=steps, initial=self.step, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                            dynamic_ncols=True, leave=False)
+        stats = self._epoch_stats
+        try:
+            for images, labels in self.train_loader:
+                if self.step >= steps:
+                    break
+                started = time.perf_counter()
+                with _autocast(images.device, self.amp_dtype):
+                    loss, parts = self.objective(model, images, labels)
+                bad = not torch.isfinite(loss).item()
+                if any_rank(bad, self.ctx):
+                    raise NonFiniteLoss(
+                        f"loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1} "
+                        f"(method {cfg.method}, lr {self.optimizer.param_groups[0]['lr']:g}); stopped. The last good "
+                        f"checkpoint is {self.out_dir / 'last.pt'}: lower --lr or --lam and resume from it.")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                elapsed = time.perf_counter() - started
+                self.step += 1
+                self.global_step += 1
+                self._accumulate(stats, loss, parts, labels, elapsed)
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(self._postfix(stats))
+                if self.ctx.is_main and cfg.log_every and self.global_step % cfg.log_every == 0:
+                    self.log({"event": "step", "epoch": self.epoch + 1, "step": self.step,
+                              "global_step": self.global_step, **self._scalars(parts)})
+                if self.on_step is not None:
+                    self.on_step(self, self.epoch, self.step, parts)
+                if any_rank(stopper.signum is not None, self.ctx):
+                    return False
+        finally:
+            if progress is not None:
+                progress.close()
+        return True
+
+    def _accumulate(self, stats, loss, parts, labels, elapsed):
+        n = labels.numel() * self.ctx.world_size
+        stats["loss_sum"] += loss.item() * n
+        stats["seen"] += n
+        stats["time"] += elapsed
+        logits = parts.get("logits")
+        if logits is not None:
+            stats["correct"] += (logits.argmax(1) == labels).sum().item() * self.ctx.world_size
+            stats["acc_seen"] += n
+
+    @staticmethod
+    def _postfix(stats) -> dict:
+        out = {"loss": f"{stats['loss_sum'] / max(stats['seen'], 1):.4f}"}
+        if stats["acc_seen"]:
+            out["acc"] = f"{stats['correct'] / stats['acc_seen']:.3f}"
+        out["img/s"] = f"{stats['seen'] / max(stats['time'], 1e-9):.0f}"
+        return out
+
+    @staticmethod
+    def _scalars(parts) -> dict:
+        return {k: float(v.detach().float().mean()) for k, v in parts.items()
+                if torch.is_tensor(v) and v.numel() == 1}
+
+    def _end_epoch(self) -> None:
+        stats = self._epoch_stats
+        val_loss, val_acc = evaluate_accuracy(self.model, self.val_loader, self.amp_dtype)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.epoch += 1
+        self.step = 0
+        record = {"event": "epoch", "epoch": self.epoch, "lr": lr,
+                  "train_loss": stats["loss_sum"] / max(stats["seen"], 1),
+                  "train_acc": stats["correct"] / stats["acc_seen"] if stats["acc_seen"] else None,
+                  "val_loss": val_loss, "val_acc": val_acc,
+                  "images_per_s": stats["seen"] / max(stats["time"], 1e-9)}
+        self.history.append(record)
+        self._epoch_stats = self._fresh_stats()
+        improved = val_acc > self.best_val_acc
+        if improved:
+            self.best_val_acc, self.best_epoch = val_acc, self.epoch
+        self.log(record)
+        self.save()
+        if improved:
+            self.save("best.pt")
+        if self.cfg.progress and self.ctx.is_main:
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"epoch {self.epoch}/{self.cfg.epochs}: train loss {record['train_loss']:.4f}"
+                       + (f" acc {record['train_acc']:.3f}" if record["train_acc"] is not None else "")
+                       + f" | val loss {val_loss:.4f} acc {val_acc:.3f}{' *' if improved else ''}"
+                       + f" | {record['images_per_s']:.0f} img/s")
+
+    def _final_test(self) -> float | None:
+        best = self.out_dir / "best.pt"
+        if self.ctx.is_main and best.is_file():
+            state = load_checkpoint(best, map_location=self.ctx.device)
+            model = build_model(self.cfg.model, self.model_num_classes(), self.data.train.images.shape[1])
+            model.load_state_dict(state["model"])
+            model.to(self.ctx.device)
+        else:
+            model = self.model
+        test_loss, test_acc = evaluate_accuracy(model, self.test_loader, self.amp_dtype)
+        self.log({"event": "final", "best_epoch": self.best_epoch, "best_val_acc": self.best_val_acc,
+                  "test_loss": test_loss, "test_acc": test_acc})
+        return test_acc
+
+    def model_num_classes(self) -> int:
+        return max(self.data.train.num_classes, self.data.test.num_classes)
+
+
+def train(cfg: TrainConfig, data: DataSplits | None = None, on_step=None) -> TrainResult:
+    """Build a :class:`Trainer` from ``cfg`` and run it to the end (or to a signal)."""
+    return Trainer(cfg, data, on_step).fit()

@@ -1,0 +1,58 @@
+"""Training objectives: method name -> ``objective(model, images, labels) -> (loss, parts)``.
+
+``parts`` maps names ('ce', 'penalty', 'flow_grad_norm', 'loss', ...) to scalar tensors for
+logging. Methods: 'standard' (cross-entropy), 'igr' (input-gradient regularization), 'fgr' (flow
+gradient regularization, exact double backward), 'fgr-fd' (FGR by a finite difference, first-order
+only), 'at' (adversarial training on FlowPGD examples), 'fgr+at' (FGR applied at FlowPGD examples).
+The attack in 'at' runs on ``attack_model`` (the bare module, not a DDP wrapper).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .config import METHODS, TrainConfig
+
+# Default regularizer weights (``lam``) per method, in the regularizers' own scale.
+DEFAULT_LAM = {"igr": 1.0, "fgr": 300.0, "fgr-fd": 300.0, "fgr+at": 300.0}
+
+
+def method_lam(cfg: TrainConfig) -> float | None:
+    return cfg.lam if cfg.lam is not None else DEFAULT_LAM.get(cfg.method)
+
+
+class Objective:
+    """Callable ``(model, images, labels) -> (loss, parts)`` for one training method."""
+
+    def __init__(self, cfg: TrainConfig, attack_model: torch.nn.Module | None = None):
+        if cfg.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {cfg.method!r}")
+        self.method, self.lam = cfg.method, method_lam(cfg)
+        self.regularizer = self.attack = None
+        if cfg.method in ("igr", "fgr", "fgr-fd", "fgr+at"):
+            import flowtriton
+
+            if cfg.method == "igr":
+                self.regularizer = flowtriton.InputGradReg(lam=self.lam)
+            else:
+                mode = "finite_difference" if cfg.method == "fgr-fd" else "exact"
+                self.regularizer = flowtriton.FlowGradReg(lam=self.lam, sigma=cfg.sigma, mode=mode)
+        if cfg.method in ("at", "fgr+at"):
+            if attack_model is None:
+                raise ValueError(f"method {cfg.method!r} needs attack_model (the model the attack differentiates)")
+            from flowtriton.attacks import FlowPGD
+
+            self.attack = FlowPGD(attack_model, eps=cfg.at_eps, steps=cfg.at_steps, units="normalized")
+
+    def __call__(self, model, images, labels):
+        if self.attack is not None:
+            images = self.attack(images, labels).detach()
+        if self.regularizer is not None:
+            loss, parts = self.regularizer(model, images, labels)
+            parts = dict(parts)
+            parts["loss"] = loss
+            return loss, parts
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels)
+        return loss, {"ce": loss, "loss": loss, "logits": logits}
