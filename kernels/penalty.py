@@ -1,0 +1,378 @@
+"""Triton kernels for the flow gradient at zero flow and the fused FGR penalty, and their launchers.
+
+Notation (``flowtriton/reference/flow_gradient.py`` is the oracle): ``D_x``, ``D_y`` are the
+pixel-unit spatial differences of a scheme ('forward': ``v[j+1] - v[j]``, 0 in the last column;
+'central': ``(v[j+1] - v[j-1]) / 2`` inside, one-sided at the borders, 0 on a 1-pixel axis), and
+``s = (s_x, s_y)`` per-component unit scales (1 for pixels, ``(size - 1) / 2`` for normalized
+units). For an image ``x``, a loss gradient ``g`` (both (N, C, H, W)) and a flow field ``T``
+(N, 2, H, W):
+
+* flow gradient  ``B(x, g)_d = s_d sum_c g_c D_d x_c``                         -> (N, 2, H, W)
+* flow JVP       ``J(x, T)_c = sum_d s_d T_d D_d x_c``  (image change along T)  -> (N, C, H, W)
+  (the adjoint of ``B`` in ``g``: ``<B(x, g), T> = <g, J(x, T)>``)
+* image VJP      ``K(g, T)_c = sum_d s_d D_d^T (T_d g_c)``  (``<B(x, g), T> = <x, K(g, T)>``)
+* penalty        ``P(x, g)_n = sum_{d, pixels} B(x, g)_d^2``                    -> (N,)
+
+Kernels (one program per block of BLOCK pixels of one image, looping over channels; every
+pixel's own values are gathered, so there are no atomics and the results are deterministic):
+
+* ``_penalty_partial_kernel``: B, square, channel and pixel sums fused; writes one partial sum
+  per (image, block). The launcher adds the partials (a two-stage reduction); nothing of size
+  (N, 2, H, W) is written.
+* ``_flow_gradient_kernel``: B.
+* ``_flow_jvp_kernel``: ``coef[n] * J(x, T)`` with T read from memory, or T = B(x, g) computed on
+  the fly (``FIELD_FROM_GRAD``): with coef = 2 dP that is the penalty's gradient w.r.t. g, again
+  with no (N, 2, H, W) intermediate.
+* ``_image_vjp_kernel``: ``coef[n] * K(g, T)``.
+
+Arithmetic runs in float32 (float64 for float64 tensors); float16/bfloat16 tensors are read and
+written in their own type. Plane offsets are int64.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+SCHEMES = ("forward", "central")
+GPU_BLOCK = 256
+GPU_NUM_WARPS = 4
+_TRITON_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
+
+
+@triton.jit
+def _load(ptr, offs, mask, IS_FP64: tl.constexpr):
+    value = tl.load(ptr + offs, mask=mask, other=0.0)
+    if IS_FP64:
+        value = value.to(tl.float64)
+    else:
+        value = value.to(tl.float32)
+    return value
+
+
+@triton.jit
+def _differences(base, offs, row, col, H, W, mask, CENTRAL: tl.constexpr, IS_FP64: tl.constexpr):
+    """(D_x v, D_y v) of the plane at ``base`` for the pixels ``offs``."""
+    v = _load(base, offs, mask, IS_FP64)
+    has_right = col < W - 1
+    has_down = row < H - 1
+    right = _load(base, offs + 1, mask & has_right, IS_FP64)
+    down = _load(base, offs + W, mask & has_down, IS_FP64)
+    if CENTRAL:
+        has_left = col > 0
+        has_up = row > 0
+        left = _load(base, offs - 1, mask & has_left, IS_FP64)
+        up = _load(base, offs - W, mask & has_up, IS_FP64)
+        right = tl.where(has_right, right, v)
+        left = tl.where(has_left, left, v)
+        down = tl.where(has_down, down, v)
+        up = tl.where(has_up, up, v)
+        dx = (right - left) * tl.where(has_right & has_left, 0.5, 1.0)
+        dy = (down - up) * tl.where(has_down & has_up, 0.5, 1.0)
+    else:
+        dx = tl.where(has_right, right - v, 0.0)
+        dy = tl.where(has_down, down - v, 0.0)
+    return dx, dy
+
+
+@triton.jit
+def _adjoint_difference(b_prev, b_mid, b_next, k, size, CENTRAL: tl.constexpr):
+    """(D^T b)[k] from b[k - 1], b[k], b[k + 1] (values outside the axis must be 0)."""
+    if CENTRAL:
+        # D b[m] = cp(m) b[m + 1] + c0(m) b[m] + cm(m) b[m - 1]; D^T b[k] = cp(k-1) b[k-1] + c0(k) b[k] + cm(k+1) b[k+1]
+        many = size > 1
+        cp_prev = tl.where(k == 1, 1.0, 0.5)
+        c0 = tl.where(k == 0, -1.0, tl.where(k == size - 1, 1.0, 0.0))
+        cm_next = tl.where(k + 1 == size - 1, -1.0, -0.5)
+        cp_prev = tl.where(many & (k >= 1), cp_prev, 0.0)
+        c0 = tl.where(many, c0, 0.0)
+        cm_next = tl.where(many & (k + 1 < size), cm_next, 0.0)
+        out = cp_prev * b_prev + c0 * b_mid + cm_next * b_next
+    else:
+        out = tl.where(k >= 1, b_prev, 0.0) - tl.where(k < size - 1, b_mid, 0.0)
+    return out
+
+
+@triton.jit
+def _field_from_grad(x_ptr, g_ptr, n64, offs, row, col, C, H, W, mask, scale_x, scale_y,
+                     CENTRAL: tl.constexpr, IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
+    """B(x, g) at the pixels ``offs`` of image ``n64``: (F_x, F_y)."""
+    hw = H * W
+    if IS_FP64:
+        fx = tl.zeros([BLOCK], dtype=tl.float64)
+        fy = tl.zeros([BLOCK], dtype=tl.float64)
+    else:
+        fx = tl.zeros([BLOCK], dtype=tl.float32)
+        fy = tl.zeros([BLOCK], dtype=tl.float32)
+    for c in range(C):
+        plane = (n64 * C + c) * hw
+        g = _load(g_ptr + plane, offs, mask, IS_FP64)
+        dx, dy = _differences(x_ptr + plane, offs, row, col, H, W, mask, CENTRAL, IS_FP64)
+        fx += g * dx
+        fy += g * dy
+    return fx * scale_x, fy * scale_y
+
+
+@triton.jit
+def _penalty_partial_kernel(x_ptr, g_ptr, partial_ptr, C, H, W, n_blocks, scale_x, scale_y,
+                            CENTRAL: tl.constexpr, IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    n64 = tl.program_id(1).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < H * W
+    row = offs // W
+    col = offs % W
+    fx, fy = _field_from_grad(x_ptr, g_ptr, n64, offs, row, col, C, H, W, mask, scale_x, scale_y,
+                              CENTRAL, IS_FP64, BLOCK)
+    squares = tl.where(mask, fx * fx + fy * fy, 0.0)
+    tl.store(partial_ptr + n64 * n_blocks + pid, tl.sum(squares, axis=0))
+
+
+@triton.jit
+def _flow_gradient_kernel(x_ptr, g_ptr, out_ptr, C, H, W, scale_x, scale_y,
+                          CENTRAL: tl.constexpr, IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    n64 = tl.program_id(1).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    hw = H * W
+    mask = offs < hw
+    row = offs // W
+    col = offs % W
+    fx, fy = _field_from_grad(x_ptr, g_ptr, n64, offs, row, col, C, H, W, mask, scale_x, scale_y,
+                              CENTRAL, IS_FP64, BLOCK)
+    base = out_ptr + n64 * 2 * hw
+    tl.store(base + offs, fx.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(base + hw + offs, fy.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _flow_jvp_kernel(x_ptr, g_ptr, field_ptr, coef_ptr, out_ptr, C, H, W, scale_x, scale_y,
+                     CENTRAL: tl.constexpr, FIELD_FROM_GRAD: tl.constexpr, HAS_COEF: tl.constexpr,
+                     IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    n64 = tl.program_id(1).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    hw = H * W
+    mask = offs < hw
+    row = offs // W
+    col = offs % W
+    if FIELD_FROM_GRAD:
+        tx, ty = _field_from_grad(x_ptr, g_ptr, n64, offs, row, col, C, H, W, mask, scale_x, scale_y,
+                                  CENTRAL, IS_FP64, BLOCK)
+    else:
+        tx = _load(field_ptr + n64 * 2 * hw, offs, mask, IS_FP64)
+        ty = _load(field_ptr + n64 * 2 * hw + hw, offs, mask, IS_FP64)
+    tx = tx * scale_x
+    ty = ty * scale_y
+    if HAS_COEF:
+        coef = tl.load(coef_ptr + n64)
+        tx = tx * coef
+        ty = ty * coef
+    for c in range(C):
+        plane = (n64 * C + c) * hw
+        dx, dy = _differences(x_ptr + plane, offs, row, col, H, W, mask, CENTRAL, IS_FP64)
+        out = tx * dx + ty * dy
+        tl.store(out_ptr + plane + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _image_vjp_kernel(g_ptr, field_ptr, coef_ptr, out_ptr, C, H, W, scale_x, scale_y,
+                      CENTRAL: tl.constexpr, HAS_COEF: tl.constexpr,
+                      IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    n64 = tl.program_id(1).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    hw = H * W
+    mask = offs < hw
+    row = offs // W
+    col = offs % W
+    has_left = mask & (col > 0)
+    has_up = mask & (row > 0)
+    has_right = mask & (col < W - 1)
+    has_down = mask & (row < H - 1)
+    fbase = field_ptr + n64 * 2 * hw
+    tx = _load(fbase, offs, mask, IS_FP64) * scale_x
+    tx_left = _load(fbase, offs - 1, has_left, IS_FP64) * scale_x
+    ty = _load(fbase + hw, offs, mask, IS_FP64) * scale_y
+    ty_up = _load(fbase + hw, offs - W, has_up, IS_FP64) * scale_y
+    if CENTRAL:
+        tx_right = _load(fbase, offs + 1, has_right, IS_FP64) * scale_x
+        ty_down = _load(fbase + hw, offs + W, has_down, IS_FP64) * scale_y
+    if HAS_COEF:
+        coef = tl.load(coef_ptr + n64)
+    for c in range(C):
+        plane = (n64 * C + c) * hw
+        gbase = g_ptr + plane
+        g = _load(gbase, offs, mask, IS_FP64)
+        g_left = _load(gbase, offs - 1, has_left, IS_FP64)
+        g_up = _load(gbase, offs - W, has_up, IS_FP64)
+        if CENTRAL:
+            g_right = _load(gbase, offs + 1, has_right, IS_FP64)
+            g_down = _load(gbase, offs + W, has_down, IS_FP64)
+            next_x = tx_right * g_right
+            next_y = ty_down * g_down
+        else:
+            next_x = tl.zeros_like(g)
+            next_y = tl.zeros_like(g)
+        out = _adjoint_difference(tx_left * g_left, tx * g, next_x, col, W, CENTRAL)
+        out += _adjoint_difference(ty_up * g_up, ty * g, next_y, row, H, CENTRAL)
+        if HAS_COEF:
+            out = out * coef
+        tl.store(out_ptr + plane + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers: assert, allocate, launch. ``scale`` is (s_x, s_y); ``coef`` an optional (N,) tensor.
+# ----------------------------------------------------------------------------------------------
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def block_size(hw: int) -> int:
+    """Pixels per program: GPU_BLOCK on a GPU; one large block in the interpreter (few,
+    vectorized programs are what make it fast)."""
+    if _interpreted():
+        return max(16, min(triton.next_power_of_2(hw), 4096))
+    return GPU_BLOCK
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_images(*tensors: torch.Tensor) -> None:
+    first = tensors[0]
+    assert first.dim() == 4, first.shape
+    assert first.dtype in _TRITON_DTYPES, first.dtype
+    for t in tensors:
+        assert t.shape == first.shape, (t.shape, first.shape)
+        assert t.dtype == first.dtype and t.device == first.device, (t.dtype, t.device, first.dtype, first.device)
+        assert t.is_contiguous(), "inputs must be contiguous"
+
+
+def _check_field(field: torch.Tensor, like: torch.Tensor) -> None:
+    n, _, h, w = like.shape
+    assert field.shape == (n, 2, h, w), (field.shape, like.shape)
+    assert field.dtype == like.dtype and field.device == like.device, (field.dtype, like.dtype)
+    assert field.is_contiguous(), "field must be contiguous"
+
+
+def _coef_arg(coef: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    if coef is None:
+        return like  # never read (HAS_COEF=False)
+    assert coef.shape == (like.shape[0],), (coef.shape, like.shape)
+    return coef.to(device=like.device, dtype=compute_dtype(like.dtype)).contiguous()
+
+
+def _launch(like: torch.Tensor, scheme: str):
+    assert scheme in SCHEMES, scheme
+    n, c, h, w = like.shape
+    block = block_size(h * w)
+    grid = (triton.cdiv(h * w, block), n)
+    common = dict(CENTRAL=scheme == "central", IS_FP64=like.dtype == torch.float64, BLOCK=block,
+                  num_warps=GPU_NUM_WARPS)
+    return grid, common
+
+
+def penalty(image: torch.Tensor, grad_image: torch.Tensor, scheme: str,
+            scale: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
+    """(N,) ``sum ||B(image, grad_image)||^2`` per example, in float32 (float64 for float64)."""
+    _check_images(image, grad_image)
+    n, c, h, w = image.shape
+    if image.numel() == 0:
+        return torch.zeros(n, dtype=compute_dtype(image.dtype), device=image.device)
+    grid, common = _launch(image, scheme)
+    partial = torch.empty((n, grid[0]), dtype=compute_dtype(image.dtype), device=image.device)
+    _penalty_partial_kernel[grid](image, grad_image, partial, c, h, w, grid[0],
+                                  float(scale[0]), float(scale[1]), **common)
+    return partial.sum(dim=1)
+
+
+def flow_gradient(image: torch.Tensor, grad_image: torch.Tensor, scheme: str,
+                  scale: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
+    """(N, 2, H, W) ``B(image, grad_image)`` in the inputs' dtype."""
+    _check_images(image, grad_image)
+    n, c, h, w = image.shape
+    out = torch.empty((n, 2, h, w), dtype=image.dtype, device=image.device)
+    if image.numel() == 0:
+        return out.zero_()
+    grid, common = _launch(image, scheme)
+    _flow_gradient_kernel[grid](image, grad_image, out, c, h, w, float(scale[0]), float(scale[1]), **common)
+    return out
+
+
+def flow_jvp(image: torch.Tensor, scheme: str, scale: tuple[float, float] = (1.0, 1.0), *,
+             field: torch.Tensor | None = None, grad_image: torch.Tensor | None = None,
+             coef: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, C, H, W) ``coef[n] * J(image, T)`` with ``T = field`` or, given ``grad_image`` instead,
+    ``T = B(image, grad_image)`` computed on the fly (then the result is the gradient of
+    ``sum_n coef[n] P_n / 2`` w.r.t. ``grad_image``)."""
+    assert (field is None) != (grad_image is None), "give exactly one of field, grad_image"
+    if grad_image is not None:
+        _check_images(image, grad_image)
+    else:
+        _check_images(image)
+        _check_field(field, image)
+    n, c, h, w = image.shape
+    out = torch.empty_like(image)
+    if image.numel() == 0:
+        return out.zero_()
+    grid, common = _launch(image, scheme)
+    from_grad = grad_image is not None
+    _flow_jvp_kernel[grid](image, grad_image if from_grad else image, field if not from_grad else image,
+                           _coef_arg(coef, image), out, c, h, w, float(scale[0]), float(scale[1]),
+                           FIELD_FROM_GRAD=from_grad, HAS_COEF=coef is not None, **common)
+    return out
+
+
+def image_vjp(grad_image: torch.Tensor, field: torch.Tensor, scheme: str,
+              scale: tuple[float, float] = (1.0, 1.0), coef: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, C, H, W) ``coef[n] * K(grad_image, field)``: the gradient of ``<B(x, grad_image), field>``
+    w.r.t. the image ``x``."""
+    _check_images(grad_image)
+    _check_field(field, grad_image)
+    n, c, h, w = grad_image.shape
+    out = torch.empty_like(grad_image)
+    if grad_image.numel() == 0:
+        return out.zero_()
+    grid, common = _launch(grad_image, scheme)
+    _image_vjp_kernel[grid](grad_image, field, _coef_arg(coef, grad_image), out, c, h, w,
+                            float(scale[0]), float(scale[1]), HAS_COEF=coef is not None, **common)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Compile checks
+# ----------------------------------------------------------------------------------------------
+
+def compile_specializations():
+    """Every specialization the launchers use on a GPU, as ``(kernel, signature, constexprs)``
+    ready for ``triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs)``.
+    ``signature`` maps each non-constexpr argument to its Triton type."""
+    specs = []
+    for dtype, name in _TRITON_DTYPES.items():
+        data = "*" + name
+        acc = "*fp64" if dtype == torch.float64 else "*fp32"
+        sizes = {"C": "i32", "H": "i32", "W": "i32", "scale_x": "fp32", "scale_y": "fp32"}
+        for central in (False, True):
+            base = dict(CENTRAL=central, IS_FP64=dtype == torch.float64, BLOCK=GPU_BLOCK)
+            specs.append((_penalty_partial_kernel,
+                          dict(x_ptr=data, g_ptr=data, partial_ptr=acc, C="i32", H="i32", W="i32",
+                               n_blocks="i32", scale_x="fp32", scale_y="fp32"), dict(base)))
+            specs.append((_flow_gradient_kernel, dict(x_ptr=data, g_ptr=data, out_ptr=data, **sizes), dict(base)))
+            for from_grad in (False, True):
+                for has_coef in (False, True):
+                    specs.append((_flow_jvp_kernel,
+                                  dict(x_ptr=data, g_ptr=data, field_ptr=data,
+                                       coef_ptr=acc if has_coef else data, out_ptr=data, **sizes),
+                                  dict(base, FIELD_FROM_GRAD=from_grad, HAS_COEF=has_coef)))
+            for has_coef in (False, True):
+                specs.append((_image_vjp_kernel,
+                              dict(g_ptr=data, field_ptr=data, coef_ptr=acc if has_coef else data,
+                                   out_ptr=data, **sizes),
+                              dict(base, HAS_COEF=has_coef)))
+    return specs
