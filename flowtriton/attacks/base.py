@@ -1,0 +1,243 @@
+"""What every flow attack shares: the result type, argument checks, eval mode, norms, losses.
+
+Units: images are (N, C, H, W) in [0, 1]; flows are (N, 2, H, W) in PIXELS (channel 0 = x along
+W, channel 1 = y along H), whatever unit an attack's budget is configured in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import numbers
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..ops.units import pixel_scale
+
+UNITS = ("normalized", "pixels")
+
+
+@dataclass
+class AttackResult:
+    """What :meth:`FlowAttack.run` returns; every tensor is detached, on the images' device.
+
+    images: (N, C, H, W) adversarial images in [0, 1].
+    flow: (N, 2, H, W) the flow that produced them, pixels.
+    success: (N,) bool, judged on ``images`` by the model: prediction != label (untargeted) or
+        prediction == target (targeted).
+    predictions: (N,) int64, the model's labels for ``images``.
+    tnorm: (N,) pixels, max over pixels of the Euclidean length of the flow vector (ADef's T-norm).
+    linf: (N,) pixels, max absolute flow component.
+    l2: (N,) pixels, Euclidean norm of the whole flow.
+    iterations: (N,) int64, gradient steps (or transforms tried) spent on each example.
+    info: attack-specific per-example tensors (documented by each attack).
+    """
+
+    images: torch.Tensor
+    flow: torch.Tensor
+    success: torch.Tensor
+    predictions: torch.Tensor
+    tnorm: torch.Tensor
+    linf: torch.Tensor
+    l2: torch.Tensor
+    iterations: torch.Tensor
+    info: dict = field(default_factory=dict)
+
+    @property
+    def norms(self) -> dict:
+        """{'tnorm', 'linf', 'l2'} -> (N,) tensors in pixels."""
+        return {"tnorm": self.tnorm, "linf": self.linf, "l2": self.l2}
+
+
+def flow_norms(flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, 2, H, W) pixel flow -> (tnorm, linf, l2), each (N,) in pixels."""
+    flat = flow.detach().flatten(2)
+    tnorm = flat.square().sum(dim=1).sqrt().amax(dim=1)
+    linf = flat.abs().flatten(1).amax(dim=1)
+    l2 = flat.flatten(1).square().sum(dim=1).sqrt()
+    return tnorm, linf, l2
+
+
+def unit_scale(height: int, width: int, units: str, like: torch.Tensor) -> torch.Tensor:
+    """(1, 2, 1, 1) pixels per unit of ``units`` (x, y): ones for 'pixels'."""
+    sx, sy = pixel_scale(height, width) if units == "normalized" else (1.0, 1.0)
+    return torch.tensor([sx, sy], dtype=like.dtype, device=like.device).view(1, 2, 1, 1)
+
+
+def margin_loss(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """(N,) C&W margin, logit units: untargeted ``max_{i!=y} Z_i - Z_y``, targeted
+    ``Z_t - max_{i!=t} Z_i``; positive means the attack's goal is met. Not clamped."""
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf"))
+    best_other = others.amax(dim=1)
+    return true - best_other if targeted else best_other - true
+
+
+def attack_goal_met(predictions: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """(N,) bool: prediction == target (targeted) or prediction != label (untargeted)."""
+    return predictions == labels if targeted else predictions != labels
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Put every submodule of ``model`` in eval mode; restore each one's own mode on exit."""
+    modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
+    modes = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.training = False
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.training = mode
+
+
+def resolve_generator(generator, seed, device: torch.device) -> torch.Generator:
+    """A generator for random draws: ``generator`` if given, else one seeded with ``seed`` (or
+    a fresh random seed) on ``device``."""
+    if generator is not None:
+        return generator
+    gen = torch.Generator(device=device)
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(int(seed))
+    return gen
+
+
+def check_number(value, name: str, minimum: float | None = 0.0, strict: bool = False,
+                 allow_inf: bool = False) -> float:
+    """A real number >= minimum (> minimum when ``strict``); TypeError/ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if value != value or (value in (float("inf"), float("-inf")) and not allow_inf):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and (value < minimum or (strict and value == minimum)):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value}")
+    return value
+
+
+def check_int(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_choice(value, choices, name: str) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def check_images(images) -> None:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be a floating tensor, got {images.dtype}")
+    if min(images.shape[1:]) < 1:
+        raise ValueError(f"images must have C, H, W >= 1, got {tuple(images.shape)}")
+
+
+def check_labels(labels, images: torch.Tensor, name: str = "labels") -> None:
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got {labels.dtype}")
+    if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
+        raise ValueError(f"{name} must have shape ({images.shape[0]},) to match images "
+                         f"{tuple(images.shape)}, got {tuple(labels.shape)}")
+    if labels.device != images.device:
+        raise ValueError(f"{name} is on {labels.device} but images are on {images.device}")
+
+
+def check_label_range(labels: torch.Tensor, num_classes: int, name: str = "labels") -> None:
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"{name} must lie in [0, {num_classes}), got values in "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+
+
+class FlowAttack:
+    """Base class: configure in ``__init__``, ``adv = attack(images, labels)``,
+    ``result = attack.run(images, labels)`` (an :class:`AttackResult`).
+
+    ``labels`` are the true labels (untargeted) or the target classes (``targeted=True``);
+    ``labels=None`` (untargeted only) attacks the model's own predictions on ``images``.
+    The model runs in eval mode during the attack and gets its modes back afterwards, even on an
+    exception. Subclasses implement :meth:`_attack`.
+    """
+
+    #: True for attacks that search the smallest flow (ADef, StAdv): budgets are applied after
+    #: the fact to their T-norm (see :func:`flowtriton.attacks.evaluate`).
+    minimum_norm = False
+
+    def __init__(self, model, targeted: bool = False, backend: str | None = None):
+        if not callable(model):
+            raise TypeError(f"model must be callable (an nn.Module), got {type(model).__name__}")
+        if not isinstance(targeted, bool):
+            raise TypeError(f"targeted must be a bool, got {type(targeted).__name__}")
+        self.model = model
+        self.targeted = targeted
+        self.backend = backend
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, C, H, W) adversarial images."""
+        return self.run(images, labels).images
+
+    def run(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> AttackResult:
+        check_images(images)
+        if labels is None:
+            if self.targeted:
+                raise ValueError("labels (the target classes) are required when targeted=True")
+        else:
+            check_labels(labels, images)
+        images = images.detach()
+        with eval_mode(self.model):
+            if labels is None:
+                with torch.no_grad():
+                    labels = self.model(images).argmax(dim=1)
+            labels = labels.long()
+            flow, adv, iterations, info = self._attack(images, labels)
+            with torch.no_grad():
+                predictions = self.model(adv).argmax(dim=1)
+        tnorm, linf, l2 = flow_norms(flow)
+        return AttackResult(
+            images=adv.detach(), flow=flow.detach(),
+            success=attack_goal_met(predictions, labels, self.targeted),
+            predictions=predictions, tnorm=tnorm, linf=linf, l2=l2,
+            iterations=iterations.to(torch.int64), info=info)
+
+    def _attack(self, images: torch.Tensor, labels: torch.Tensor):
+        """-> (flow (N, 2, H, W) pixels, adversarial images, iterations (N,), info dict)."""
+        raise NotImplementedError
+
+    def _logits(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the model; check its output is (N, classes) and the labels fit it."""
+        logits = self.model(x)
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise ValueError(f"model must return logits of shape (N, classes), got {shape}")
+        if labels is not None:
+            check_label_range(labels, logits.shape[1])
+        return logits
+
+    def with_budget(self, budget: float) -> "FlowAttack":
+        """A copy of this attack at another budget (attacks with a budget override this)."""
+        raise ValueError(f"{type(self).__name__} has no budget to set")
+
+    def _copy_with(self, **changes) -> "FlowAttack":
+        clone = copy.copy(self)
+        for key, value in changes.items():
+            setattr(clone, key, value)
+        return clone
+
+    def __repr__(self) -> str:
+        skip = {"model"}
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k not in skip and not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"

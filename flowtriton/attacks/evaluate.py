@@ -1,0 +1,186 @@
+"""Robust accuracy of a classifier under flow attacks, as a table."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .base import FlowAttack, check_int, check_number, eval_mode
+
+
+@dataclass
+class EvaluationRow:
+    """One line of the table.
+
+    attack: the attack's name ('clean' for the clean row). budget: the attack's budget (FlowPGD:
+    eps in the attack's ``units``; minimum-norm attacks: a T-norm in pixels), None when the
+    attack ran at its own settings. units: the budget's unit ('normalized', 'pixels' or None).
+    accuracy: fraction of examples classified correctly (under the attack). examples: count.
+    """
+
+    attack: str
+    budget: float | None
+    units: str | None
+    accuracy: float
+    examples: int
+
+
+@dataclass
+class EvaluationResult:
+    """``rows`` (clean first), and per minimum-norm attack the median T-norm (pixels) of the
+    successful deformations of correctly classified examples (NaN when there is none)."""
+
+    rows: list[EvaluationRow]
+    median_tnorm: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def clean_accuracy(self) -> float:
+        return self.rows[0].accuracy
+
+    def accuracy(self, attack: str, budget: float | None = None) -> float:
+        """The accuracy of one row."""
+        for row in self.rows:
+            if row.attack == attack and row.budget == budget:
+                return row.accuracy
+        raise KeyError(f"no row for attack {attack!r} at budget {budget!r}")
+
+    def to_dict(self) -> dict:
+        return {"rows": [asdict(row) for row in self.rows],
+                "median_tnorm": {k: (None if math.isnan(v) else v) for k, v in self.median_tnorm.items()}}
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EvaluationResult":
+        rows = [EvaluationRow(**row) for row in data["rows"]]
+        medians = {k: (math.nan if v is None else float(v)) for k, v in data.get("median_tnorm", {}).items()}
+        return cls(rows=rows, median_tnorm=medians)
+
+    @classmethod
+    def from_json(cls, text: str) -> "EvaluationResult":
+        return cls.from_dict(json.loads(text))
+
+    def to_markdown(self) -> str:
+        lines = ["| attack | budget | units | accuracy | examples |", "|---|---|---|---|---|"]
+        for row in self.rows:
+            budget = "-" if row.budget is None else f"{row.budget:g}"
+            lines.append(f"| {row.attack} | {budget} | {row.units or '-'} | {row.accuracy:.4f} | {row.examples} |")
+        if self.median_tnorm:
+            lines += ["", "| attack | median successful T-norm (px) |", "|---|---|"]
+            lines += [f"| {name} | {value:.4f} |" for name, value in self.median_tnorm.items()]
+        return "\n".join(lines) + "\n"
+
+
+def _batches(data, batch_size: int):
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        images, labels = data
+        if images.shape[0] != labels.shape[0]:
+            raise ValueError(f"data: {images.shape[0]} images but {labels.shape[0]} labels")
+        for start in range(0, images.shape[0], batch_size):
+            yield images[start:start + batch_size], labels[start:start + batch_size]
+        return
+    try:
+        iterator = iter(data)
+    except TypeError:
+        raise TypeError("data must be a DataLoader (or iterable) of (images, labels) batches or an "
+                        f"(images, labels) tuple of tensors, got {type(data).__name__}") from None
+    for batch in iterator:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise TypeError("each batch of data must be an (images, labels) pair")
+        yield batch[0], batch[1]
+
+
+def _model_device(model) -> torch.device:
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def evaluate(model, data, attacks, budgets=None, batch_size: int = 256, device=None,
+             max_batches: int | None = None) -> EvaluationResult:
+    """Clean and robust accuracy of ``model`` on ``data`` under each attack at each budget.
+
+    model: classifier; its mode is restored after each attack (attacks run it in eval mode).
+    data: a DataLoader (any iterable of (images, labels) batches) or an (images, labels) tuple of
+      tensors, cut into ``batch_size`` batches. Images (N, C, H, W) in [0, 1], integer labels.
+    attacks: {name: attack} (or a sequence of attacks, named by class); untargeted attacks built
+      on this ``model``.
+    budgets: {name: [budget, ...]} (optional, per attack).
+      * FlowPGD (and any attack with ``with_budget``): one run per budget, eps in the attack's
+        ``units``.
+      * ADef, StAdv (``minimum_norm``): ONE run; the accuracy at budget b (a T-norm in pixels)
+        counts an example as robust when it is correct and the attack either failed or needed a
+        T-norm > b. Budget-less rows give the accuracy with no norm limit.
+      * An attack without budgets runs once at its settings (row budget None).
+    device: where to attack (default: the model's). max_batches: stop after that many batches.
+    An example is robust only if it is classified correctly clean AND the attack did not succeed.
+    Returns an :class:`EvaluationResult`: rows (clean first, then per attack in the given order,
+    budgets ascending) and the median successful T-norm of each minimum-norm attack.
+    """
+    if isinstance(attacks, FlowAttack):
+        attacks = [attacks]
+    if not isinstance(attacks, dict):
+        attacks = {type(a).__name__: a for a in attacks}
+    budgets = dict(budgets or {})
+    for name in budgets:
+        if name not in attacks:
+            raise ValueError(f"budgets names an unknown attack {name!r}; attacks: {list(attacks)}")
+    plans = {}
+    for name, attack in attacks.items():
+        if not isinstance(attack, FlowAttack):
+            raise TypeError(f"attacks[{name!r}] must be a FlowAttack, got {type(attack).__name__}")
+        if attack.targeted:
+            raise ValueError(f"attacks[{name!r}] is targeted; evaluate measures untargeted robustness")
+        values = sorted(check_number(b, f"budgets[{name!r}]") for b in budgets.get(name, []))
+        if values and not attack.minimum_norm:
+            attack.with_budget(values[0])  # raises for attacks without a budget
+        plans[name] = values
+    batch_size = check_int(batch_size, "batch_size")
+    device = torch.device(device) if device is not None else _model_device(model)
+
+    clean_correct = []
+    robust = {name: {b: [] for b in (plans[name] or [None])} for name in attacks}
+    tnorms = {name: [] for name in attacks if attacks[name].minimum_norm}
+    for number, (images, labels) in enumerate(_batches(data, batch_size)):
+        if max_batches is not None and number >= max_batches:
+            break
+        images, labels = images.to(device), labels.to(device).long()
+        with eval_mode(model), torch.no_grad():
+            correct = model(images).argmax(dim=1) == labels
+        clean_correct.append(correct.cpu())
+        for name, attack in attacks.items():
+            values = plans[name]
+            if attack.minimum_norm:
+                result = attack.run(images, labels)
+                norm = torch.where(result.success, result.tnorm, torch.full_like(result.tnorm, math.inf))
+                for b in values or [None]:
+                    fooled = result.success if b is None else norm <= b
+                    robust[name][b].append((correct & ~fooled).cpu())
+                tnorms[name].append(torch.where(correct & result.success, result.tnorm,
+                                                torch.full_like(result.tnorm, math.nan)).cpu())
+            else:
+                for b in values or [None]:
+                    run = attack if b is None else attack.with_budget(b)
+                    result = run.run(images, labels)
+                    robust[name][b].append((correct & ~result.success).cpu())
+
+    if not clean_correct:
+        raise ValueError("data holds no examples")
+    correct = torch.cat(clean_correct)
+    total = int(correct.numel())
+    rows = [EvaluationRow("clean", None, None, float(correct.float().mean()), total)]
+    for name, attack in attacks.items():
+        units = "pixels" if attack.minimum_norm else getattr(attack, "units", None)
+        for b, parts in robust[name].items():
+            rows.append(EvaluationRow(name, b, units if b is not None else None,
+                                      float(torch.cat(parts).float().mean()), total))
+    medians = {}
+    for name, parts in tnorms.items():
+        values = torch.cat(parts)
+        values = values[~torch.isnan(values)]
+        medians[name] = float(values.median()) if values.numel() else math.nan
+    return EvaluationResult(rows=rows, median_tnorm=medians)
