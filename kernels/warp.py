@@ -34,6 +34,12 @@ GPU_NUM_WARPS = 4
 
 
 @triton.jit
+def _acc(x, IS_FP64: tl.constexpr):
+    """Upcast to the accumulation precision: float64 for float64 kernels, float32 otherwise."""
+    return x.to(tl.float64 if IS_FP64 else tl.float32)
+
+
+@triton.jit
 def _axis(coord, size, inv_period, PAD: tl.constexpr):
     """One axis: corner indices (clamped to the image), in-bounds flags, fraction, slope."""
     sizef = size * 1.0
@@ -42,7 +48,7 @@ def _axis(coord, size, inv_period, PAD: tl.constexpr):
         mag = tl.abs(coord)
         mag = mag - period * tl.floor(mag * inv_period)
         flipped = mag > (sizef - 1.0)
-        reflected = tl.where(flipped, period - mag, mag)
+        reflected = tl.minimum(tl.maximum(tl.where(flipped, period - mag, mag), 0.0), sizef - 1.0)
         sign = tl.where(coord < 0, -1.0, 1.0)
         slope = tl.where(flipped, -sign, sign)
         coord = tl.where(size > 1, reflected, 0.0)
@@ -72,12 +78,8 @@ def _setup(flow_ptr, n64, offs, H, W, inv_period_x, inv_period_y,
     fbase = flow_ptr + n64 * 2 * hw
     fx = tl.load(fbase + offs, mask=mask, other=0.0)
     fy = tl.load(fbase + hw + offs, mask=mask, other=0.0)
-    if IS_FP64:
-        fx = fx.to(tl.float64)
-        fy = fy.to(tl.float64)
-    else:
-        fx = fx.to(tl.float32)
-        fy = fy.to(tl.float32)
+    fx = _acc(fx, IS_FP64)
+    fy = _acc(fy, IS_FP64)
     finite = (tl.abs(fx) < float("inf")) & (tl.abs(fy) < float("inf"))  # False for NaN too
     valid = mask & finite
     fx = tl.where(finite, fx, 0.0)
@@ -109,9 +111,7 @@ def _corners(base, o00, o01, o10, o11, m00, m01, m10, m11, IS_FP64: tl.constexpr
     v01 = tl.load(base + o01, mask=m01, other=0.0)
     v10 = tl.load(base + o10, mask=m10, other=0.0)
     v11 = tl.load(base + o11, mask=m11, other=0.0)
-    if IS_FP64:
-        return v00.to(tl.float64), v01.to(tl.float64), v10.to(tl.float64), v11.to(tl.float64)
-    return v00.to(tl.float32), v01.to(tl.float32), v10.to(tl.float32), v11.to(tl.float32)
+    return _acc(v00, IS_FP64), _acc(v01, IS_FP64), _acc(v10, IS_FP64), _acc(v11, IS_FP64)
 
 
 @triton.jit
@@ -119,9 +119,7 @@ def _load_tangent(tan_ptr, n64, offs, hw, mask, IS_FP64: tl.constexpr):
     tbase = tan_ptr + n64 * 2 * hw
     tx = tl.load(tbase + offs, mask=mask, other=0.0)
     ty = tl.load(tbase + hw + offs, mask=mask, other=0.0)
-    if IS_FP64:
-        return tx.to(tl.float64), ty.to(tl.float64)
-    return tx.to(tl.float32), ty.to(tl.float32)
+    return _acc(tx, IS_FP64), _acc(ty, IS_FP64)
 
 
 @triton.jit
@@ -172,11 +170,7 @@ def _warp_grad_flow_kernel(src_ptr, csrc_ptr, flow_ptr, tan_ptr, go_ptr, out_ptr
     cross = tl.zeros_like(wx)
     for c in range(C):
         plane = (n64 * C + c) * hw
-        go = tl.load(go_ptr + plane + offs, mask=mask, other=0.0)
-        if IS_FP64:
-            go = go.to(tl.float64)
-        else:
-            go = go.to(tl.float32)
+        go = _acc(tl.load(go_ptr + plane + offs, mask=mask, other=0.0), IS_FP64)
         if HAS_FIRST:
             a00, a01, a10, a11 = _corners(src_ptr + plane, o00, o01, o10, o11, m00, m01, m10, m11, IS_FP64)
             gx += go * ((1.0 - wy) * (a01 - a00) + wy * (a11 - a10))
@@ -225,11 +219,7 @@ def _warp_scatter_kernel(go_ptr, flow_ptr, tan_ptr, out_ptr,
         c11 = wx * wy
     for c in range(C):
         plane = (n64 * C + c) * hw
-        go = tl.load(go_ptr + plane + offs, mask=mask, other=0.0)
-        if IS_FP64:
-            go = go.to(tl.float64)
-        else:
-            go = go.to(tl.float32)
+        go = _acc(tl.load(go_ptr + plane + offs, mask=mask, other=0.0), IS_FP64)
         base = out_ptr + plane
         tl.atomic_add(base + o00, c00 * go, mask=m00)
         tl.atomic_add(base + o01, c01 * go, mask=m01)
@@ -339,16 +329,40 @@ def warp_scatter(flow: torch.Tensor, grad_out: torch.Tensor, padding_mode: str,
     return acc if acc.dtype == want else acc.to(want)
 
 
-def compile_specializations():
-    """Every (kernel, constexprs) combination the launchers use on a GPU, for compile checks."""
+def compile_specializations(dtypes=(torch.float32, torch.float64, torch.float16, torch.bfloat16)):
+    """Every (kernel, signature, constexprs) the launchers use on a GPU, for compile checks."""
     specs = []
-    for pad in PADDING_CODES.values():
-        for fp64 in (False, True):
-            base = dict(PAD=pad, IS_FP64=fp64, BLOCK=GPU_BLOCK)
+    for dtype in dtypes:
+        for pad in PADDING_CODES.values():
+            base = dict(PAD=pad, IS_FP64=dtype == torch.float64, BLOCK=GPU_BLOCK)
             for hv, ht in ((True, False), (False, True), (True, True)):
-                specs.append((_warp_gather_kernel, dict(base, HAS_VALUE=hv, HAS_TANGENT=ht)))
+                specs.append((_warp_gather_kernel, signature_for(_warp_gather_kernel, dtype),
+                              dict(base, HAS_VALUE=hv, HAS_TANGENT=ht)))
             for hf, hc in ((True, False), (False, True), (True, True)):
-                specs.append((_warp_grad_flow_kernel, dict(base, HAS_FIRST=hf, HAS_CROSS=hc)))
+                specs.append((_warp_grad_flow_kernel, signature_for(_warp_grad_flow_kernel, dtype),
+                              dict(base, HAS_FIRST=hf, HAS_CROSS=hc)))
             for ut in (False, True):
-                specs.append((_warp_scatter_kernel, dict(base, USE_TANGENT=ut)))
+                specs.append((_warp_scatter_kernel, signature_for(_warp_scatter_kernel, dtype, ("out_ptr",)),
+                              dict(base, USE_TANGENT=ut)))
     return specs
+
+_TRITON_DTYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def signature_for(kernel, dtype: torch.dtype, accumulator_args=()) -> dict:
+    """Triton signature of ``kernel`` for ``dtype`` tensors: pointers ``*<dtype>`` (the names in
+    ``accumulator_args`` get the float32/float64 accumulator type), ints i32, floats fp32."""
+    elem = _TRITON_DTYPES[dtype]
+    acc = "fp64" if dtype == torch.float64 else "fp32"
+    sig = {}
+    for param in kernel.params:
+        name = param.name
+        if param.is_constexpr:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = "*" + (acc if name in accumulator_args else elem)
+        elif name.startswith("inv_"):
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+    return sig

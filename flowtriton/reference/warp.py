@@ -53,7 +53,8 @@ def _map_coordinate(coord: torch.Tensor, size: int, padding_mode: str) -> torch.
     mag = raw.abs()
     mag = mag - period * torch.floor(mag * inv_period)
     flipped = mag > (size - 1)
-    reflected = torch.where(flipped, period - mag, mag)
+    # the clamp only matters where float precision runs out (|x| >> size)
+    reflected = torch.where(flipped, period - mag, mag).clamp(0.0, size - 1.0)
     sign = torch.where(raw < 0, -1.0, 1.0).to(coord.dtype)
     slope = torch.where(flipped, -sign, sign)
     # Value of the reflected coordinate, derivative `slope` (straight-through form keeps it
@@ -73,7 +74,7 @@ def _gather(plane: torch.Tensor, iy: torch.Tensor, ix: torch.Tensor, padding_mod
         iy = iy.clamp(0, height - 1)
         ix = ix.clamp(0, width - 1)
     n, c = plane.shape[:2]
-    index = (iy * width + ix).reshape(n, 1, -1).expand(n, c, -1)
+    index = (iy * width + ix).reshape(n, 1, height * width).expand(n, c, height * width)
     values = torch.gather(plane, 2, index).reshape(n, c, height, width)
     if inside is not None:
         values = values * inside.unsqueeze(1).to(values.dtype)

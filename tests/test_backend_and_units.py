@@ -1,0 +1,68 @@
+"""Backend selection precedence and the pixel <-> normalized unit helpers."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import flowtriton
+from flowtriton import backend as bk
+from flowtriton.ops.units import flow_to_grid, identity_grid
+
+
+@pytest.fixture(autouse=True)
+def _clean_backend(monkeypatch):
+    monkeypatch.delenv("FLOWTRITON_BACKEND", raising=False)
+    bk.set_backend(None)
+    yield
+    bk.set_backend(None)
+
+
+def test_precedence_argument_context_global_env(monkeypatch):
+    assert bk.requested_backend() == "auto"
+    monkeypatch.setenv("FLOWTRITON_BACKEND", "triton")
+    assert bk.requested_backend() == "triton"
+    flowtriton.set_backend("torch")
+    assert bk.requested_backend() == "torch"
+    with flowtriton.use_backend("triton"):
+        assert bk.requested_backend() == "triton"
+        assert bk.requested_backend("torch") == "torch"
+    assert bk.requested_backend() == "torch"
+
+
+def test_auto_uses_torch_on_cpu_and_bad_names_raise(monkeypatch):
+    x = torch.zeros(1)
+    assert bk.resolve_backend(None, x) == "torch"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        flowtriton.set_backend("gpu")
+    monkeypatch.setenv("FLOWTRITON_BACKEND", "fast")
+    with pytest.raises(ValueError, match="FLOWTRITON_BACKEND must be one of"):
+        bk.requested_backend()
+
+
+def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="backend='triton' needs a CUDA tensor"):
+        bk.resolve_backend("triton", torch.zeros(1))
+
+
+def test_units_round_trip_and_scale():
+    flow = torch.randn(2, 2, 5, 9, dtype=torch.float64)
+    norm = flowtriton.pixels_to_normalized(flow)
+    torch.testing.assert_close(flowtriton.normalized_to_pixels(norm), flow)
+    assert flowtriton.pixel_scale(32, 32) == (15.5, 15.5)
+    torch.testing.assert_close(norm[:, 0], flow[:, 0] / 4.0)  # (9 - 1) / 2
+    torch.testing.assert_close(norm[:, 1], flow[:, 1] / 2.0)  # (5 - 1) / 2
+
+
+def test_identity_grid_matches_affine_grid_in_float64():
+    theta = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0]]], dtype=torch.float64)
+    for h, w in [(28, 28), (32, 32), (5, 7)]:
+        want = F.affine_grid(theta, (1, 1, h, w), align_corners=True)
+        torch.testing.assert_close(identity_grid(1, h, w, dtype=torch.float64), want)
+
+
+def test_flow_to_grid_is_what_grid_sample_needs():
+    image = torch.rand(1, 1, 6, 6, dtype=torch.float64)
+    flow = torch.full((1, 2, 6, 6), 0.5, dtype=torch.float64)
+    out = F.grid_sample(image, flow_to_grid(flow), align_corners=True, padding_mode="border")
+    torch.testing.assert_close(out, flowtriton.warp(image, flow, "border"))
