@@ -1,0 +1,64 @@
+"""``InputGradReg``: input-gradient regularization (double backpropagation; Drucker & LeCun,
+Ross & Doshi-Velez 2018), the baseline FGR is compared with."""
+
+from __future__ import annotations
+
+import torch
+
+from ..ops import flow_gradient
+from .common import (
+    REDUCTIONS,
+    check_batch,
+    check_choice,
+    check_nonnegative,
+    classifier_losses,
+    mean_norm,
+    per_example_cross_entropy,
+    reduce_squared_norms,
+)
+
+
+class InputGradReg:
+    """``loss, parts = reg(model, images, labels)`` with ``loss = L + lam * penalty``.
+
+    ``L`` is the batch mean of ``loss_fn`` (per-example losses, default cross-entropy);
+    ``penalty`` the squared L2 norm of ``dL/dimages`` (pixel values in [0, 1]), reduced over the
+    batch by ``reduction`` exactly as :class:`FlowGradReg` does ('paper': ``mean_b ||dL/dx_b||^2``
+    of the batch-mean loss, i.e. 1/B^2 times the per-example mean; 'mean': batch-size free;
+    'sum': Ross & Doshi-Velez's sum over the batch, without their 1/2). The penalty is
+    backpropagated through the network by double backpropagation (``create_graph=True``).
+
+    ``parts`` (detached): 'ce', 'penalty', 'input_grad_norm' (mean per-example L2 norm of the
+    summed loss's input gradient), 'flow_grad_norm' (the same gradient seen as a flow gradient,
+    normalized units, forward scheme: lets IGR and FGR runs be compared), 'loss', 'logits'.
+    """
+
+    def __init__(self, lam: float = 1.0, loss_fn=None, reduction: str = "paper", backend: str | None = None):
+        self.lam = check_nonnegative(lam, "lam")
+        self.reduction = check_choice(reduction, REDUCTIONS, "reduction")
+        self.loss_fn = per_example_cross_entropy if loss_fn is None else loss_fn
+        self.backend = backend
+
+    def __repr__(self) -> str:
+        return f"InputGradReg(lam={self.lam}, reduction={self.reduction!r})"
+
+    def __call__(self, model, images: torch.Tensor, labels: torch.Tensor):
+        check_batch(images, labels)
+        batch = images.shape[0]
+        z = images.detach().requires_grad_(True)
+        losses, logits = classifier_losses(model, z, labels, self.loss_fn)
+        ce = losses.mean()
+        if self.lam == 0:
+            nan = torch.full((), float("nan"), device=ce.device)
+            return ce, {"ce": ce.detach(), "penalty": torch.zeros((), device=ce.device), "input_grad_norm": nan,
+                        "flow_grad_norm": nan, "loss": ce.detach(), "logits": logits.detach()}
+        (grad_image,) = torch.autograd.grad(ce, z, create_graph=True)
+        squared = grad_image.flatten(1).square().sum(1)
+        penalty = reduce_squared_norms(squared, self.reduction, batch)
+        loss = ce + self.lam * penalty
+        with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
+            field = flow_gradient(z.detach(), grad_image.detach().to(z.dtype), "forward", backend=self.backend,
+                                  units="normalized")
+            flow_sq = field.flatten(1).square().sum(1)
+        return loss, {"ce": ce.detach(), "penalty": penalty.detach(), "input_grad_norm": mean_norm(squared, batch),
+                      "flow_grad_norm": mean_norm(flow_sq, batch), "loss": loss.detach(), "logits": logits.detach()}

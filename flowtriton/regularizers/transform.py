@@ -1,0 +1,108 @@
+"""``TransformGradReg``: the unified form -- regularize the loss gradient w.r.t. the parameters of
+any differentiable image transformation, taken at the identity (zero parameters).
+
+FGR is the instance "transformation = warp by a flow" (:meth:`TransformGradReg.flow`); an
+affine warp (:meth:`TransformGradReg.affine`) regularizes against small rotations, scalings,
+shears and translations. Built on :func:`flowtriton.warp`'s double backward; the closed-form
+:class:`FlowGradReg` stays the fast path for flows.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..ops import identity_grid, normalized_to_pixels, warp
+from ..reference import PADDING_MODES
+from .common import (
+    REDUCTIONS,
+    check_batch,
+    check_choice,
+    check_nonnegative,
+    classifier_losses,
+    mean_norm,
+    per_example_cross_entropy,
+    reduce_squared_norms,
+)
+
+
+def affine_flow(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(N, 2, H, W) pixel flow of the affine map ``p -> p + theta @ [x, y, 1]`` in normalized
+    ([-1, 1], align_corners=True) coordinates; ``theta`` is (N, 2, 3), zero = identity."""
+    if theta.dim() != 3 or theta.shape[1:] != (2, 3):
+        raise ValueError(f"theta must have shape (N, 2, 3), got {tuple(theta.shape)}")
+    grid = identity_grid(1, height, width, dtype=theta.dtype, device=theta.device)[0]  # (H, W, 2)
+    homogeneous = torch.cat((grid, torch.ones_like(grid[..., :1])), dim=-1)  # (H, W, 3)
+    flow = torch.einsum("nij,hwj->nihw", theta, homogeneous)
+    return normalized_to_pixels(flow)
+
+
+class TransformGradReg:
+    """``loss, parts = reg(model, images, labels)``: ``loss = L + lam * reduction(||dL/dp||^2)``.
+
+    ``transform(images, params) -> images`` must be differentiable twice in ``params``, and
+    ``zero_params(images) -> params`` gives the identity parameters (leading dimension N, one set
+    per example). ``L`` is the batch mean of ``loss_fn`` (per-example losses, default
+    cross-entropy); ``reduction`` as in :class:`FlowGradReg` ('paper' by default, 1/B^2 times
+    the per-example mean). ``parts`` (detached): 'ce', 'penalty', 'param_grad_norm', 'loss',
+    'logits'. No random start.
+    """
+
+    def __init__(self, transform, zero_params, lam: float = 1.0, loss_fn=None, reduction: str = "paper"):
+        if not callable(transform) or not callable(zero_params):
+            raise TypeError("transform and zero_params must be callables")
+        self.transform = transform
+        self.zero_params = zero_params
+        self.lam = check_nonnegative(lam, "lam")
+        self.reduction = check_choice(reduction, REDUCTIONS, "reduction")
+        self.loss_fn = per_example_cross_entropy if loss_fn is None else loss_fn
+
+    @classmethod
+    def flow(cls, lam: float = 1.0, units: str = "normalized", padding_mode: str = "border",
+             backend: str | None = None, **kwargs) -> "TransformGradReg":
+        """Flow gradient regularization through the warp itself (no closed form). With
+        ``padding_mode='border'`` it equals ``FlowGradReg(sigma=0, scheme='forward')``."""
+        check_choice(padding_mode, PADDING_MODES, "padding_mode")
+        check_choice(units, ("pixels", "normalized"), "units")
+
+        def transform(images, flow):
+            return warp(images, normalized_to_pixels(flow) if units == "normalized" else flow, padding_mode,
+                        backend=backend)
+
+        def zeros(images):
+            n, _, h, w = images.shape
+            return images.new_zeros((n, 2, h, w))
+
+        return cls(transform, zeros, lam=lam, **kwargs)
+
+    @classmethod
+    def affine(cls, lam: float = 1.0, padding_mode: str = "zeros", backend: str | None = None,
+               **kwargs) -> "TransformGradReg":
+        """Regularize the gradient w.r.t. a per-example (2, 3) affine matrix (normalized
+        coordinates, zero = identity; see :func:`affine_flow`)."""
+        check_choice(padding_mode, PADDING_MODES, "padding_mode")
+
+        def transform(images, theta):
+            return warp(images, affine_flow(theta, images.shape[2], images.shape[3]), padding_mode, backend=backend)
+
+        def zeros(images):
+            return images.new_zeros((images.shape[0], 2, 3))
+
+        return cls(transform, zeros, lam=lam, **kwargs)
+
+    def __call__(self, model, images: torch.Tensor, labels: torch.Tensor):
+        check_batch(images, labels)
+        batch = images.shape[0]
+        images = images.detach()
+        params = self.zero_params(images)
+        if not isinstance(params, torch.Tensor) or params.dim() < 1 or params.shape[0] != batch:
+            shape = tuple(params.shape) if isinstance(params, torch.Tensor) else type(params).__name__
+            raise ValueError(f"zero_params must return a tensor with leading dimension N={batch}, got {shape}")
+        params = params.detach().requires_grad_(True)
+        losses, logits = classifier_losses(model, self.transform(images, params), labels, self.loss_fn)
+        ce = losses.mean()
+        (grad_params,) = torch.autograd.grad(ce, params, create_graph=True)
+        squared = grad_params.flatten(1).square().sum(1)
+        penalty = reduce_squared_norms(squared, self.reduction, batch)
+        loss = ce + self.lam * penalty
+        return loss, {"ce": ce.detach(), "penalty": penalty.detach(), "param_grad_norm": mean_norm(squared, batch),
+                      "loss": loss.detach(), "logits": logits.detach()}

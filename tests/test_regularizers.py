@@ -1,0 +1,363 @@
+"""FlowGradReg / InputGradReg / TransformGradReg: the authors' formulation reproduced to 1e-6,
+reductions and units, random start, finite-difference mode, autocast, DDP, bad input."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import flowtriton
+from flowtriton.ops import identity_grid
+from flowtriton.regularizers import TransformGradReg, affine_flow
+
+BACKENDS = ("torch", "triton")
+
+
+class TinyNet(nn.Module):
+    """conv-BN-softplus, pooled, linear: curved enough for second derivatives to matter."""
+
+    def __init__(self, channels=3, classes=10):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 4, 3, padding=1, bias=False)  # BN follows
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 4 * 4, classes)
+
+    def forward(self, x):
+        x = F.softplus(self.bn(self.conv(x)))
+        return self.fc(F.adaptive_avg_pool2d(x, 4).flatten(1))
+
+
+def make_model(seed=0, dtype=torch.float64, channels=3):
+    torch.manual_seed(seed)
+    return TinyNet(channels).to(dtype)
+
+
+def make_batch(n=4, c=3, h=32, w=32, dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    # smooth-ish images in [0, 1]: low-frequency pattern plus a little noise
+    ys = torch.linspace(0, 1, h, dtype=dtype).view(1, 1, h, 1)
+    xs = torch.linspace(0, 1, w, dtype=dtype).view(1, 1, 1, w)
+    phase = torch.rand((n, c, 1, 1), generator=gen, dtype=dtype) * 6
+    images = 0.5 + 0.3 * torch.sin(3 * xs + 2 * ys + phase) + 0.1 * torch.rand((n, c, h, w), generator=gen, dtype=dtype)
+    labels = torch.randint(0, 10, (n,), generator=gen)
+    return images.clamp(0, 1), labels
+
+
+# ------------------------------------------------------------------------------------------
+# The authors' formulation, re-implemented here independently (REFERENCE.md 1.2)
+# ------------------------------------------------------------------------------------------
+
+def authors_bilinear(image, base, tau):
+    """Gather-based bilinear sampler at the normalized grid ``base + tau`` ((N, H, W, 2),
+    align_corners=True), coordinates clamped to the image (border), as the authors' code samples.
+    ``base`` is the identity in PIXELS (exact integers): unnormalizing ``(base + tau + 1) (W-1)/2``
+    in float64 would land next to the integers (the float trap of REFERENCE 1.2 that the authors'
+    float32 grid escapes at W=32), so the identity part is kept in pixels."""
+    n, c, h, w = image.shape
+    x = (base[..., 0] + tau[..., 0] * (w - 1) / 2).clamp(0, w - 1)
+    y = (base[..., 1] + tau[..., 1] * (h - 1) / 2).clamp(0, h - 1)
+    x0 = torch.floor(x.detach()).long()
+    y0 = torch.floor(y.detach()).long()
+    x1 = (x0 + 1).clamp(max=w - 1)
+    y1 = (y0 + 1).clamp(max=h - 1)
+    wx = (x - x0).unsqueeze(1)
+    wy = (y - y0).unsqueeze(1)
+    flat = image.reshape(n, c, h * w)
+
+    def at(iy, ix):
+        return torch.gather(flat, 2, (iy * w + ix).reshape(n, 1, -1).expand(n, c, -1)).reshape(n, c, h, w)
+
+    return (at(y0, x0) * (1 - wx) + at(y0, x1) * wx) * (1 - wy) + (at(y1, x0) * (1 - wx) + at(y1, x1) * wx) * wy
+
+
+def authors_identity_pixels(n, h, w):
+    """affine_grid's identity, float32 as in the authors' code (floor-exact for W=32 there,
+    REFERENCE 1.2), unnormalized to pixels and snapped to the integers it represents."""
+    theta = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(n, 2, 3)
+    grid32 = F.affine_grid(theta, (n, 1, h, w), align_corners=True)
+    pixels = (grid32 + 1) * torch.tensor([(w - 1) / 2, (h - 1) / 2])
+    assert (pixels - pixels.round()).abs().max() < 1e-4
+    assert torch.equal(torch.floor(pixels), pixels.round())  # float32 floor picks the right cell
+    return pixels.round().double()
+
+
+def authors_loss(model, images, labels, lam, sigma, seed):
+    n, c, h, w = images.shape
+    base = authors_identity_pixels(n, h, w)
+    if sigma > 0 and lam > 0:
+        noise = torch.randn((n, 2, h, w), generator=torch.Generator().manual_seed(seed), dtype=images.dtype) * sigma
+        grid = F.affine_grid(torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], dtype=torch.float64).expand(n, 2, 3),
+                             (n, c, h, w), align_corners=True)  # fractional positions: no float trap
+        moved = F.grid_sample(images, grid + noise.permute(0, 2, 3, 1), align_corners=True)  # zero padding
+        images = moved.clamp(0, 1).detach()
+    tau = torch.zeros((n, h, w, 2), dtype=images.dtype, requires_grad=True)
+    ce = F.cross_entropy(model(authors_bilinear(images, base, tau)), labels)
+    (grad_tau,) = torch.autograd.grad(ce, tau, create_graph=True)
+    reg = grad_tau.square().sum(dim=(1, 2, 3)).mean()
+    return ce + lam * reg
+
+
+def _param_grads(model):
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def _assert_rel(got, want, rel):
+    scale = want.abs().max().clamp_min(1e-30)
+    assert (got - want).abs().max() / scale < rel, ((got - want).abs().max().item(), scale.item())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sigma", [0.0, 0.01])
+def test_flowgradreg_reproduces_authors_code(backend, sigma):
+    images, labels = make_batch()
+    lam, seed = 300.0, 11
+    ref_model = make_model()
+    model = copy.deepcopy(ref_model)
+    want = authors_loss(ref_model, images, labels, lam, sigma, seed)
+    want.backward()
+    reg = flowtriton.FlowGradReg(lam=lam, sigma=sigma, seed=seed, backend=backend)
+    loss, parts = reg(model, images, labels)
+    loss.backward()
+    _assert_rel(loss.detach(), want.detach(), 1e-6)
+    assert parts["penalty"] > 0 and lam * parts["penalty"] > 1e-3 * parts["ce"]  # the penalty matters
+    for got, expected in zip(_param_grads(model), _param_grads(ref_model)):
+        _assert_rel(got, expected, 1e-6)
+
+
+def test_penalty_reductions_and_units_relate_as_documented():
+    images, labels = make_batch(n=3, h=8, w=8)
+    model = make_model()
+    batch, scale = 3, (8 - 1) / 2
+    penalties = {}
+    for reduction in ("paper", "mean", "sum"):
+        for units in ("normalized", "pixels"):
+            reg = flowtriton.FlowGradReg(lam=1.0, sigma=0, reduction=reduction, units=units, backend="torch")
+            penalties[reduction, units] = reg(model, images, labels)[1]["penalty"]
+    torch.testing.assert_close(penalties["mean", "normalized"], batch**2 * penalties["paper", "normalized"])
+    torch.testing.assert_close(penalties["sum", "normalized"], batch * penalties["mean", "normalized"])
+    torch.testing.assert_close(penalties["paper", "normalized"], scale**2 * penalties["paper", "pixels"])
+    # 'mean' with a per-example (eval-mode) model is the mean per-example squared flow gradient
+    model.eval()
+    reg = flowtriton.FlowGradReg(lam=1.0, sigma=0, reduction="mean", units="pixels", backend="torch")
+    per_example = []
+    for i in range(batch):
+        x = images[i:i + 1].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(model(x), labels[i:i + 1]), x)
+        per_example.append(flowtriton.flow_gradient_penalty(x.detach(), g)[0])
+    torch.testing.assert_close(reg(model, images, labels)[1]["penalty"], torch.stack(per_example).mean())
+
+
+def test_parts_are_detached_and_complete():
+    images, labels = make_batch(n=2, h=8, w=8)
+    loss, parts = flowtriton.FlowGradReg(lam=10.0)(make_model(), images, labels)
+    assert {"ce", "penalty", "flow_grad_norm", "input_grad_norm", "loss", "logits"} <= set(parts)
+    assert loss.requires_grad and all(not v.requires_grad for v in parts.values())
+    torch.testing.assert_close(parts["loss"], parts["ce"] + 10.0 * parts["penalty"])
+    # flow_grad_norm: mean per-example norm of the summed loss's flow gradient (normalized units)
+    torch.testing.assert_close(parts["flow_grad_norm"] ** 2 / 4, parts["penalty"], rtol=0.5, atol=0)
+
+
+def test_lam_zero_is_plain_cross_entropy_without_random_start():
+    images, labels = make_batch(n=2, h=8, w=8)
+    model = make_model()
+    loss, parts = flowtriton.FlowGradReg(lam=0.0, sigma=0.5)(model, images, labels)
+    torch.testing.assert_close(loss, F.cross_entropy(model(images), labels))
+    assert parts["penalty"] == 0 and math.isnan(parts["flow_grad_norm"])
+
+
+def test_random_start_is_seeded_and_changes_the_input():
+    images, labels = make_batch(n=2, h=8, w=8)
+    model = make_model()
+    model.eval()
+    first = flowtriton.FlowGradReg(lam=1.0, sigma=0.05, seed=3)(model, images, labels)[0]
+    again = flowtriton.FlowGradReg(lam=1.0, sigma=0.05, seed=3)(model, images, labels)[0]
+    other = flowtriton.FlowGradReg(lam=1.0, sigma=0.05, seed=4)(model, images, labels)[0]
+    gen = torch.Generator().manual_seed(3)
+    with_gen = flowtriton.FlowGradReg(lam=1.0, sigma=0.05, generator=gen)(model, images, labels)[0]
+    off = flowtriton.FlowGradReg(lam=1.0, sigma=0.0)(model, images, labels)[0]
+    assert first == again == with_gen
+    assert first != other and first != off
+    reg = flowtriton.FlowGradReg(lam=1.0, sigma=0.05, seed=3)
+    moved = reg.random_start(images)
+    assert not moved.requires_grad and 0 <= moved.min() and moved.max() <= 1
+    assert 0 < (moved - images).abs().max() < 0.5
+
+
+def _exact_and_fd(model, images, labels, step, perturbation):
+    exact = flowtriton.FlowGradReg(lam=1.0, sigma=0, backend="torch")(model, images, labels)[1]["penalty"]
+    fd = flowtriton.FlowGradReg(lam=1.0, sigma=0, mode="finite_difference", fd_step=step,
+                                fd_perturbation=perturbation, backend="torch")(model, images, labels)[1]["penalty"]
+    return exact, fd
+
+
+@pytest.mark.parametrize("perturbation", ["linear", "warp"])
+def test_finite_difference_penalty_approaches_exact_as_step_shrinks(perturbation):
+    images, labels = make_batch(n=3, h=16, w=16)
+    model = make_model()
+    model.eval()  # per-example losses stay per-example
+    errors = []
+    for step in (0.3, 0.03, 0.003, 0.0003):
+        exact, fd = _exact_and_fd(model, images, labels, step, perturbation)
+        errors.append(float((fd - exact).abs() / exact))
+    assert errors[-1] < errors[0], errors
+    if perturbation == "linear":
+        assert all(b < a for a, b in zip(errors, errors[1:])), errors  # O(h) convergence
+        assert errors[-1] < 1e-3, errors
+    else:  # one-sided bilinear differences: converges, but to a smaller value on textured images
+        assert all(b <= a + 1e-9 for a, b in zip(errors, errors[1:])), errors
+        assert 0.1 < float(fd / exact) < 1.0, errors
+
+
+def test_finite_difference_mode_trains_with_first_order_gradients_only():
+    images, labels = make_batch(n=3, h=16, w=16)
+    model = make_model()
+    model.eval()
+    exact_model = copy.deepcopy(model)
+    reg = flowtriton.FlowGradReg(lam=50.0, sigma=0, mode="finite_difference", fd_step=1e-4,
+                                 fd_perturbation="linear", backend="torch")
+    loss, _ = reg(model, images, labels)
+    loss.backward()
+    exact_loss, _ = flowtriton.FlowGradReg(lam=50.0, sigma=0, backend="torch")(exact_model, images, labels)
+    exact_loss.backward()
+    for got, want in zip(_param_grads(model), _param_grads(exact_model)):
+        _assert_rel(got, want, 1e-2)
+
+
+def test_input_grad_reg_matches_double_backprop():
+    images, labels = make_batch(n=3, h=8, w=8)
+    model = make_model()
+    ref_model = copy.deepcopy(model)
+    loss, parts = flowtriton.InputGradReg(lam=5.0, reduction="sum")(model, images, labels)
+    loss.backward()
+    x = images.clone().requires_grad_(True)
+    summed = F.cross_entropy(ref_model(x), labels, reduction="sum")
+    (g,) = torch.autograd.grad(summed, x, create_graph=True)
+    want = summed / 3 + 5.0 * g.square().sum()  # Ross & Doshi-Velez: sum over the batch
+    want.backward()
+    torch.testing.assert_close(loss, want)
+    for got, expected in zip(_param_grads(model), _param_grads(ref_model)):
+        torch.testing.assert_close(got, expected)
+    assert {"ce", "penalty", "flow_grad_norm", "input_grad_norm", "loss"} <= set(parts)
+    assert parts["flow_grad_norm"] > 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_transform_reg_flow_instance_equals_flowgradreg(backend):
+    images, labels = make_batch(n=2, h=8, w=8)
+    model = make_model()
+    other = copy.deepcopy(model)
+    loss, _ = flowtriton.FlowGradReg(lam=30.0, sigma=0, backend=backend)(model, images, labels)
+    loss.backward()
+    generic, parts = TransformGradReg.flow(lam=30.0, backend=backend)(other, images, labels)
+    generic.backward()
+    torch.testing.assert_close(generic, loss)
+    for got, want in zip(_param_grads(other), _param_grads(model)):
+        torch.testing.assert_close(got, want)
+    assert "param_grad_norm" in parts
+
+
+def test_transform_reg_affine_matches_closed_form_chain_rule():
+    images, labels = make_batch(n=2, h=8, w=8)
+    model = make_model()
+    model.eval()
+    reg = TransformGradReg.affine(lam=1.0, padding_mode="border", backend="torch")
+    penalty = reg(model, images, labels)[1]["penalty"]
+    x = images.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(F.cross_entropy(model(x), labels), x)
+    field = flowtriton.flow_gradient(images, g, units="normalized")  # dL / d normalized flow
+    grid = identity_grid(1, 8, 8, dtype=torch.float64)[0]
+    homogeneous = torch.cat((grid, torch.ones_like(grid[..., :1])), -1)  # (H, W, 3)
+    grad_theta = torch.einsum("nihw,hwj->nij", field, homogeneous)
+    torch.testing.assert_close(penalty, grad_theta.square().sum((1, 2)).mean())
+    # a pure translation theta moves every pixel by the same pixel amount
+    theta = torch.tensor([[[0.0, 0, 2 / 7], [0, 0, 0]]], dtype=torch.float64)
+    torch.testing.assert_close(affine_flow(theta, 8, 8)[0, 0], torch.ones(8, 8, dtype=torch.float64))
+
+
+def test_works_under_cpu_autocast():
+    images, labels = make_batch(n=2, h=8, w=8, dtype=torch.float32)
+    model = make_model(dtype=torch.float32)
+    ref_model = copy.deepcopy(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, parts = flowtriton.FlowGradReg(lam=100.0, sigma=0)(model, images, labels)
+    loss.backward()
+    ref, _ = flowtriton.FlowGradReg(lam=100.0, sigma=0)(ref_model, images, labels)
+    ref.backward()
+    assert torch.isfinite(loss) and abs(loss.item() - ref.item()) < 0.05 * abs(ref.item())
+    for got, want in zip(_param_grads(model), _param_grads(ref_model)):
+        assert torch.isfinite(got).all()
+        assert torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0) > 0.9
+
+
+def test_works_inside_distributed_data_parallel(tmp_path):
+    import torch.distributed as dist
+
+    images, labels = make_batch(n=2, h=8, w=8)
+    model = make_model()
+    ref_model = copy.deepcopy(model)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ddp = nn.parallel.DistributedDataParallel(model)
+        reg = flowtriton.FlowGradReg(lam=100.0, sigma=0, backend="torch")
+        for _ in range(2):  # a second step checks DDP's reducer finished the first one
+            model.zero_grad()
+            loss, _ = reg(ddp, images, labels)
+            loss.backward()
+    finally:
+        dist.destroy_process_group()
+    for _ in range(2):
+        ref_model.zero_grad()
+        ref, _ = reg(ref_model, images, labels)
+        ref.backward()
+    torch.testing.assert_close(loss, ref)
+    for got, want in zip(_param_grads(model), _param_grads(ref_model)):
+        torch.testing.assert_close(got, want)
+
+
+class _FeatureMap(nn.Module):
+    def forward(self, x):
+        return x
+
+
+class _Pair(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = make_model()
+
+    def forward(self, x):
+        return self.net(x), x
+
+
+@pytest.mark.parametrize("make_reg", [flowtriton.FlowGradReg, flowtriton.InputGradReg])
+def test_bad_input_is_named(make_reg):
+    images, labels = make_batch(n=2, h=8, w=8)
+    with pytest.raises(ValueError, match="lam"):
+        make_reg(lam=-1.0)
+    with pytest.raises(ValueError, match=r"model must return \(N, classes\) logits.*\(2, 3, 8, 8\)"):
+        make_reg(lam=1.0)(_FeatureMap(), images, labels)
+    with pytest.raises(ValueError, match="model must return a \\(N, classes\\) logits tensor, got tuple"):
+        make_reg(lam=1.0)(_Pair(), images, labels)
+    with pytest.raises(ValueError, match="labels must have N=2"):
+        make_reg(lam=1.0)(make_model(), images, labels[:1])
+    with pytest.raises(ValueError, match=r"loss_fn must return per-example losses of shape \(2,\)"):
+        make_reg(lam=1.0, loss_fn=F.cross_entropy)(make_model(), images, labels)
+    with pytest.raises(ValueError, match="reduction"):
+        make_reg(lam=1.0, reduction="batchmean")
+
+
+def test_flowgradreg_bad_options_are_named():
+    with pytest.raises(ValueError, match="sigma"):
+        flowtriton.FlowGradReg(sigma=-0.01)
+    with pytest.raises(ValueError, match="units"):
+        flowtriton.FlowGradReg(units="percent")
+    with pytest.raises(ValueError, match="mode"):
+        flowtriton.FlowGradReg(mode="approximate")
+    with pytest.raises(ValueError, match="fd_step"):
+        flowtriton.FlowGradReg(fd_step=0)
+    with pytest.raises(ValueError, match="generator or seed"):
+        flowtriton.FlowGradReg(seed=1, generator=torch.Generator())
