@@ -62,23 +62,15 @@ def _map_coordinate(coord: torch.Tensor, size: int, padding_mode: str) -> torch.
     return reflected + slope * (coord - raw)
 
 
-def _gather(plane: torch.Tensor, iy: torch.Tensor, ix: torch.Tensor, padding_mode: str,
-            height: int, width: int) -> torch.Tensor:
-    """plane (N, C, H*W); iy, ix (N, H, W) int64 corner indices -> (N, C, H, W)."""
+def _corners(coord: torch.Tensor, size: int, padding_mode: str):
+    """Lower/upper corner indices (clamped into the image) and their in-image flags."""
+    lo = torch.floor(coord.detach()).long()
+    hi = lo + 1
     if padding_mode == "zeros":
-        inside = (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
-        iy = iy.clamp(0, height - 1)
-        ix = ix.clamp(0, width - 1)
-    else:
-        inside = None
-        iy = iy.clamp(0, height - 1)
-        ix = ix.clamp(0, width - 1)
-    n, c = plane.shape[:2]
-    index = (iy * width + ix).reshape(n, 1, height * width).expand(n, c, height * width)
-    values = torch.gather(plane, 2, index).reshape(n, c, height, width)
-    if inside is not None:
-        values = values * inside.unsqueeze(1).to(values.dtype)
-    return values
+        in_lo, in_hi = (lo >= 0) & (lo < size), (hi >= 0) & (hi < size)
+    else:  # border / reflection read the clamped index
+        in_lo = in_hi = None
+    return lo.clamp(0, size - 1), hi.clamp(0, size - 1), in_lo, in_hi
 
 
 def warp(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
@@ -100,23 +92,21 @@ def warp(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros") -
     y = _map_coordinate(rows + flw[:, 1], height, padding_mode)
     x = _map_coordinate(cols + flw[:, 0], width, padding_mode)
 
-    y0f = torch.floor(y.detach())
-    x0f = torch.floor(x.detach())
-    wy = y - y0f
-    wx = x - x0f
-    y0 = y0f.long()
-    x0 = x0f.long()
+    wy = y - torch.floor(y.detach())  # fractions, differentiable; floor is piecewise constant
+    wx = x - torch.floor(x.detach())
+    y0, y1, in_y0, in_y1 = _corners(y, height, padding_mode)
+    x0, x1, in_x0, in_x1 = _corners(x, width, padding_mode)
+
+    # Four corners stacked on dim 1: (N, 4, H, W) flat indices and bilinear weights.
+    index = torch.stack((y0 * width + x0, y0 * width + x1, y1 * width + x0, y1 * width + x1), dim=1)
+    weight = torch.stack(((1 - wy) * (1 - wx), (1 - wy) * wx, wy * (1 - wx), wy * wx), dim=1)
+    keep = finite.unsqueeze(1)
+    if padding_mode == "zeros":  # a corner outside the image reads 0: drop its weight
+        keep = keep & torch.stack((in_y0 & in_x0, in_y0 & in_x1, in_y1 & in_x0, in_y1 & in_x1), dim=1)
+    weight = weight * keep.to(work)
 
     plane = img.reshape(n, c, height * width)
-    v00 = _gather(plane, y0, x0, padding_mode, height, width)
-    v01 = _gather(plane, y0, x0 + 1, padding_mode, height, width)
-    v10 = _gather(plane, y0 + 1, x0, padding_mode, height, width)
-    v11 = _gather(plane, y0 + 1, x0 + 1, padding_mode, height, width)
-
-    wx = wx.unsqueeze(1)
-    wy = wy.unsqueeze(1)
-    top = v00 + wx * (v01 - v00)
-    bottom = v10 + wx * (v11 - v10)
-    out = top + wy * (bottom - top)
-    out = out * finite.unsqueeze(1).to(work)
+    flat = index.reshape(n, 1, 4 * height * width).expand(n, c, 4 * height * width)
+    corners = torch.gather(plane, 2, flat).reshape(n, c, 4, height, width)
+    out = (corners * weight.unsqueeze(1)).sum(dim=2)
     return out.to(image.dtype)
