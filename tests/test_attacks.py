@@ -1,0 +1,569 @@
+"""Tests of flowtriton.attacks: FlowPGD, ADef, StAdv, RotationTranslation, evaluate.
+
+Tiny linear / one-conv models on 8x8 images; the warp runs on the torch backend on CPU.
+"""
+
+import gc
+import json
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import flowtriton
+from flowtriton.attacks import (ADef, EvaluationResult, FlowPGD, RotationTranslation, StAdv, evaluate,
+                                flow_norms, flow_smoothness, rigid_flow)
+from flowtriton.attacks.adef import gaussian_kernel
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+# -- tiny models and images ------------------------------------------------------------------------
+def smooth_images(n=6, channels=1, height=8, width=8, seed=0, dtype=torch.float32):
+    """(n, channels, height, width) images in [0, 1] with real spatial gradients."""
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, channels, 3, 3, generator=gen, dtype=torch.float64)
+    return F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=True).to(dtype)
+
+
+class Linear(torch.nn.Module):
+    """logits = W flatten(x) + b."""
+
+    def __init__(self, channels=1, height=8, width=8, classes=3, seed=0, dtype=torch.float32):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        weight = torch.randn(classes, channels * height * width, generator=gen, dtype=torch.float64)
+        self.weight = torch.nn.Parameter(weight.to(dtype))
+        self.bias = torch.nn.Parameter(torch.zeros(classes, dtype=dtype))
+
+    def forward(self, x):
+        return x.flatten(1) @ self.weight.t() + self.bias
+
+
+class TinyConv(torch.nn.Module):
+    """One conv, BatchNorm and dropout (so train/eval modes matter), a linear head."""
+
+    def __init__(self, channels=1, size=8, classes=4, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = torch.nn.Conv2d(channels, 4, 3, padding=1)
+        self.norm = torch.nn.BatchNorm2d(4)
+        self.drop = torch.nn.Dropout(0.5)
+        self.head = torch.nn.Linear(4 * size * size, classes)
+
+    def forward(self, x):
+        return self.head(self.drop(torch.relu(self.norm(self.conv(x)))).flatten(1))
+
+
+def blob_images(n=6, channels=1, size=8, seed=0, dtype=torch.float32):
+    """(n, channels, size, size) Gaussian blobs (sigma 1.2 px) near the centre, random shades."""
+    gen = torch.Generator().manual_seed(seed)
+    centre = (size - 1) / 2 + (torch.rand(n, 2, generator=gen, dtype=torch.float64) - 0.5) * 0.6
+    coords = torch.arange(size, dtype=torch.float64)
+    gx = torch.exp(-0.5 * ((coords - centre[:, 0, None]) / 1.2) ** 2)
+    gy = torch.exp(-0.5 * ((coords - centre[:, 1, None]) / 1.2) ** 2)
+    shade = 0.6 + 0.4 * torch.rand(n, channels, generator=gen, dtype=torch.float64)
+    images = (gy[:, :, None] * gx[:, None, :])[:, None] * shade[:, :, None, None]
+    return images.to(dtype)
+
+
+class Blob(Linear):
+    """A weak linear classifier that small flows fool: class 1 = mass right of the centre,
+    class 2 = mass left of it, class 0 = neither by more than ``threshold``."""
+
+    def __init__(self, channels=1, size=8, dtype=torch.float32, threshold=1.0):
+        super().__init__(channels=channels, height=size, width=size, classes=3, dtype=dtype)
+        ramp = (torch.arange(size, dtype=torch.float64) - (size - 1) / 2).expand(channels, size, size).flatten()
+        with torch.no_grad():
+            self.weight.copy_(torch.stack((torch.zeros_like(ramp), ramp, -ramp)).to(dtype))
+            self.bias.copy_(torch.tensor([threshold, 0.0, 0.0], dtype=dtype))
+
+
+def predictions(model, images):
+    with torch.no_grad():
+        return model(images).argmax(dim=1)
+
+
+ATTACKS = {
+    "pgd": lambda m: FlowPGD(m, eps=0.3, steps=5),
+    "pgd_tnorm_restarts": lambda m: FlowPGD(m, eps=1.0, units="pixels", norm="tnorm", loss="margin",
+                                            random_start=True, restarts=2, steps=3, seed=0),
+    "adef": lambda m: ADef(m, candidates=[1, 2], max_iter=10, overshoot=1.2, smooth=0.5),
+    "stadv": lambda m: StAdv(m, max_iter=10, search_steps=2),
+    "rotation_translation": lambda m: RotationTranslation(m, num_rotations=3, num_translations=3),
+}
+PADDING = {"pgd": "zeros", "pgd_tnorm_restarts": "zeros", "adef": "border", "stadv": "border",
+           "rotation_translation": "zeros"}
+
+
+# -- every attack ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_result_agrees_with_model_and_flow(name):
+    model = TinyConv().eval()
+    x = smooth_images(6)
+    labels = predictions(model, x)
+    labels[0] = (labels[0] + 1) % 4  # one example already misclassified
+    result = ATTACKS[name](model).run(x, labels)
+    preds = predictions(model, result.images)
+    assert torch.equal(result.predictions, preds)
+    assert torch.equal(result.success, preds != labels)
+    assert bool(result.success[0])
+    assert result.flow.shape == (6, 2, 8, 8) and result.images.shape == x.shape
+    rewarped = flowtriton.warp(x, result.flow, PADDING[name]).clamp(0, 1)
+    torch.testing.assert_close(result.images, rewarped, atol=1e-5, rtol=0)
+    tnorm, linf, l2 = flow_norms(result.flow)
+    torch.testing.assert_close(result.tnorm, tnorm)
+    torch.testing.assert_close(result.l2, result.flow.flatten(1).norm(dim=1))
+    assert result.iterations.dtype == torch.int64 and result.iterations.shape == (6,)
+    assert torch.equal(result.norms["linf"], linf)
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_model_modes_restored_and_eval_during_attack(name):
+    model = TinyConv()
+    model.train()
+    model.drop.eval()  # a mixed configuration must come back exactly
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append((module.training, module.norm.training)))
+    x = smooth_images(4)
+    ATTACKS[name](model)(x, torch.zeros(4, dtype=torch.long))
+    assert seen and not any(any(modes) for modes in seen)
+    assert model.training and model.norm.training and model.conv.training and not model.drop.training
+
+
+def test_model_modes_restored_after_exception():
+    model = TinyConv()
+    calls = []
+
+    def explode(module, args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+
+    model.register_forward_pre_hook(explode)
+    with pytest.raises(RuntimeError, match="boom"):
+        FlowPGD(model, steps=5)(smooth_images(2), torch.zeros(2, dtype=torch.long))
+    assert model.training and model.norm.training and model.drop.training
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_no_graph_survives(name):
+    model = TinyConv()
+    x = smooth_images(4)
+    result = ATTACKS[name](model).run(x, torch.zeros(4, dtype=torch.long))
+    for value in (result.images, result.flow, result.tnorm, result.l2, *result.info.values()):
+        assert value.grad_fn is None and not value.requires_grad
+    assert all(p.grad is None for p in model.parameters())
+
+
+def _live_tensors():
+    gc.collect()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: FlowPGD(m, eps=0.3, steps=12),
+    lambda m: ADef(m, candidates=[1, 2], max_iter=12, max_norm=1e9),
+    lambda m: StAdv(m, max_iter=12, abort_early=False),
+], ids=["pgd", "adef", "stadv"])
+def test_memory_does_not_grow_over_iterations(make):
+    model = Linear(classes=4, dtype=torch.float64)
+    x = smooth_images(4, dtype=torch.float64)
+    counts = []
+    model.register_forward_pre_hook(lambda module, args: counts.append(_live_tensors()))
+    before = _live_tensors()
+    result = make(model).run(x, predictions(model, x))
+    del result
+    assert _live_tensors() <= before
+    gradient_calls = counts[1:-1]  # drop the clean and the final evaluation
+    assert len(gradient_calls) >= 8
+    half = len(gradient_calls) // 2  # a steady state: the second half holds no more than the first
+    assert max(gradient_calls[half:]) <= max(gradient_calls[:half])
+
+
+def _labels_error(images):
+    return FlowPGD(Linear(), steps=1).run(images, torch.zeros(2, 1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("call, error, word", [
+    (lambda: FlowPGD(Linear(), eps=-0.1), ValueError, "eps"),
+    (lambda: FlowPGD(Linear(), steps=0), ValueError, "steps"),
+    (lambda: FlowPGD(Linear(), steps=2.5), TypeError, "steps"),
+    (lambda: FlowPGD(Linear(), units="percent"), ValueError, "units"),
+    (lambda: FlowPGD(Linear(), norm="l2"), ValueError, "norm"),
+    (lambda: FlowPGD(Linear(), loss="hinge"), ValueError, "loss"),
+    (lambda: FlowPGD(Linear(), restarts=0), ValueError, "restarts"),
+    (lambda: FlowPGD("not a model"), TypeError, "model"),
+    (lambda: ADef(Linear(), candidates=0), ValueError, "candidates"),
+    (lambda: ADef(Linear(), max_norm=0), ValueError, "max_norm"),
+    (lambda: ADef(Linear(), overshoot=0.5), ValueError, "overshoot"),
+    (lambda: ADef(Linear(), smooth=-1), ValueError, "smooth"),
+    (lambda: ADef(Linear(), max_iter=0), ValueError, "max_iter"),
+    (lambda: StAdv(Linear(), tau=-1), ValueError, "tau"),
+    (lambda: StAdv(Linear(), lr=0), ValueError, "lr"),
+    (lambda: StAdv(Linear(), search_steps=0), ValueError, "search_steps"),
+    (lambda: RotationTranslation(Linear(), max_rotation=-5), ValueError, "max_rotation"),
+    (lambda: RotationTranslation(Linear(), num_rotations=0), ValueError, "num_rotations"),
+    (lambda: FlowPGD(Linear(), steps=1).run(smooth_images(2)[0], torch.zeros(2, dtype=torch.long)),
+     ValueError, "images"),
+    (lambda: FlowPGD(Linear(), steps=1).run(smooth_images(2).long(), torch.zeros(2, dtype=torch.long)),
+     TypeError, "images"),
+    (lambda: FlowPGD(Linear(), steps=1).run(smooth_images(2), torch.zeros(2)), TypeError, "labels"),
+    (lambda: _labels_error(smooth_images(2)), ValueError, "labels"),
+    (lambda: FlowPGD(Linear(), steps=1).run(smooth_images(2), torch.zeros(3, dtype=torch.long)),
+     ValueError, "labels"),
+    (lambda: FlowPGD(Linear(), steps=1).run(smooth_images(2), torch.tensor([0, 7])), ValueError, "labels"),
+    (lambda: FlowPGD(Linear(), steps=1, targeted=True).run(smooth_images(2)), ValueError, "labels"),
+    (lambda: ADef(Linear(classes=3), candidates=3).run(smooth_images(2)), ValueError, "candidates"),
+])
+def test_bad_arguments_raise_naming_them(call, error, word):
+    with pytest.raises(error, match=word):
+        call()
+
+
+# -- FlowPGD ---------------------------------------------------------------------------------------
+def test_pgd_defaults_are_the_authors_attack():
+    attack = FlowPGD(Linear())
+    assert (attack.eps, attack.steps, attack.units, attack.norm, attack.loss) == (0.01, 100, "normalized", "linf", "ce")
+    assert attack.effective_step_size == pytest.approx(1e-4)
+    assert (attack.random_start, attack.restarts, attack.padding_mode, attack.targeted) == (False, 1, "zeros", False)
+
+
+@pytest.mark.parametrize("units, norm, eps", [("normalized", "linf", 0.05), ("pixels", "linf", 0.4),
+                                              ("pixels", "tnorm", 0.4), ("normalized", "tnorm", 0.05)])
+def test_pgd_flow_stays_in_budget(units, norm, eps):
+    height, width = 6, 10  # non-square: the normalized unit differs per axis
+    model = Linear(height=height, width=width)
+    x = smooth_images(5, height=height, width=width)
+    attack = FlowPGD(model, eps=eps, steps=6, step_size=eps / 2, units=units, norm=norm, random_start=True, seed=1)
+    flow = attack.run(x, predictions(model, x)).flow
+    scale = torch.tensor([(width - 1) / 2, (height - 1) / 2]).view(1, 2, 1, 1) if units == "normalized" else 1.0
+    in_units = flow / scale
+    if norm == "linf":
+        assert in_units.abs().max() <= eps * (1 + 1e-5)
+        assert in_units.abs().max() >= eps * (1 - 1e-5)  # the box is reached with these steps
+    else:
+        assert in_units.square().sum(dim=1).sqrt().max() <= eps * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("units", ["normalized", "pixels"])
+def test_pgd_single_step_is_one_sign_step(units):
+    model = Linear(classes=3, dtype=torch.float64)
+    x = smooth_images(4, dtype=torch.float64)
+    labels = predictions(model, x)
+    eps = 0.05
+    flow = torch.zeros(4, 2, 8, 8, dtype=torch.float64, requires_grad=True)
+    scale = 3.5 if units == "normalized" else 1.0  # (8 - 1) / 2 pixels per normalized unit
+    loss = F.cross_entropy(model(flowtriton.warp(x, flow * scale).clamp(0, 1)), labels, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, flow)
+    result = FlowPGD(model, eps=eps, steps=1, units=units).run(x, labels)
+    torch.testing.assert_close(result.flow, eps * scale * grad.sign())
+    assert result.iterations.tolist() == [1] * 4
+
+
+def test_pgd_loss_not_below_clean_loss():
+    model = TinyConv().eval()
+    x = smooth_images(8)
+    labels = predictions(model, x)
+    result = FlowPGD(model, eps=0.05, steps=10).run(x, labels)
+    with torch.no_grad():
+        clean = F.cross_entropy(model(x), labels, reduction="none")
+        attacked = F.cross_entropy(model(result.images), labels, reduction="none")
+    torch.testing.assert_close(result.info["loss"], attacked)
+    assert torch.all(attacked >= clean - 1e-6)
+    assert attacked.mean() > clean.mean()
+
+
+@pytest.mark.parametrize("loss", ["ce", "margin"])
+def test_pgd_restarts_never_worse_than_one_start(loss):
+    model = TinyConv().eval()
+    x = smooth_images(8)
+    labels = predictions(model, x)
+    common = dict(eps=0.02, steps=4, loss=loss, random_start=True, seed=3)
+    one = FlowPGD(model, restarts=1, **common).run(x, labels)
+    many = FlowPGD(model, restarts=4, **common).run(x, labels)
+    assert torch.all(many.success >= one.success)
+    same = many.success == one.success
+    assert torch.all(many.info["loss"][same] >= one.info["loss"][same] - 1e-6)
+    assert many.iterations.tolist() == [16] * 8
+
+
+def test_pgd_seed_reproducible_and_targeted():
+    model = Blob()
+    x = blob_images(6)
+    labels = predictions(model, x)
+    first = FlowPGD(model, eps=0.3, steps=3, random_start=True, seed=7).run(x, labels)
+    again = FlowPGD(model, eps=0.3, steps=3, random_start=True, generator=torch.Generator().manual_seed(7)).run(x, labels)
+    assert torch.equal(first.flow, again.flow)
+    targets = (labels + 1) % 3
+    result = FlowPGD(model, eps=1.0, steps=20, units="pixels", targeted=True).run(x, targets)
+    assert torch.equal(result.success, result.predictions == targets)
+    assert result.success.float().mean() >= 0.5
+
+
+def test_pgd_with_budget_copies():
+    attack = FlowPGD(Linear(), eps=0.01, steps=10)
+    other = attack.with_budget(0.03)
+    assert other.eps == 0.03 and attack.eps == 0.01 and other.effective_step_size == pytest.approx(0.003)
+    with pytest.raises(ValueError, match="budget"):
+        attack.with_budget(-1)
+
+
+# -- ADef ------------------------------------------------------------------------------------------
+def _adef_first_step(model, x, smooth=0.0):
+    """The analytic minimum-norm field of ADef's first step on a linear model, written out with
+    torch.gradient (central differences, one-sided at the borders) and an explicit Gaussian."""
+    n, c, h, w = x.shape
+    logits = model(x).detach()
+    order = logits.argsort(dim=1, descending=True)
+    current, target = order[:, 0], order[:, 1]
+    f = logits.gather(1, target[:, None]).squeeze(1) - logits.gather(1, current[:, None]).squeeze(1)
+    grad = (model.weight[target] - model.weight[current]).detach().view(n, c, h, w)
+    dx = torch.gradient(x, dim=3)[0]
+    dy = torch.gradient(x, dim=2)[0]
+    alpha = torch.stack(((grad * dx).sum(1), (grad * dy).sum(1)), dim=1)
+    if smooth:
+        size = 2 * int(4 * smooth + 0.5) + 1
+        g = torch.tensor([math.exp(-0.5 * ((i - (size - 1) / 2) / smooth) ** 2) for i in range(size)],
+                         dtype=x.dtype)
+        kernel = torch.outer(g, g) / g.sum() ** 2
+        conv = lambda v: F.conv2d(v, kernel.expand(2, 1, size, size), padding=size // 2, groups=2)  # noqa: E731
+        alpha = conv(alpha)
+        squared = alpha.square().flatten(1).sum(1)
+        alpha = conv(alpha)
+    else:
+        squared = alpha.square().flatten(1).sum(1)
+    return -f[:, None, None, None] * alpha / squared[:, None, None, None]
+
+
+@pytest.mark.parametrize("smooth", [0.0, 0.7])
+def test_adef_first_step_is_the_analytic_minimum_norm_field(smooth):
+    model = Linear(channels=2, classes=3, dtype=torch.float64)
+    x = smooth_images(5, channels=2, dtype=torch.float64)
+    labels = predictions(model, x)
+    result = ADef(model, candidates=1, max_iter=1, smooth=smooth).run(x, labels)
+    expected = _adef_first_step(model, x, smooth)
+    torch.testing.assert_close(result.flow, expected)
+    assert result.iterations.tolist() == [1] * 5
+
+
+def test_adef_flips_linear_classifier_with_small_fields():
+    model = Blob(channels=2, dtype=torch.float64)
+    x = blob_images(8, channels=2, dtype=torch.float64)
+    labels = predictions(model, x)
+    # the linearized steps approach this boundary from one side: the overshoot carries them over
+    result = ADef(model, candidates=[1, 2], max_iter=50, overshoot=1.2).run(x, labels)
+    assert result.success.all()
+    assert torch.all(result.predictions != labels)
+    assert result.tnorm.max() < 0.5  # pixels: the blobs sit within 0.3 px of the decision lines
+    assert torch.all(result.iterations >= 1) and torch.all(result.iterations <= 50)
+    # more candidates can only give a field at most as large in the first step
+    model = Linear(channels=2, classes=4, dtype=torch.float64)
+    x = smooth_images(6, channels=2, dtype=torch.float64)
+    labels = predictions(model, x)
+    single = ADef(model, candidates=1, max_iter=1).run(x, labels)
+    multi = ADef(model, candidates=[1, 2, 3], max_iter=1).run(x, labels)
+    assert torch.all(multi.tnorm <= single.tnorm + 1e-12)
+
+
+def test_adef_gaussian_kernel_is_the_reference():
+    kernel = gaussian_kernel(0.5, torch.float64)
+    assert kernel.shape == (2, 1, 5, 5)  # 2 * int(4 * 0.5 + 0.5) + 1
+    torch.testing.assert_close(kernel.sum(dim=(1, 2, 3)), torch.ones(2, dtype=torch.float64))
+    assert kernel[0, 0, 2, 2] == kernel.max()
+
+
+def test_adef_max_norm_overshoot_and_targeting():
+    model = Blob(dtype=torch.float64)
+    x = blob_images(8, dtype=torch.float64)
+    labels = predictions(model, x)
+    free = ADef(model, max_iter=50).run(x, labels)
+    cap = free.tnorm.median().item()
+    capped = ADef(model, max_iter=50, max_norm=cap).run(x, labels)
+    assert torch.all(capped.tnorm <= cap * (1 + 1e-9))
+    assert torch.all(~capped.success[free.tnorm > cap * 1.0001])
+    over = ADef(model, max_iter=50, overshoot=1.5).run(x, labels)
+    grown = over.info["overshot"]
+    torch.testing.assert_close(over.tnorm[grown], 1.5 * free.tnorm[grown])
+    torch.testing.assert_close(over.tnorm[~grown], free.tnorm[~grown])
+    targets = predictions(model, x).add(2) % 3
+    targeted = ADef(model, max_iter=50, overshoot=1.2, targeted=True).run(x, targets)
+    assert torch.equal(targeted.success, targeted.predictions == targets)
+    assert targeted.success.float().mean() >= 0.5
+
+
+def test_adef_labels_none_deforms_away_from_the_prediction():
+    model = Linear(classes=3, dtype=torch.float64)
+    x = smooth_images(4, dtype=torch.float64)
+    by_default = ADef(model, max_iter=20).run(x)
+    explicit = ADef(model, max_iter=20).run(x, predictions(model, x))
+    assert torch.equal(by_default.flow, explicit.flow)
+
+
+# -- StAdv -----------------------------------------------------------------------------------------
+def _smoothness_loop(flow):
+    """The paper's L_flow written pixel by pixel (neighbours outside repeat the edge)."""
+    n, _, h, w = flow.shape
+    total = [flow.new_zeros(()) for _ in range(n)]
+    for b in range(n):
+        for i in range(h):
+            for j in range(w):
+                for di, dj in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+                    qi, qj = min(max(i + di, 0), h - 1), min(max(j + dj, 0), w - 1)
+                    du = flow[b, 0, i, j] - flow[b, 0, qi, qj]
+                    dv = flow[b, 1, i, j] - flow[b, 1, qi, qj]
+                    total[b] = total[b] + torch.sqrt(du ** 2 + dv ** 2 + 1e-8)
+    return torch.stack(total)
+
+
+def test_stadv_smoothness_and_gradient_match_autograd_reference():
+    flow = torch.randn(2, 2, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    flow[1, :, 1, 1] = flow[1, :, 1, 2]  # an equal neighbour: the 1e-8 keeps the sqrt smooth
+    mine = flow.clone().requires_grad_(True)
+    theirs = flow.clone().requires_grad_(True)
+    value, reference = flow_smoothness(mine), _smoothness_loop(theirs)
+    torch.testing.assert_close(value, reference)
+    weights = torch.tensor([0.3, -1.7], dtype=torch.float64)
+    (g_mine,) = torch.autograd.grad((value * weights).sum(), mine)
+    (g_ref,) = torch.autograd.grad((reference * weights).sum(), theirs)
+    torch.testing.assert_close(g_mine, g_ref)
+    assert torch.autograd.gradcheck(flow_smoothness, (mine,))
+    torch.testing.assert_close(flow_smoothness(torch.zeros(1, 2, 3, 4, dtype=torch.float64)),
+                               torch.tensor([4 * 12 * 1e-4], dtype=torch.float64))
+
+
+def test_stadv_fools_weak_model_with_small_smooth_flow():
+    x = blob_images(8)
+    model = Blob()
+    labels = predictions(model, x)
+    result = StAdv(model, tau=0.05, max_iter=100).run(x, labels)
+    assert result.success.all()
+    assert result.tnorm.max() < 0.5  # pixels
+    # smooth: neighbouring flow vectors differ far less than the vectors themselves
+    neighbour_change = (result.flow[..., 1:] - result.flow[..., :-1]).abs().mean()
+    assert neighbour_change < 0.5 * result.flow.abs().mean()
+    torch.testing.assert_close(result.info["flow_loss"], flow_smoothness(result.flow))
+
+
+def test_stadv_examples_are_independent():
+    x = blob_images(6, dtype=torch.float64)
+    model = Blob(dtype=torch.float64)
+    labels = predictions(model, x)
+    attack = StAdv(model, max_iter=60, search_steps=2)
+    full = attack.run(x, labels)
+    keep = torch.tensor([4, 1, 3])
+    part = attack.run(x[keep], labels[keep])
+    torch.testing.assert_close(part.flow, full.flow[keep], atol=1e-9, rtol=1e-7)
+    assert torch.equal(part.iterations, full.iterations[keep])
+    assert torch.equal(part.success, full.success[keep])
+
+
+def test_stadv_binary_search_and_targeting():
+    x = blob_images(8)
+    model = Blob()
+    labels = predictions(model, x)
+    searched = StAdv(model, tau=0.05, max_iter=60, search_steps=3).run(x, labels)
+    assert searched.success.all()
+    assert torch.all(searched.info["tau"] >= 0.05)  # every example succeeded, so tau only grew
+    assert torch.any(searched.info["tau"] > 0.05)
+    targets = (labels + 1) % 3
+    targeted = StAdv(model, max_iter=100, targeted=True).run(x, targets)
+    assert torch.equal(targeted.success, targeted.predictions == targets)
+    assert targeted.success.float().mean() >= 0.5
+
+
+# -- RotationTranslation ---------------------------------------------------------------------------
+def test_rotation_translation_grid_has_identity_first_once():
+    attack = RotationTranslation(Linear())
+    angles, shifts = attack.transforms()
+    assert angles.shape == (125,) and shifts.shape == (125, 2)  # 5 x 5 x 5, identity once
+    assert angles[0] == 0 and torch.all(shifts[0] == 0)
+    assert int(((angles == 0) & (shifts == 0).all(dim=1)).sum()) == 1
+    assert angles.abs().max() == 30 and shifts.abs().max() == 3
+    sampled_angles, _ = RotationTranslation(Linear(), random_samples=7, seed=0).transforms()
+    assert sampled_angles.shape == (8,) and sampled_angles[0] == 0
+
+
+def test_rotation_by_90_degrees_matches_rot90():
+    x = torch.rand(3, 2, 7, 7, generator=torch.Generator().manual_seed(0))
+    flow = rigid_flow(torch.tensor([90.0]), torch.zeros(1, 2), 7, 7).expand(3, 2, 7, 7)
+    torch.testing.assert_close(flowtriton.warp(x, flow), torch.rot90(x, 1, dims=(2, 3)), atol=1e-5, rtol=0)
+    shift = rigid_flow(torch.tensor([0.0]), torch.tensor([[1.0, 0.0]]), 7, 7).expand(3, 2, 7, 7)
+    moved = flowtriton.warp(x, shift)
+    torch.testing.assert_close(moved[..., 1:], x[..., :-1])
+    assert torch.all(moved[..., 0] == 0)
+
+
+def test_rotation_translation_picks_first_fooling_else_worst():
+    x = smooth_images(6)
+    model = Linear(classes=3)
+    labels = predictions(model, x)
+    attack = RotationTranslation(model, num_rotations=3, num_translations=3)
+    angles, shifts = attack.transforms()
+    flows = rigid_flow(angles, shifts, 8, 8)
+    result = attack.run(x, labels)
+    with torch.no_grad():
+        per_transform = torch.stack([model(flowtriton.warp(x, f.expand(6, 2, 8, 8))) for f in flows])
+    fooled = per_transform.argmax(dim=2) != labels  # (T, N)
+    losses = torch.stack([F.cross_entropy(l, labels, reduction="none") for l in per_transform])
+    for b in range(6):
+        if fooled[:, b].any():
+            expected = int(fooled[:, b].nonzero()[0])
+        else:
+            expected = int(losses[:, b].argmax())
+        torch.testing.assert_close(result.flow[b], flows[expected])
+    wrong = (labels + 1) % 3  # misclassified from the start: the identity is chosen
+    assert torch.all(attack.run(x, wrong).flow == 0)
+
+
+# -- evaluate --------------------------------------------------------------------------------------
+def _evaluation(data, **kwargs):
+    model = TinyConv(classes=3).eval()
+    attacks = {"pgd": FlowPGD(model, steps=3), "adef": ADef(model, candidates=[1, 2], max_iter=8),
+               "rt": RotationTranslation(model, num_rotations=3, num_translations=3)}
+    budgets = {"pgd": [0.05, 0.01], "adef": [0.1, 0.5]}
+    return evaluate(model, data, attacks, budgets, **kwargs)
+
+
+def test_evaluate_table_json_markdown():
+    x = smooth_images(8)
+    model = TinyConv(classes=3).eval()
+    labels = predictions(model, x)
+    labels[:2] = (labels[:2] + 1) % 3
+    result = _evaluation((x, labels), batch_size=3)
+    names = [(row.attack, row.budget) for row in result.rows]
+    assert names == [("clean", None), ("pgd", 0.01), ("pgd", 0.05), ("adef", 0.1), ("adef", 0.5), ("rt", None)]
+    assert result.clean_accuracy == pytest.approx(0.75)
+    assert all(row.examples == 8 for row in result.rows)
+    assert all(row.accuracy <= result.clean_accuracy for row in result.rows)
+    assert result.accuracy("pgd", 0.01) >= result.accuracy("pgd", 0.05)
+    assert result.accuracy("adef", 0.1) >= result.accuracy("adef", 0.5)
+    assert result.rows[1].units == "normalized" and result.rows[3].units == "pixels"
+    assert set(result.median_tnorm) == {"adef"}
+    text = result.to_json()
+    assert json.loads(text) == result.to_dict()
+    assert EvaluationResult.from_json(text).to_dict() == result.to_dict()
+    markdown = result.to_markdown()
+    lines = markdown.splitlines()
+    assert lines[0].startswith("| attack | budget") and len([l for l in lines if l.startswith("| pgd")]) == 2
+    assert "median successful T-norm" in markdown
+
+
+def test_evaluate_accepts_a_dataloader_and_checks_arguments():
+    x = smooth_images(8)
+    labels = torch.arange(8) % 3
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, labels), batch_size=3)
+    assert _evaluation(loader).to_dict() == _evaluation((x, labels), batch_size=3).to_dict()
+    model = TinyConv(classes=3)
+    with pytest.raises(ValueError, match="budget"):
+        evaluate(model, (x, labels), {"rt": RotationTranslation(model)}, {"rt": [1.0]})
+    with pytest.raises(ValueError, match="unknown attack"):
+        evaluate(model, (x, labels), {"pgd": FlowPGD(model)}, {"adef": [1.0]})
+    with pytest.raises(ValueError, match="targeted"):
+        evaluate(model, (x, labels), {"pgd": FlowPGD(model, targeted=True)})
+    with pytest.raises(TypeError, match="data"):
+        evaluate(model, 42, {"pgd": FlowPGD(model)})
