@@ -17,6 +17,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -320,7 +321,9 @@ class Trainer:
         stats = self._epoch_stats
         val_loss, val_acc = evaluate_accuracy(self.model, self.val_loader, self.amp_dtype)
         lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
+        with warnings.catch_warnings():  # a run resumed exactly at an epoch's end steps no optimizer first
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+            self.scheduler.step()
         self.epoch += 1
         self.step = 0
         record = {"event": "epoch", "epoch": self.epoch, "lr": lr,

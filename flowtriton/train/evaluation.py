@@ -1,0 +1,142 @@
+"""Robustness evaluation of a trained checkpoint: attack suites, results.json / results.md, plots.
+
+Budget units: FlowPGD eps in NORMALIZED flow units (the paper's, 1 unit = (size-1)/2 px, an
+L-inf box per flow component); ADef and stAdv are minimum-norm attacks, judged at T-norm budgets
+in PIXELS (max over pixels of the flow vector's length); rotation + translation has no budget.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..data import ImageData, TensorLoader, load_dataset
+from ..models import build_model
+from .checkpoint import load_checkpoint
+from .config import TrainConfig
+from .distributed import resolve_device
+from .engine import resolve_augment
+
+ATTACK_NAMES = ("flowpgd", "adef", "stadv", "rt")
+PGD_BUDGETS = [0.005, 0.01, 0.02, 0.04]          # normalized units
+TNORM_BUDGETS = [0.25, 0.5, 1.0, 2.0]             # pixels
+
+
+def build_attacks(model, names=ATTACK_NAMES, size: str = "full", num_classes: int = 10):
+    """({name: attack}, {name: budgets}) for the named attacks. ``size``: 'full' (the paper's
+    100-step FlowPGD, ADef 100 iterations over every candidate label, stAdv 200 steps, foolbox's
+    5x5x5 rotation/translation grid) or 'small' (a few steps each: demos and CI)."""
+    from ..attacks import ADef, FlowPGD, RotationTranslation, StAdv
+
+    if size not in ("full", "small"):
+        raise ValueError(f"size must be 'full' or 'small', got {size!r}")
+    unknown = set(names) - set(ATTACK_NAMES)
+    if unknown:
+        raise ValueError(f"attack names must be among {ATTACK_NAMES}, got {sorted(unknown)}")
+    small = size == "small"
+    factories = {
+        "flowpgd": lambda: FlowPGD(model, eps=0.01, steps=20 if small else 100, units="normalized"),
+        "adef": lambda: ADef(model, candidates=range(1, min(num_classes, 4 if small else num_classes)),
+                             max_iter=20 if small else 100, smooth=0.5, overshoot=1.2),
+        "stadv": lambda: StAdv(model, max_iter=50 if small else 200),
+        "rt": lambda: RotationTranslation(model, max_rotation=15.0 if small else 30.0,
+                                          max_translation=2.0 if small else 3.0,
+                                          num_rotations=5, num_translations=3 if small else 5),
+    }
+    budgets = {"flowpgd": PGD_BUDGETS, "adef": TNORM_BUDGETS, "stadv": TNORM_BUDGETS}
+    attacks = {name: factories[name]() for name in names}
+    return attacks, {name: budgets[name] for name in names if name in budgets}
+
+
+def load_trained_model(checkpoint: str | Path, device="cpu"):
+    """(model in eval mode, TrainConfig, class names) from a trainer checkpoint (last.pt/best.pt)."""
+    state = load_checkpoint(checkpoint, map_location=device)
+    for key in ("model", "config"):
+        if key not in state:
+            raise ValueError(f"checkpoint {checkpoint} has no {key!r} entry: not written by flowtriton train")
+    cfg = TrainConfig.from_dict(state["config"])
+    classes = state.get("classes") or []
+    num_classes = len(classes) or state["model"][[k for k in state["model"] if k.endswith("weight")][-1]].shape[0]
+    model = build_model(cfg.model, num_classes, state.get("in_channels", 3))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), cfg, classes
+
+
+def eval_images(cfg: TrainConfig, split: str, num_examples: int | None, data_dir=None,
+                device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(float images (N, C, H, W) in [0, 1] after the test transform, labels) of the first
+    ``num_examples`` of ``split`` ('test', or 'val': the held-out part of train)."""
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be 'test' or 'val', got {split!r}")
+    data_dir = data_dir if data_dir is not None else cfg.data_dir
+    if split == "test":
+        data = load_dataset(cfg.dataset, "test", data_dir, False, cfg.max_per_class)
+    else:
+        from ..data import split_train_val
+
+        data = split_train_val(load_dataset(cfg.dataset, "train", data_dir, False, cfg.max_per_class),
+                               cfg.val_size, cfg.split_seed)[1]
+    if num_examples is not None:
+        data = data.subset(torch.arange(min(num_examples, len(data))))
+    loader = TensorLoader(data, len(data), shuffle=False, augment=resolve_augment(cfg, data), train=False,
+                          device=device)
+    return next(iter(loader))
+
+
+def gallery_rows(attacks: dict, images: torch.Tensor, labels: torch.Tensor, label: str, index: int = 0) -> list:
+    """One gallery row per attack for example ``index``: (label, original, deformed, flow, caption)."""
+    rows = []
+    x, y = images[index:index + 1], labels[index:index + 1]
+    for name, attack in attacks.items():
+        result = attack.run(x, y)
+        caption = (f"{name}: pred {int(result.predictions[0])} (true {int(y[0])}), "
+                   f"T-norm {float(result.tnorm[0]):.2f} px")
+        rows.append((f"{label} / {name}", x[0], result.images[0], result.flow[0], caption))
+    return rows
+
+
+def curves_from(result, label: str) -> dict:
+    """{(label, attack): (budgets, accuracies)} for the budgeted rows of an EvaluationResult,
+    with the clean accuracy at budget 0."""
+    curves = {}
+    for row in result.rows:
+        if row.attack == "clean" or row.budget is None:
+            continue
+        budgets, accs = curves.setdefault((label, row.attack), ([0.0], [result.clean_accuracy]))
+        budgets.append(row.budget)
+        accs.append(row.accuracy)
+    return curves
+
+
+def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, attacks=ATTACK_NAMES, size: str = "full",
+                        split: str = "test", num_examples: int | None = 1000, batch_size: int = 256,
+                        device: str = "auto", data_dir=None, plots: bool = True):
+    """Attack a checkpoint; write ``results.json`` and ``results.md`` (and plots) to ``out_dir``.
+    Returns the :class:`flowtriton.attacks.EvaluationResult`."""
+    from ..attacks import evaluate
+
+    dev = resolve_device(device)
+    model, cfg, _ = load_trained_model(checkpoint, dev)
+    images, labels = eval_images(cfg, split, num_examples, data_dir, dev)
+    suite, budgets = build_attacks(model, attacks, size, int(labels.max()) + 1)
+    result = evaluate(model, (images, labels), suite, budgets, batch_size=batch_size)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"checkpoint": str(checkpoint), "model": cfg.model, "method": cfg.method, "dataset": cfg.dataset,
+            "split": split, "examples": int(labels.numel()), "size": size,
+            "units": {"flowpgd": "normalized (L-inf per flow component)", "adef": "pixels (T-norm)",
+                      "stadv": "pixels (T-norm)"}}
+    (out / "results.json").write_text(json.dumps({**meta, **result.to_dict()}, indent=2))
+    (out / "results.md").write_text(f"# {cfg.method} {cfg.model} on {cfg.dataset} ({split}, "
+                                    f"{labels.numel()} examples)\n\n" + result.to_markdown())
+    if plots:
+        from ..plots import plot_accuracy_vs_budget, plot_gallery
+
+        if any(row.budget is not None for row in result.rows):
+            plot_accuracy_vs_budget(curves_from(result, cfg.method), out / "accuracy_vs_budget.png",
+                                    xlabel={"flowpgd": "eps (normalized)", "adef": "T-norm (px)",
+                                            "stadv": "T-norm (px)"})
+        plot_gallery(gallery_rows(suite, images, labels, cfg.method), out / "gallery.png")
+    return result
