@@ -1,0 +1,383 @@
+"""Time and peak memory of one FGR training step, and of the penalty alone.
+
+Table 1 -- one full training step (forward, loss, backward, SGD step) per method:
+  standard        cross-entropy only
+  igr             flowtriton.InputGradReg (double backprop)
+  fgr-exact       flowtriton.FlowGradReg, closed form + fused penalty (Triton on CUDA)
+  fgr-exact-torch the same through the eager reference ops (CUDA only; on CPU it is fgr-exact)
+  fgr-fd          FlowGradReg(mode='finite_difference'): first-order gradients only
+  authors         the authors' formulation: gather-based bilinear sampler + double backprop
+  grid-sample     the same through F.grid_sample's native double backward (torch >= 2.12)
+Workloads: MNIST small CNN (batch 128, 1x28x28), CIFAR VGG-11-BN (batch 128, 3x32x32),
+ImageNet-style ResNet-18 (batch 32, 3x224x224). All FGR variants use the paper's random start.
+Each (workload, method) runs in its own process, so peak memory is that step's alone (CUDA:
+max_memory_allocated; CPU: peak RSS growth over the process after set-up).
+
+Table 2 -- the penalty with its backward w.r.t. grad_image, no network: fused Triton kernel vs
+the eager torch composition (and torch.compile of it with --compile).
+
+    python benchmarks/bench_fgr.py --device cuda
+    python benchmarks/bench_fgr.py --device cpu --quick      # reduced sizes, a few minutes
+
+Writes benchmarks/results/fgr_<device>[_quick].json and two CSVs, with the device and versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+RESULTS = Path(__file__).resolve().parent / "results"
+METHODS = ("standard", "igr", "fgr-exact", "fgr-exact-torch", "fgr-fd", "authors", "grid-sample")
+# name: (channels, size, batch, quick batch, quick size)
+WORKLOADS = {
+    "mnist-cnn": (1, 28, 128, 32, 28),
+    "cifar-vgg11": (3, 32, 128, 16, 32),
+    "imagenet-resnet18": (3, 224, 32, 2, 112),
+}
+LAM, SIGMA = 300.0, 0.01
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------
+
+class _Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.skip = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.skip = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.skip(x))
+
+
+class ImageNetResNet18(nn.Module):
+    """torchvision's ResNet-18 layout (7x7 stride-2 stem, max-pool, 4 stages), for 224x224."""
+
+    def __init__(self, num_classes=1000):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                                  nn.MaxPool2d(3, 2, 1))
+        layers, cin = [], 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers += [_Block(cin, cout, stride), _Block(cout, cout, 1)]
+            cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1).flatten(1))
+
+
+def build(workload: str) -> nn.Module:
+    if workload == "imagenet-resnet18":
+        return ImageNetResNet18()
+    from flowtriton.models import build_model
+
+    return build_model("small-cnn", in_channels=1) if workload == "mnist-cnn" else build_model("vgg11")
+
+
+# ----------------------------------------------------------------------------------------------
+# The two non-flowtriton baselines: the authors' gather sampler, and F.grid_sample
+# ----------------------------------------------------------------------------------------------
+
+def identity_grid(n, h, w, like):
+    theta = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], dtype=like.dtype, device=like.device).expand(n, 2, 3)
+    return F.affine_grid(theta, (n, 1, h, w), align_corners=True)
+
+
+def gather_bilinear(image, grid):
+    """The authors' sampler: normalized grid, align_corners=True, clamped coordinates, 4 gathers."""
+    n, c, h, w = image.shape
+    x = ((grid[..., 0] + 1) * (w - 1) / 2).clamp(0, w - 1)
+    y = ((grid[..., 1] + 1) * (h - 1) / 2).clamp(0, h - 1)
+    x0, y0 = torch.floor(x.detach()).long(), torch.floor(y.detach()).long()
+    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
+    wx, wy = (x - x0).unsqueeze(1), (y - y0).unsqueeze(1)
+    flat = image.reshape(n, c, h * w)
+
+    def at(iy, ix):
+        return torch.gather(flat, 2, (iy * w + ix).reshape(n, 1, -1).expand(n, c, -1)).reshape(n, c, h, w)
+
+    return (at(y0, x0) * (1 - wx) + at(y0, x1) * wx) * (1 - wy) + (at(y1, x0) * (1 - wx) + at(y1, x1) * wx) * wy
+
+
+def sampler_fgr_loss(model, images, labels, sampler):
+    n, _, h, w = images.shape
+    base = identity_grid(n, h, w, images)
+    noise = torch.randn((n, h, w, 2), dtype=images.dtype, device=images.device) * SIGMA
+    start = F.grid_sample(images, base + noise, align_corners=True).clamp(0, 1).detach()
+    tau = torch.zeros_like(base, requires_grad=True)
+    ce = F.cross_entropy(model(sampler(start, base + tau)), labels)
+    (grad_tau,) = torch.autograd.grad(ce, tau, create_graph=True)
+    return ce + LAM * grad_tau.square().sum(dim=(1, 2, 3)).mean()
+
+
+def make_loss(method: str):
+    import flowtriton
+
+    if method == "standard":
+        return lambda model, x, y: F.cross_entropy(model(x), y)
+    if method == "authors":
+        return lambda model, x, y: sampler_fgr_loss(model, x, y, gather_bilinear)
+    if method == "grid-sample":
+        return lambda model, x, y: sampler_fgr_loss(
+            model, x, y, lambda img, grid: F.grid_sample(img, grid, padding_mode="border", align_corners=True))
+    if method == "igr":
+        reg = flowtriton.InputGradReg(lam=1.0)
+    elif method == "fgr-fd":
+        reg = flowtriton.FlowGradReg(lam=LAM, sigma=SIGMA, mode="finite_difference")
+    else:
+        reg = flowtriton.FlowGradReg(lam=LAM, sigma=SIGMA, backend="torch" if method == "fgr-exact-torch" else None)
+    return lambda model, x, y: reg(model, x, y)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurement
+# ----------------------------------------------------------------------------------------------
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rss_mb(field="VmRSS"):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def _reset_peak_rss():
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        pass
+
+
+def run_case(workload, method, device, batch, size, warmup, repeats, seed=0) -> dict:
+    """One (workload, method): median seconds per training step and the step's peak memory."""
+    torch.manual_seed(seed)
+    channels = WORKLOADS[workload][0]
+    model = build(workload).to(device).train()
+    classes = 1000 if workload == "imagenet-resnet18" else 10
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    images = torch.rand(batch, channels, size, size, device=device)
+    labels = torch.randint(0, classes, (batch,), device=device)
+    loss_fn = make_loss(method)
+
+    def step():
+        loss = loss_fn(model, images, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = _rss_mb()
+        _reset_peak_rss()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        loss = step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    else:
+        peak = _rss_mb("VmHWM") - base
+    return {"workload": workload, "method": method, "batch": batch, "size": size, "repeats": repeats,
+            "step_ms": 1e3 * statistics.median(times), "step_ms_min": 1e3 * min(times),
+            "peak_extra_mb": peak, "loss": float(loss)}
+
+
+def penalty_isolated(device, shapes, repeats, use_compile) -> list[dict]:
+    """The penalty plus its backward w.r.t. grad_image, no network."""
+    import flowtriton
+    from flowtriton.reference.flow_gradient import flow_gradient_penalty as eager
+
+    variants = {"eager": eager}
+    if device.type == "cuda":
+        variants["fused"] = lambda x, g: flowtriton.flow_gradient_penalty(x, g, backend="triton")
+    if use_compile:
+        variants["compiled"] = torch.compile(eager)
+    rows = []
+    for workload, (n, c, size) in shapes.items():
+        image = torch.rand(n, c, size, size, device=device)
+        seed_grad = torch.randn(n, c, size, size, device=device)
+        for name, fn in variants.items():
+            grad = seed_grad.clone().requires_grad_(True)
+
+            def once():
+                fn(image, grad).sum().backward()
+                grad.grad = None
+
+            for _ in range(3):
+                once()
+            _sync(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+                base = torch.cuda.memory_allocated(device)
+            times = []
+            for _ in range(repeats):
+                _sync(device)
+                start = time.perf_counter()
+                once()
+                _sync(device)
+                times.append(time.perf_counter() - start)
+            peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda" else float("nan")
+            rows.append({"workload": workload, "shape": [n, c, size, size], "variant": name,
+                         "fwd_bwd_ms": 1e3 * statistics.median(times), "peak_extra_mb": peak})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Driver
+# ----------------------------------------------------------------------------------------------
+
+def _meta(device, args) -> dict:
+    import triton
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    return {"device": str(device), "device_name": name, "torch": torch.__version__, "triton": triton.__version__,
+            "python": platform.python_version(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+            "quick": args.quick, "warmup": args.warmup, "repeats": args.repeats, "lam": LAM, "sigma": SIGMA,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _child(args) -> int:
+    device = torch.device(args.device)
+    workload, method = args.case
+    row = run_case(workload, method, device, args.batch, args.size, args.warmup, args.repeats)
+    print("RESULT " + json.dumps(row))
+    return 0
+
+
+def _spawn(args, workload, method, batch, size) -> dict:
+    cmd = [sys.executable, __file__, "--device", args.device, "--case", workload, method, "--batch", str(batch),
+           "--size", str(size), "--warmup", str(args.warmup), "--repeats", str(args.repeats),
+           "--threads", str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    error = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"workload": workload, "method": method, "batch": batch, "size": size, "error": error[:300]}
+
+
+def _print_steps(rows):
+    print(f"\n{'workload':<19}{'method':<17}{'batch':>6}{'size':>6}{'ms/step':>11}{'x std':>8}{'x authors':>10}"
+          f"{'peak MB':>10}{'x authors':>10}")
+    for workload in dict.fromkeys(r["workload"] for r in rows):
+        group = {r["method"]: r for r in rows if r["workload"] == workload}
+        std, authors = group.get("standard", {}), group.get("authors", {})
+        for method, r in group.items():
+            if "error" in r:
+                print(f"{workload:<19}{method:<17}{r['batch']:>6}{r['size']:>6}  failed: {r['error']}")
+                continue
+            t_std = r["step_ms"] / std["step_ms"] if "step_ms" in std else float("nan")
+            t_auth = r["step_ms"] / authors["step_ms"] if "step_ms" in authors else float("nan")
+            m_auth = (r["peak_extra_mb"] / authors["peak_extra_mb"]
+                      if authors.get("peak_extra_mb") else float("nan"))
+            r.update(time_vs_standard=t_std, time_vs_authors=t_auth, memory_vs_authors=m_auth)
+            print(f"{workload:<19}{method:<17}{r['batch']:>6}{r['size']:>6}{r['step_ms']:>11.1f}{t_std:>8.2f}"
+                  f"{t_auth:>10.2f}{r['peak_extra_mb']:>10.1f}{m_auth:>10.2f}")
+
+
+def _print_penalty(rows):
+    print(f"\n{'workload':<19}{'shape':<22}{'variant':<10}{'fwd+bwd ms':>12}{'x eager':>9}{'peak MB':>10}")
+    for r in rows:
+        eager = next(e for e in rows if e["workload"] == r["workload"] and e["variant"] == "eager")
+        r["speedup_vs_eager"] = eager["fwd_bwd_ms"] / r["fwd_bwd_ms"]
+        print(f"{r['workload']:<19}{str(tuple(r['shape'])):<22}{r['variant']:<10}{r['fwd_bwd_ms']:>12.3f}"
+              f"{r['speedup_vs_eager']:>9.2f}{r['peak_extra_mb']:>10.1f}")
+
+
+def _write(rows, penalty_rows, meta, tag):
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / f"fgr_{tag}.json", "w") as out:
+        json.dump({"meta": meta, "training_step": rows, "penalty_isolated": penalty_rows}, out, indent=1)
+    for name, table in (("step", rows), ("penalty", penalty_rows)):
+        if not table:
+            continue
+        keys = list(dict.fromkeys(k for r in table for k in r))
+        with open(RESULTS / f"fgr_{tag}_{name}.csv", "w", newline="") as out:
+            writer = csv.DictWriter(out, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(table)
+    print(f"\nwrote {RESULTS / f'fgr_{tag}.json'}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="FGR training-step and penalty benchmark")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="reduced batches/sizes and repeats (CPU smoke run)")
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--compile", action="store_true", help="add torch.compile(reference) to table 2")
+    parser.add_argument("--skip-steps", action="store_true", help="only table 2")
+    parser.add_argument("--case-timeout", type=int, default=1200)
+    parser.add_argument("--case", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    args.repeats = args.repeats if args.repeats is not None else (2 if args.quick else 10)
+    torch.set_num_threads(args.threads)
+    if args.case:
+        return _child(args)
+    device = torch.device(args.device)
+    methods = [m for m in args.methods if not (m == "fgr-exact-torch" and device.type != "cuda")]
+    rows = []
+    if not args.skip_steps:
+        for workload in args.workloads:
+            channels, size, batch, quick_batch, quick_size = WORKLOADS[workload]
+            if args.quick:
+                batch, size = quick_batch, quick_size
+            for method in methods:
+                rows.append(_spawn(args, workload, method, batch, size))
+                r = rows[-1]
+                print(f"  {workload} {method}: " + (f"{r['step_ms']:.1f} ms" if "step_ms" in r else r["error"]),
+                      flush=True)
+        _print_steps(rows)
+    shapes = {w: (WORKLOADS[w][2], WORKLOADS[w][0], WORKLOADS[w][1]) for w in args.workloads}  # full size: cheap
+    penalty_rows = penalty_isolated(device, shapes, max(args.repeats, 5), args.compile)
+    _print_penalty(penalty_rows)
+    tag = device.type + ("_quick" if args.quick else "")
+    _write(rows, penalty_rows, _meta(device, args), tag)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
