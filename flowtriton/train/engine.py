@@ -322,7 +322,7 @@ class Trainer:
         val_loss, val_acc = evaluate_accuracy(self.model, self.val_loader, self.amp_dtype)
         lr = self.optimizer.param_groups[0]["lr"]
         with warnings.catch_warnings():  # a run resumed exactly at an epoch's end steps no optimizer first
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
             self.scheduler.step()
         self.epoch += 1
         self.step = 0

@@ -24,10 +24,12 @@ PGD_BUDGETS = [0.005, 0.01, 0.02, 0.04]          # normalized units
 TNORM_BUDGETS = [0.25, 0.5, 1.0, 2.0]             # pixels
 
 
-def build_attacks(model, names=ATTACK_NAMES, size: str = "full", num_classes: int = 10):
+def build_attacks(model, names=ATTACK_NAMES, size: str = "full", num_classes: int = 10,
+                  pgd_budgets=None, tnorm_budgets=None):
     """({name: attack}, {name: budgets}) for the named attacks. ``size``: 'full' (the paper's
     100-step FlowPGD, ADef 100 iterations over every candidate label, stAdv 200 steps, foolbox's
-    5x5x5 rotation/translation grid) or 'small' (a few steps each: demos and CI)."""
+    5x5x5 rotation/translation grid) or 'small' (a few steps each: demos and CI).
+    ``pgd_budgets`` (normalized) and ``tnorm_budgets`` (pixels) replace the default budgets."""
     from ..attacks import ADef, FlowPGD, RotationTranslation, StAdv
 
     if size not in ("full", "small"):
@@ -45,7 +47,8 @@ def build_attacks(model, names=ATTACK_NAMES, size: str = "full", num_classes: in
                                           max_translation=2.0 if small else 3.0,
                                           num_rotations=5, num_translations=3 if small else 5),
     }
-    budgets = {"flowpgd": PGD_BUDGETS, "adef": TNORM_BUDGETS, "stadv": TNORM_BUDGETS}
+    pgd, tnorm = list(pgd_budgets or PGD_BUDGETS), list(tnorm_budgets or TNORM_BUDGETS)
+    budgets = {"flowpgd": pgd, "adef": tnorm, "stadv": tnorm}
     attacks = {name: factories[name]() for name in names}
     return attacks, {name: budgets[name] for name in names if name in budgets}
 
