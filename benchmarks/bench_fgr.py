@@ -10,8 +10,10 @@ Table 1 -- one full training step (forward, loss, backward, SGD step) per method
   grid-sample     the same through F.grid_sample's native double backward (torch >= 2.12)
 Workloads: MNIST small CNN (batch 128, 1x28x28), CIFAR VGG-11-BN (batch 128, 3x32x32),
 ImageNet-style ResNet-18 (batch 32, 3x224x224). All FGR variants use the paper's random start.
-Each (workload, method) runs in its own process, so peak memory is that step's alone (CUDA:
-max_memory_allocated; CPU: peak RSS growth over the process after set-up).
+Times: all methods of a workload share one process and are run round-robin (median and min
+over the rounds), so changes in machine load hit every method alike. Peak memory of one step
+beyond the set-up (model, optimizer state, batch): CUDA max_memory_allocated; on CPU the peak RSS
+growth of a fresh process per (workload, method).
 
 Table 2 -- the penalty with its backward w.r.t. grad_image, no network: fused Triton kernel vs
 the eager torch composition (and torch.compile of it with --compile).
@@ -176,15 +178,17 @@ def _reset_peak_rss():
         pass
 
 
-def run_case(workload, method, device, batch, size, warmup, repeats, seed=0) -> dict:
-    """One (workload, method): median seconds per training step and the step's peak memory."""
+def _setup(workload, device, batch, size, seed=0):
     torch.manual_seed(seed)
     channels = WORKLOADS[workload][0]
     model = build(workload).to(device).train()
-    classes = 1000 if workload == "imagenet-resnet18" else 10
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     images = torch.rand(batch, channels, size, size, device=device)
-    labels = torch.randint(0, classes, (batch,), device=device)
+    labels = torch.randint(0, 1000 if workload == "imagenet-resnet18" else 10, (batch,), device=device)
+    return model, optimizer, images, labels
+
+
+def _stepper(method, model, optimizer, images, labels):
     loss_fn = make_loss(method)
 
     def step():
@@ -194,29 +198,45 @@ def run_case(workload, method, device, batch, size, warmup, repeats, seed=0) -> 
         optimizer.step()
         return loss
 
-    for _ in range(warmup):
-        step()
+    return step
+
+
+def time_workload(workload, methods, device, batch, size, warmup, repeats) -> dict:
+    """Seconds per training step of every method, measured round-robin in one process (one
+    model and optimizer, methods interleaved, so a change in machine load hits all alike)."""
+    model, optimizer, images, labels = _setup(workload, device, batch, size)
+    steps = {m: _stepper(m, model, optimizer, images, labels) for m in methods}
+    times = {m: [] for m in methods}
+    for round_index in range(warmup + repeats):
+        for method, step in steps.items():
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            if round_index >= warmup:
+                times[method].append(time.perf_counter() - start)
+    return {m: {"step_ms": 1e3 * statistics.median(t), "step_ms_min": 1e3 * min(t), "repeats": len(t)}
+            for m, t in times.items()}
+
+
+def step_memory_mb(workload, method, device, batch, size) -> float:
+    """Peak memory of one training step beyond what the set-up holds (model, optimizer state,
+    batch), after one warm-up step. CUDA: max_memory_allocated; CPU: peak RSS growth (run it in
+    a fresh process: freed memory stays in the process)."""
+    model, optimizer, images, labels = _setup(workload, device, batch, size)
+    step = _stepper(method, model, optimizer, images, labels)
+    step()
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-    else:
-        base = _rss_mb()
-        _reset_peak_rss()
-    times = []
-    for _ in range(repeats):
+        step()
         _sync(device)
-        start = time.perf_counter()
-        loss = step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    if device.type == "cuda":
-        peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    else:
-        peak = _rss_mb("VmHWM") - base
-    return {"workload": workload, "method": method, "batch": batch, "size": size, "repeats": repeats,
-            "step_ms": 1e3 * statistics.median(times), "step_ms_min": 1e3 * min(times),
-            "peak_extra_mb": peak, "loss": float(loss)}
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    base = _rss_mb()
+    _reset_peak_rss()
+    step()
+    return _rss_mb("VmHWM") - base
 
 
 def penalty_isolated(device, shapes, repeats, use_compile) -> list[dict]:
@@ -269,28 +289,47 @@ def _meta(device, args) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     return {"device": str(device), "device_name": name, "torch": torch.__version__, "triton": triton.__version__,
             "python": platform.python_version(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-            "quick": args.quick, "warmup": args.warmup, "repeats": args.repeats, "lam": LAM, "sigma": SIGMA,
+            "loadavg_1min_at_end": os.getloadavg()[0], "quick": args.quick, "warmup": args.warmup, "repeats": args.repeats, "lam": LAM, "sigma": SIGMA,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def _child(args) -> int:
-    device = torch.device(args.device)
     workload, method = args.case
-    row = run_case(workload, method, device, args.batch, args.size, args.warmup, args.repeats)
-    print("RESULT " + json.dumps(row))
+    print("RESULT " + json.dumps(step_memory_mb(workload, method, torch.device(args.device), args.batch, args.size)))
     return 0
 
 
-def _spawn(args, workload, method, batch, size) -> dict:
+def _memory(args, workload, method, batch, size) -> float:
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        return step_memory_mb(workload, method, device, batch, size)
     cmd = [sys.executable, __file__, "--device", args.device, "--case", workload, method, "--batch", str(batch),
-           "--size", str(size), "--warmup", str(args.warmup), "--repeats", str(args.repeats),
-           "--threads", str(args.threads)]
+           "--size", str(size), "--threads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.case_timeout)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
-    error = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"workload": workload, "method": method, "batch": batch, "size": size, "error": error[:300]}
+    raise RuntimeError((proc.stderr.strip().splitlines() or ["no output"])[-1])
+
+
+def measure_workload(args, workload, methods, batch, size) -> list[dict]:
+    rows = []
+    try:
+        timings = time_workload(workload, methods, torch.device(args.device), batch, size, args.warmup, args.repeats)
+    except Exception as exc:  # e.g. out of memory: report it, go on with the next workload
+        return [{"workload": workload, "method": m, "batch": batch, "size": size, "error": repr(exc)[:300]}
+                for m in methods]
+    for method in methods:
+        row = {"workload": workload, "method": method, "batch": batch, "size": size, **timings[method]}
+        try:
+            row["peak_extra_mb"] = _memory(args, workload, method, batch, size)
+        except Exception as exc:
+            row["peak_extra_mb"] = float("nan")
+            row["memory_error"] = repr(exc)[:300]
+        rows.append(row)
+        print(f"  {workload} {method}: {row['step_ms']:.1f} ms (min {row['step_ms_min']:.1f}), "
+              f"{row['peak_extra_mb']:.1f} MB", flush=True)
+    return rows
 
 
 def _print_steps(rows):
@@ -305,8 +344,7 @@ def _print_steps(rows):
                 continue
             t_std = r["step_ms"] / std["step_ms"] if "step_ms" in std else float("nan")
             t_auth = r["step_ms"] / authors["step_ms"] if "step_ms" in authors else float("nan")
-            m_auth = (r["peak_extra_mb"] / authors["peak_extra_mb"]
-                      if authors.get("peak_extra_mb") else float("nan"))
+            m_auth = r["peak_extra_mb"] / authors["peak_extra_mb"] if authors.get("peak_extra_mb") else float("nan")
             r.update(time_vs_standard=t_std, time_vs_authors=t_auth, memory_vs_authors=m_auth)
             print(f"{workload:<19}{method:<17}{r['batch']:>6}{r['size']:>6}{r['step_ms']:>11.1f}{t_std:>8.2f}"
                   f"{t_auth:>10.2f}{r['peak_extra_mb']:>10.1f}{m_auth:>10.2f}")
@@ -344,7 +382,8 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="CPU threads; on a shared machine use 1 (OpenMP threads spin against other jobs)")
     parser.add_argument("--compile", action="store_true", help="add torch.compile(reference) to table 2")
     parser.add_argument("--skip-steps", action="store_true", help="only table 2")
     parser.add_argument("--case-timeout", type=int, default=1200)
@@ -365,11 +404,7 @@ def main(argv=None) -> int:
             channels, size, batch, quick_batch, quick_size = WORKLOADS[workload]
             if args.quick:
                 batch, size = quick_batch, quick_size
-            for method in methods:
-                rows.append(_spawn(args, workload, method, batch, size))
-                r = rows[-1]
-                print(f"  {workload} {method}: " + (f"{r['step_ms']:.1f} ms" if "step_ms" in r else r["error"]),
-                      flush=True)
+            rows += measure_workload(args, workload, methods, batch, size)
         _print_steps(rows)
     shapes = {w: (WORKLOADS[w][2], WORKLOADS[w][0], WORKLOADS[w][1]) for w in args.workloads}  # full size: cheap
     penalty_rows = penalty_isolated(device, shapes, max(args.repeats, 5), args.compile)
