@@ -15,11 +15,12 @@ over the rounds), so changes in machine load hit every method alike. Peak memory
 beyond the set-up (model, optimizer state, batch): CUDA max_memory_allocated; on CPU the peak RSS
 growth of a fresh process per (workload, method).
 
-Table 2 -- the penalty with its backward w.r.t. grad_image, no network: fused Triton kernel vs
-the eager torch composition (and torch.compile of it with --compile).
+Table 2 -- the penalty with its backward w.r.t. grad_image, no network: fused Triton kernel (CUDA)
+vs the eager torch composition and torch.compile of it (--compile; on by default on CUDA).
 
     python benchmarks/bench_fgr.py --device cuda
-    python benchmarks/bench_fgr.py --device cpu --quick      # reduced sizes, a few minutes
+    python benchmarks/bench_fgr.py --device cpu --quick --threads 1   # reduced sizes, ~4 minutes
+    python benchmarks/bench_fgr.py --device cpu --skip-steps --compile  # table 2 only
 
 Writes benchmarks/results/fgr_<device>[_quick].json and two CSVs, with the device and versions.
 """
@@ -384,7 +385,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="CPU threads; on a shared machine use 1 (OpenMP threads spin against other jobs)")
-    parser.add_argument("--compile", action="store_true", help="add torch.compile(reference) to table 2")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="add torch.compile(reference) to table 2 (default: on for CUDA, off for CPU)")
     parser.add_argument("--skip-steps", action="store_true", help="only table 2")
     parser.add_argument("--case-timeout", type=int, default=1200)
     parser.add_argument("--case", nargs=2, help=argparse.SUPPRESS)
@@ -407,9 +409,10 @@ def main(argv=None) -> int:
             rows += measure_workload(args, workload, methods, batch, size)
         _print_steps(rows)
     shapes = {w: (WORKLOADS[w][2], WORKLOADS[w][0], WORKLOADS[w][1]) for w in args.workloads}  # full size: cheap
-    penalty_rows = penalty_isolated(device, shapes, max(args.repeats, 5), args.compile)
+    use_compile = device.type == "cuda" if args.compile is None else args.compile
+    penalty_rows = penalty_isolated(device, shapes, max(args.repeats, 5), use_compile)
     _print_penalty(penalty_rows)
-    tag = device.type + ("_quick" if args.quick else "")
+    tag = device.type + ("_quick" if args.quick else "") + ("_penalty_only" if args.skip_steps else "")
     _write(rows, penalty_rows, _meta(device, args), tag)
     return 0
 
