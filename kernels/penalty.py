@@ -13,7 +13,8 @@ units). For an image ``x``, a loss gradient ``g`` (both (N, C, H, W)) and a flow
 * image VJP      ``K(g, T)_c = sum_d s_d D_d^T (T_d g_c)``  (``<B(x, g), T> = <x, K(g, T)>``)
 * penalty        ``P(x, g)_n = sum_{d, pixels} B(x, g)_d^2``                    -> (N,)
 
-Kernels (one program per block of BLOCK pixels of one image, looping over channels; every
+Kernels (one program per (image, block of BLOCK pixels), images on grid axis 0 so a batch may
+exceed CUDA's 65535 limit of axes 1 and 2; programs loop over channels; every
 pixel's own values are gathered, so there are no atomics and the results are deterministic):
 
 * ``_penalty_partial_kernel``: B, square, channel and pixel sums fused; writes one partial sum
@@ -119,8 +120,8 @@ def _field_from_grad(x_ptr, g_ptr, n64, offs, row, col, C, H, W, mask, scale_x, 
 @triton.jit
 def _penalty_partial_kernel(x_ptr, g_ptr, partial_ptr, C, H, W, n_blocks, scale_x, scale_y,
                             CENTRAL: tl.constexpr, IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    n64 = tl.program_id(1).to(tl.int64)
+    n64 = tl.program_id(0).to(tl.int64)  # images on grid axis 0 (up to 2**31 - 1 of them)
+    pid = tl.program_id(1)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < H * W
     row = offs // W
@@ -134,8 +135,8 @@ def _penalty_partial_kernel(x_ptr, g_ptr, partial_ptr, C, H, W, n_blocks, scale_
 @triton.jit
 def _flow_gradient_kernel(x_ptr, g_ptr, out_ptr, C, H, W, scale_x, scale_y,
                           CENTRAL: tl.constexpr, IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    n64 = tl.program_id(1).to(tl.int64)
+    n64 = tl.program_id(0).to(tl.int64)  # images on grid axis 0 (up to 2**31 - 1 of them)
+    pid = tl.program_id(1)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     hw = H * W
     mask = offs < hw
@@ -152,8 +153,8 @@ def _flow_gradient_kernel(x_ptr, g_ptr, out_ptr, C, H, W, scale_x, scale_y,
 def _flow_jvp_kernel(x_ptr, g_ptr, field_ptr, coef_ptr, out_ptr, C, H, W, scale_x, scale_y,
                      CENTRAL: tl.constexpr, FIELD_FROM_GRAD: tl.constexpr, HAS_COEF: tl.constexpr,
                      IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    n64 = tl.program_id(1).to(tl.int64)
+    n64 = tl.program_id(0).to(tl.int64)  # images on grid axis 0 (up to 2**31 - 1 of them)
+    pid = tl.program_id(1)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     hw = H * W
     mask = offs < hw
@@ -182,8 +183,8 @@ def _flow_jvp_kernel(x_ptr, g_ptr, field_ptr, coef_ptr, out_ptr, C, H, W, scale_
 def _image_vjp_kernel(g_ptr, field_ptr, coef_ptr, out_ptr, C, H, W, scale_x, scale_y,
                       CENTRAL: tl.constexpr, HAS_COEF: tl.constexpr,
                       IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    n64 = tl.program_id(1).to(tl.int64)
+    n64 = tl.program_id(0).to(tl.int64)  # images on grid axis 0 (up to 2**31 - 1 of them)
+    pid = tl.program_id(1)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     hw = H * W
     mask = offs < hw
@@ -272,7 +273,7 @@ def _launch(like: torch.Tensor, scheme: str):
     assert scheme in SCHEMES, scheme
     n, c, h, w = like.shape
     block = block_size(h * w)
-    grid = (triton.cdiv(h * w, block), n)
+    grid = (n, triton.cdiv(h * w, block))
     common = dict(CENTRAL=scheme == "central", IS_FP64=like.dtype == torch.float64, BLOCK=block,
                   num_warps=GPU_NUM_WARPS)
     return grid, common
@@ -286,8 +287,8 @@ def penalty(image: torch.Tensor, grad_image: torch.Tensor, scheme: str,
     if image.numel() == 0:
         return torch.zeros(n, dtype=compute_dtype(image.dtype), device=image.device)
     grid, common = _launch(image, scheme)
-    partial = torch.empty((n, grid[0]), dtype=compute_dtype(image.dtype), device=image.device)
-    _penalty_partial_kernel[grid](image, grad_image, partial, c, h, w, grid[0],
+    partial = torch.empty((n, grid[1]), dtype=compute_dtype(image.dtype), device=image.device)
+    _penalty_partial_kernel[grid](image, grad_image, partial, c, h, w, grid[1],
                                   float(scale[0]), float(scale[1]), **common)
     return partial.sum(dim=1)
 
