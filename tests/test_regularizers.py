@@ -294,7 +294,8 @@ def test_works_under_cpu_autocast():
         assert torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0) > 0.9
 
 
-def test_works_inside_distributed_data_parallel(tmp_path):
+@pytest.mark.parametrize("mode", ["exact", "finite_difference"])
+def test_works_inside_distributed_data_parallel(tmp_path, mode):
     import torch.distributed as dist
 
     images, labels = make_batch(n=2, h=8, w=8)
@@ -303,7 +304,7 @@ def test_works_inside_distributed_data_parallel(tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         ddp = nn.parallel.DistributedDataParallel(model)
-        reg = flowtriton.FlowGradReg(lam=100.0, sigma=0, backend="torch")
+        reg = flowtriton.FlowGradReg(lam=100.0, sigma=0, mode=mode, backend="torch")
         for _ in range(2):  # a second step checks DDP's reducer finished the first one
             model.zero_grad()
             loss, _ = reg(ddp, images, labels)
