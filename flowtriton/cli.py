@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -102,6 +103,8 @@ def cmd_train(args) -> int:
     except NonFiniteLoss as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return 0 if result.status == "finished" else 130
     if result.status == "interrupted":
         print(f"interrupted at epoch {result.epoch + 1}; resume with: flowtriton train --resume --out-dir {cfg.out_dir}")
         return 130

@@ -79,7 +79,7 @@ def test_each_method_trains_a_few_steps(method, small_splits, tmp_path):
 
 
 def test_training_learns_and_selects_on_validation(small_splits, tmp_path):
-    result = train(_cfg(tmp_path, model="small-cnn", epochs=3, milestones=[]), small_splits)
+    result = train(_cfg(tmp_path, model="small-cnn", epochs=4, lr=0.1, milestones=[]), small_splits)
     accs = [h["val_acc"] for h in result.history]
     assert result.best_val_acc == max(accs) and result.best_epoch == 1 + accs.index(max(accs))
     assert result.best_val_acc > 0.5 and result.test_acc > 0.5

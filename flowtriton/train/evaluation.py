@@ -88,11 +88,15 @@ def eval_images(cfg: TrainConfig, split: str, num_examples: int | None, data_dir
     return next(iter(loader))
 
 
-def gallery_rows(attacks: dict, images: torch.Tensor, labels: torch.Tensor, label: str, index: int = 0) -> list:
-    """One gallery row per attack for example ``index``: (label, original, deformed, flow, caption)."""
+def gallery_rows(attacks: dict, images: torch.Tensor, labels: torch.Tensor, label: str, index: int = 0,
+                 budgets: dict | None = None) -> list:
+    """One gallery row per attack for example ``index``: (label, original, deformed, flow, caption).
+    ``budgets``: {name: budget} to show an attack at another budget than it was built with."""
     rows = []
     x, y = images[index:index + 1], labels[index:index + 1]
     for name, attack in attacks.items():
+        if budgets and name in budgets:
+            attack = attack.with_budget(budgets[name])
         result = attack.run(x, y)
         caption = (f"{name}: pred {int(result.predictions[0])} (true {int(y[0])}), "
                    f"T-norm {float(result.tnorm[0]):.2f} px")
