@@ -124,7 +124,7 @@ def test_flowgradreg_reproduces_authors_code(backend, sigma):
     loss, parts = reg(model, images, labels)
     loss.backward()
     _assert_rel(loss.detach(), want.detach(), 1e-6)
-    assert parts["penalty"] > 0 and lam * parts["penalty"] > 1e-3 * parts["ce"]  # the penalty matters
+    assert lam * parts["penalty"] > 0.05 * parts["ce"]  # the penalty shapes the gradients (8-97% here)
     for got, expected in zip(_param_grads(model), _param_grads(ref_model)):
         _assert_rel(got, expected, 1e-6)
 
