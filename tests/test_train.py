@@ -186,3 +186,37 @@ def test_ddp_two_processes_match_one(small_splits, tmp_path):
         torch.testing.assert_close(two[key], one[key], rtol=1e-3, atol=1e-4)
     records = [json.loads(line) for line in (tmp_path / "two" / "run" / "log.jsonl").read_text().splitlines()]
     assert records[0]["world_size"] == 2
+
+
+def test_paper_preset_is_the_authors_recipe():
+    cfg = make_config("paper", dataset="cifar10", method="fgr")
+    assert (cfg.model, cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay) == \
+        ("vgg11", 80, 128, 0.01, 0.9, 5e-4)
+    assert cfg.milestones == [40, 60] and cfg.gamma == 0.1 and cfg.sigma == 0.01
+    assert make_config("paper", epochs=3).epochs == 3  # explicit settings override the preset
+    with pytest.raises(ValueError, match="preset"):
+        make_config("fast")
+
+
+def _shared_cifar():
+    env = os.environ.get("FLOWTRITON_TEST_DATA")
+    from pathlib import Path
+
+    root = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+    return root if (root / "cifar10-jpeg" / "test").is_dir() else None
+
+
+@pytest.mark.skipif(_shared_cifar() is None, reason="shared CIFAR-10 JPEG folder not found")
+def test_fgr_on_real_cifar_images_with_paper_augmentation(tmp_path, monkeypatch):
+    from flowtriton.train.engine import resolve_augment
+
+    monkeypatch.setenv("FLOWTRITON_CACHE", str(tmp_path / "cache"))
+    cifar = load_dataset("cifar10", "test", _shared_cifar(), max_per_class=12)
+    train_part, val = split_train_val(cifar, 20, seed=0)
+    assert resolve_augment(_cfg(tmp_path), cifar).name == "paper"
+    cfg = _cfg(tmp_path, model="tiny-cnn", method="fgr", lam=100.0, epochs=1, batch_size=25, milestones=[])
+    trainer = Trainer(cfg, DataSplits(train_part, val, val))
+    result = trainer.fit()
+    assert result.status == "finished" and trainer.model.net[0].in_channels == 3
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert records[0]["train"] == 100 and records[-1]["event"] == "final"

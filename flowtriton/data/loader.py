@@ -37,6 +37,13 @@ class TensorLoader:
         """Select the epoch's order; ``start_step`` skips batches already seen (resume)."""
         self.epoch, self.start_step = epoch, start_step
 
+    def batch_seed(self, step: int) -> int:
+        """Seed of the augmentation draws of one batch: a fixed function of (seed, epoch, step, rank)."""
+        value = 0
+        for part in (self.seed, self.epoch, step, self.rank):
+            value = (value * 1_000_003 + part) % (2**61 - 1)
+        return value
+
     def _indices(self) -> torch.Tensor:
         n = len(self.data)
         order = (torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
@@ -60,8 +67,7 @@ class TensorLoader:
             images = to_float(self.data.images[index].to(self.device, non_blocking=True))
             labels = self.data.labels[index].to(self.device, non_blocking=True)
             if self.train:
-                seed = hash((self.seed, self.epoch, step, self.rank)) & 0x7FFFFFFFFFFF
-                images = self.augment.train(images, torch.Generator().manual_seed(seed))
+                images = self.augment.train(images, torch.Generator().manual_seed(self.batch_seed(step)))
             else:
                 images = self.augment.test(images)
             yield images, labels
