@@ -163,7 +163,7 @@ class ADef(FlowAttack):
             with torch.enable_grad():
                 (grad,) = torch.autograd.grad(f.sum(), x_n, retain_graph=True)
             with torch.no_grad():
-                alpha = flow_gradient(x_sub, grad[sub], scheme="central")
+                alpha = flow_gradient(x_sub, grad[sub], scheme="central", backend=self.backend)
                 if kernel is not None:
                     alpha = smooth_field(alpha, kernel)
                 squared = alpha.square().flatten(1).sum(dim=1)
