@@ -4,7 +4,8 @@ Semantics are those of ``flowtriton/reference/warp.py`` (read its docstring): ex
 pixel coordinates, corners ``floor(x)`` and ``floor(x) + 1``, padding modes zeros / border
 (clamped corner indices) / reflection (reflected coordinate, slope +-1), non-finite flows read 0.
 
-Three kernels, each one program per (block of BLOCK pixels, image n), looping over channels:
+Three kernels, each one program per (image n, block of BLOCK pixels) on a 1-D grid, looping
+over channels:
 
 * ``_warp_gather_kernel``: ``out = sum_k w_k * A[k] + sum_k (dw_k . t) * B[k]`` where ``A[k]``,
   ``B[k]`` are the four corner values of two images. With A = image it is the forward warp; with
@@ -37,6 +38,16 @@ GPU_NUM_WARPS = 4
 def _acc(x, IS_FP64: tl.constexpr):
     """Upcast to the accumulation precision: float64 for float64 kernels, float32 otherwise."""
     return x.to(tl.float64 if IS_FP64 else tl.float32)
+
+
+@triton.jit
+def _program_pixels(hw, BLOCK: tl.constexpr):
+    """1-D grid over (image, pixel block): no 65535 limit on the batch (grid axes 1 and 2)."""
+    blocks = tl.cdiv(hw, BLOCK)
+    pid = tl.program_id(0)
+    n64 = (pid // blocks).to(tl.int64)
+    offs = (pid % blocks) * BLOCK + tl.arange(0, BLOCK)
+    return n64, offs
 
 
 @triton.jit
@@ -127,10 +138,8 @@ def _warp_gather_kernel(val_ptr, tsrc_ptr, flow_ptr, tan_ptr, out_ptr,
                         C, H, W, inv_period_x, inv_period_y,
                         PAD: tl.constexpr, HAS_VALUE: tl.constexpr, HAS_TANGENT: tl.constexpr,
                         IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    n64 = tl.program_id(1).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
     hw = H * W
+    n64, offs = _program_pixels(hw, BLOCK)
     (mask, valid, wx, wy, sx, sy, o00, o01, o10, o11,
      m00, m01, m10, m11) = _setup(flow_ptr, n64, offs, H, W, inv_period_x, inv_period_y, PAD, IS_FP64)
     if HAS_TANGENT:
@@ -159,10 +168,8 @@ def _warp_grad_flow_kernel(src_ptr, csrc_ptr, flow_ptr, tan_ptr, go_ptr, out_ptr
                            C, H, W, inv_period_x, inv_period_y,
                            PAD: tl.constexpr, HAS_FIRST: tl.constexpr, HAS_CROSS: tl.constexpr,
                            IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    n64 = tl.program_id(1).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
     hw = H * W
+    n64, offs = _program_pixels(hw, BLOCK)
     (mask, valid, wx, wy, sx, sy, o00, o01, o10, o11,
      m00, m01, m10, m11) = _setup(flow_ptr, n64, offs, H, W, inv_period_x, inv_period_y, PAD, IS_FP64)
     gx = tl.zeros_like(wx)
@@ -197,10 +204,8 @@ def _warp_scatter_kernel(go_ptr, flow_ptr, tan_ptr, out_ptr,
                          C, H, W, inv_period_x, inv_period_y,
                          PAD: tl.constexpr, USE_TANGENT: tl.constexpr,
                          IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    n64 = tl.program_id(1).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
     hw = H * W
+    n64, offs = _program_pixels(hw, BLOCK)
     (mask, valid, wx, wy, sx, sy, o00, o01, o10, o11,
      m00, m01, m10, m11) = _setup(flow_ptr, n64, offs, H, W, inv_period_x, inv_period_y, PAD, IS_FP64)
     if USE_TANGENT:
@@ -258,7 +263,7 @@ def _check(image: torch.Tensor, flow: torch.Tensor, name: str = "image") -> None
 def _launch_args(image_like: torch.Tensor, padding_mode: str):
     n, c, h, w = image_like.shape
     block = block_size(h * w)
-    grid = (triton.cdiv(h * w, block), n)
+    grid = (triton.cdiv(h * w, block) * n,)
     common = dict(PAD=PADDING_CODES[padding_mode], IS_FP64=image_like.dtype == torch.float64,
                   BLOCK=block, num_warps=GPU_NUM_WARPS)
     return grid, (c, h, w, _inv_period(w), _inv_period(h)), common
