@@ -13,6 +13,7 @@ from .backend import requested_backend, set_backend, use_backend
 from .ops import (
     flow_gradient,
     flow_gradient_penalty,
+    flow_jvp,
     flow_to_grid,
     normalized_to_pixels,
     pixel_scale,
@@ -26,6 +27,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "FlowGradReg": "flowtriton.regularizers",
     "InputGradReg": "flowtriton.regularizers",
+    "TransformGradReg": "flowtriton.regularizers",
     "attacks": "flowtriton.attacks",
     "data": "flowtriton.data",
     "models": "flowtriton.models",
@@ -44,8 +46,10 @@ def __getattr__(name):
 __all__ = [
     "FlowGradReg",
     "InputGradReg",
+    "TransformGradReg",
     "flow_gradient",
     "flow_gradient_penalty",
+    "flow_jvp",
     "flow_to_grid",
     "normalized_to_pixels",
     "pixel_scale",
