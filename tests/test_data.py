@@ -365,3 +365,22 @@ def test_real_cifar10_jpeg_folder(private_cache):
     mean = data.float_images().mean().item()
     assert 0.3 < mean < 0.6, f"mean pixel {mean} is not a natural image's"
     assert list(private_cache.rglob("*.pt")), "decoded JPEGs must be cached in FLOWTRITON_CACHE"
+
+
+def test_extract_tar_writes_members_and_refuses_escapes(tmp_path):
+    import tarfile
+
+    source = tmp_path / "src" / "cifar-10-batches-py"
+    source.mkdir(parents=True)
+    (source / "test_batch").write_bytes(b"x")
+    good = tmp_path / "good.tar.gz"
+    with tarfile.open(good, "w:gz") as archive:
+        archive.add(source, arcname="cifar-10-batches-py")
+    dl.extract_tar(good, tmp_path / "out")
+    assert (tmp_path / "out" / "cifar-10-batches-py" / "test_batch").read_bytes() == b"x"
+    bad = tmp_path / "bad.tar.gz"
+    with tarfile.open(bad, "w:gz") as archive:
+        archive.add(source / "test_batch", arcname="../escaped")
+    with pytest.raises(ValueError, match="refusing"):
+        dl.extract_tar(bad, tmp_path / "out2")
+    assert not (tmp_path / "escaped").exists()

@@ -73,6 +73,19 @@ def fetch(url: str, md5: str, target: Path, timeout: float = 60.0) -> Path:
     return target
 
 
+def extract_tar(archive_path: Path, folder: Path) -> None:
+    """Extract a tar archive, refusing members that would land outside ``folder``."""
+    with tarfile.open(archive_path) as archive:
+        root = folder.resolve()
+        for member in archive.getmembers():
+            if not (member.isfile() or member.isdir()) or not (root / member.name).resolve().is_relative_to(root):
+                raise ValueError(f"{archive_path}: refusing to extract {member.name!r} (link or outside {folder})")
+        try:
+            archive.extractall(folder, filter="data")
+        except TypeError:  # Python without extraction filters; members were checked above
+            archive.extractall(folder)
+
+
 def download_dataset(name: str, root: Path) -> Path:
     """Fetch dataset ``name`` ('mnist', 'fashion-mnist', 'cifar10') into ``root/<name>``."""
     if name not in RESOURCES:
@@ -85,6 +98,5 @@ def download_dataset(name: str, root: Path) -> Path:
         except (urllib.error.URLError, OSError) as err:
             raise RuntimeError(f"could not download {url} ({err}). Offline? {where_to_put(name, Path(root))}") from err
         if target.name.endswith(".tar.gz"):
-            with tarfile.open(target) as archive:
-                archive.extractall(folder, filter="data")
+            extract_tar(target, folder)
     return folder
