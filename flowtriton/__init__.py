@@ -31,6 +31,7 @@ _LAZY = {
     "attacks": "flowtriton.attacks",
     "data": "flowtriton.data",
     "models": "flowtriton.models",
+    "train": "flowtriton.train",
 }
 
 
