@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, markdown_table, measure, write_results  # noqa: E402
+from common import environment, markdown_table, measure, measure_round_robin, write_results  # noqa: E402
 
 import flowtriton  # noqa: E402
 from flowtriton import reference  # noqa: E402
@@ -74,9 +74,12 @@ def main(argv=None):
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the reference")
     parser.add_argument("--peak-gbps", type=float, default=None, help="memory bandwidth roofline, GB/s")
     parser.add_argument("--out", default=None, help="results name (default warp_<device type>)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is steadier on a shared machine)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    repeats, warmup = (3, 1) if args.quick else (20, 5)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats, warmup = (5, 1) if args.quick else (15, 3)
     env = environment(device)
     peak = args.peak_gbps or next((v for k, v in PEAK_GBPS.items() if k in env["device"]), None)
 
@@ -93,15 +96,14 @@ def main(argv=None):
         gen = torch.Generator(device="cpu").manual_seed(0)
         image = torch.rand(shape, generator=gen).to(device)
         flow = (torch.randn(shape[0], 2, *shape[2:], generator=gen) * 1.5).to(device)
-        results = {}
-        for name, impl in impls.items():
-            for case, fn in make_cases(impl, image, flow).items():
-                if name.startswith("compiled") and case == "dbl(jvp)":
-                    continue  # torch.compile has no double backward
-                try:
-                    results[(name, case)] = measure(fn, device, warmup=warmup, repeats=repeats)
-                except Exception as exc:  # record, keep going
-                    results[(name, case)] = {"ms": None, "error": f"{type(exc).__name__}: {exc}"[:200]}
+        fns = {(name, case): fn for name, impl in impls.items()
+               for case, fn in make_cases(impl, image, flow).items()
+               if not (name.startswith("compiled") and case == "dbl(jvp)")}  # compile: no double backward
+        results = measure_round_robin(fns, device, warmup=warmup, repeats=repeats)
+        if device.type == "cuda":  # peak memory, one closure at a time
+            for key, fn in fns.items():
+                if results[key].get("ms") is not None:
+                    results[key]["peak_mib"] = measure(fn, device, warmup=1, repeats=1)["peak_mib"]
         for (name, case), r in results.items():
             base = results.get((ours, case), {}).get("ms")
             row = {"shape": "x".join(map(str, shape)), "case": case, "impl": name, **r,

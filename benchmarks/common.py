@@ -41,6 +41,29 @@ def measure(fn, device: torch.device, warmup: int = 3, repeats: int = 10) -> dic
     return {"ms": statistics.median(times), "ms_min": min(times), "peak_mib": peak}
 
 
+def measure_round_robin(fns: dict, device: torch.device, warmup: int = 2, repeats: int = 10) -> dict:
+    """Median wall time (ms) of each closure in ``fns``, timed in interleaved rounds so that load
+    changes on a shared machine hit every entry alike. Closures that raise are reported, not timed."""
+    errors, times = {}, {k: [] for k in fns}
+    for key, fn in fns.items():
+        try:
+            for _ in range(warmup):
+                fn()
+        except Exception as exc:  # record, keep going
+            errors[key] = f"{type(exc).__name__}: {exc}"[:200]
+    live = [k for k in fns if k not in errors]
+    for _ in range(repeats):
+        for key in live:
+            sync(device)
+            start = time.perf_counter()
+            fns[key]()
+            sync(device)
+            times[key].append((time.perf_counter() - start) * 1e3)
+    out = {k: {"ms": statistics.median(times[k]), "ms_min": min(times[k])} for k in live}
+    out.update({k: {"ms": None, "error": e} for k, e in errors.items()})
+    return out
+
+
 def environment(device: torch.device) -> dict:
     info = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
