@@ -1,0 +1,178 @@
+"""Shared helpers of the example scripts: data splits with a training subset, the run record
+(command, seed, versions, wall time), a narrower VGG for CPU runs, and small table helpers.
+
+Nothing here is library API; the scripts stay thin on top of ``flowtriton.train``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def default_data_dir() -> str | None:
+    """$FLOWTRITON_DATA, else ``<repo>/../shared/datasets`` when it exists, else None (cache folder)."""
+    if os.environ.get("FLOWTRITON_DATA"):
+        return os.environ["FLOWTRITON_DATA"]
+    shared = REPO.parent / "shared" / "datasets"
+    return str(shared) if shared.is_dir() else None
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
+    try:
+        import triton
+
+        out["triton"] = triton.__version__
+    except ImportError:  # a CPU install may lack triton
+        out["triton"] = None
+    try:
+        import flowtriton
+
+        out["flowtriton"] = getattr(flowtriton, "__version__", None)
+    except ImportError:
+        pass
+    try:
+        import subprocess
+
+        out["git_commit"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                                           text=True, timeout=10).stdout.strip() or None
+    except Exception:  # not a checkout
+        out["git_commit"] = None
+    return out
+
+
+class RunRecord:
+    """``run.json`` in the output folder: the exact command, seed, versions, device, and the wall
+    time of every session (a resumed run appends a session, so the total covers interruptions)."""
+
+    def __init__(self, out_dir: Path, seed: int, settings: dict):
+        self.path = Path(out_dir) / "run.json"
+        self.started = time.perf_counter()
+        old = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.data = {
+            "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+            "cwd": os.getcwd(), "seed": seed, "settings": settings, "versions": versions(),
+            "cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "sessions": old.get("sessions", []),
+        }
+        self.data["sessions"].append({"started_utc": _now(), "finished_utc": None, "wall_s": None,
+                                      "command": self.data["command"]})
+        self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.data["wall_s_total"] = sum(s["wall_s"] or 0.0 for s in self.data["sessions"])
+        self.path.write_text(json.dumps(self.data, indent=2))
+
+    def finish(self, **extra) -> float:
+        wall = time.perf_counter() - self.started
+        self.data["sessions"][-1].update(finished_utc=_now(), wall_s=round(wall, 1))
+        self.data.update(extra)
+        self.save()
+        return self.data["wall_s_total"]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def load_splits(dataset: str, data_dir, val_size, split_seed: int = 0, train_subset: int | None = None,
+                subset_seed: int = 0, max_per_class: int | None = None):
+    """DataSplits (train, validation held out from train, test). ``train_subset``: keep a seeded
+    random subset of the remaining training images (the validation split is drawn first, so it
+    does not depend on the subset)."""
+    from flowtriton.data import load_dataset, split_train_val
+    from flowtriton.train.engine import DataSplits
+
+    train = load_dataset(dataset, "train", data_dir, False, max_per_class)
+    test = load_dataset(dataset, "test", data_dir, False, max_per_class)
+    train, val = split_train_val(train, val_size, split_seed)
+    if train_subset is not None and train_subset < len(train):
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(subset_seed))
+        train = train.subset(order[:train_subset].sort().values)
+    return DataSplits(train, val, test)
+
+
+def eval_batch(cfg, data, count: int | None, device):
+    """(images float in [0, 1] after the TEST transform, labels) of ``count`` test images: the
+    first ``count`` when they hold every class (MNIST, Fashion-MNIST), else a seeded (0) random
+    subset in test order (image folders such as the CIFAR-10 JPEGs are sorted by class)."""
+    from flowtriton.data import TensorLoader
+    from flowtriton.train.engine import resolve_augment
+
+    test = data.test
+    if count is not None and count < len(test):
+        index = torch.arange(count)
+        if test.labels[index].unique().numel() < test.labels.unique().numel():
+            index = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:count].sort().values
+        test = test.subset(index)
+    loader = TensorLoader(test, len(test), shuffle=False, augment=resolve_augment(cfg, data.train), train=False,
+                          device=device)
+    return next(iter(loader))
+
+
+def load_best(trainer, name: str = "best.pt"):
+    """The trainer's model with the weights of ``best.pt`` (chosen on VALIDATION accuracy), eval mode."""
+    from flowtriton.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(trainer.out_dir / name, map_location=trainer.ctx.device)
+    trainer.model.load_state_dict(state["model"])
+    return trainer.model.eval()
+
+
+# -- a narrower VGG for CPU runs ------------------------------------------------------------
+class NarrowVGG(nn.Module):
+    """The paper's CIFAR VGG (conv3x3-BN-ReLU, max-pools, global average pool, one Linear) with
+    every channel count multiplied by ``width`` (1.0 = flowtriton's ``vgg11``, layer for layer)."""
+
+    def __init__(self, depth: str = "vgg11", width: float = 1.0, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        from flowtriton.models.vgg import VGG_CONFIGS
+
+        layers, channels = [], in_channels
+        for item in VGG_CONFIGS[depth]:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                out = max(1, int(round(item * width)))
+                layers += [nn.Conv2d(channels, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+                channels = out
+        layers.append(nn.AdaptiveAvgPool2d(1))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def register_vgg(width: float, depth: str = "vgg11") -> str:
+    """Model name for ``depth`` at ``width``: the library's own name at width 1, else a name
+    registered in ``flowtriton.models.MODELS`` for this process (the library's VGG has no width
+    argument; registering keeps the engine, its checkpoints and resume unchanged)."""
+    if width == 1.0:
+        return depth
+    from functools import partial
+
+    from flowtriton import models
+
+    name = f"{depth}-w{width:g}"
+    models.MODELS.setdefault(name, partial(NarrowVGG, depth, width))
+    return name
+
+
+def md_table(header: list, rows: list) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

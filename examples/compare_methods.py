@@ -1,0 +1,289 @@
+#!/usr/bin/env python
+"""Standard vs IGR vs FGR vs AT vs FGR+AT on one dataset, attacked by FlowPGD, ADef, stAdv and
+rotation + translation at several budgets.
+
+    python examples/compare_methods.py --dataset mnist --epochs 2 --eval-subset 500 --out-dir runs/cmp-mnist
+
+What it does, in order (every stage is resumable: run the same command again after an
+interruption and finished stages are read back, an unfinished training resumes from its
+``last.pt``):
+
+1. Data: the training split minus a seeded VALIDATION split (``--val-size``, default 5000),
+   optionally a seeded random ``--train-subset`` of what is left; the test split for evaluation
+   (the first ``--eval-subset`` images).
+2. Lambdas, chosen so clean accuracies are comparable: with ``--calibrate-steps N`` (default 150)
+   every regularized method is trained for N steps at each lambda of its grid
+   (``--igr-grid``, ``--fgr-grid``), a standard model likewise, and the LARGEST lambda whose
+   VALIDATION accuracy stays within ``--clean-tol`` of the standard model's is kept (if none does,
+   the smallest). FGR+AT uses FGR's lambda (calibrating it would cost an adversarial run per
+   grid point). ``--lam-igr`` / ``--lam-fgr`` / ``--lam-fgr-at`` fix a lambda instead. Lambdas are in
+   the regularizers' 'paper' scale (the batch-mean loss's gradient, as the authors' code).
+   Calibration never sees the test split.
+3. Training: each method for ``--epochs`` epochs (SGD, momentum 0.9, weight decay 5e-4, lr
+   ``--lr``, x0.1 at the last epoch when epochs > 1); the checkpoint with the best validation
+   accuracy is kept. AT and FGR+AT train on FlowPGD examples at ``--at-eps`` (normalized units)
+   with ``--at-steps`` steps.
+4. Evaluation on the same test images for every model: FlowPGD at ``--pgd-budgets`` (normalized
+   units, L-inf per flow component, ``--pgd-steps`` steps), ADef and stAdv as minimum-norm attacks
+   judged at ``--tnorm-budgets`` (T-norm, pixels), rotation + translation (foolbox's grid: +-30
+   degrees, +-3 px, 5x5x5; ``--attack-size small`` uses a coarser grid and fewer ADef/stAdv steps).
+
+Writes to ``--out-dir``: results.json, results.md, accuracy_vs_budget.png, gallery.png,
+calibration.json, run.json (command, seed, versions, wall time); checkpoints under ckpt/
+(keep those out of version control).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from _common import RunRecord, default_data_dir, eval_batch, load_best, load_splits, md_table  # noqa: E402
+
+METHODS = ("standard", "igr", "fgr", "at", "fgr+at")
+DEFAULTS = {  # per image size: FlowPGD budgets (normalized), AT budget (normalized)
+    28: dict(pgd_budgets=[0.01, 0.02, 0.05, 0.1], at_eps=0.05),
+    32: dict(pgd_budgets=[0.005, 0.01, 0.02, 0.04], at_eps=0.01),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="See the module docstring.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist", "cifar10", "mnist-subset"))
+    p.add_argument("--data-dir", default=default_data_dir())
+    p.add_argument("--out-dir", default=None, help="default runs/compare-<dataset>")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--model", default=None, help="default small-cnn (28x28), vgg11 (cifar10)")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--max-steps-per-epoch", type=int, default=None)
+    p.add_argument("--val-size", type=int, default=5000)
+    p.add_argument("--train-subset", type=int, default=None, help="train on a seeded subset of N images")
+    p.add_argument("--eval-subset", type=int, default=1000, help="first N test images are attacked")
+    p.add_argument("--test-size", type=int, default=None,
+                   help="keep only the first N test images everywhere, clean accuracy included (quick checks)")
+    p.add_argument("--calibrate-steps", type=int, default=150, help="0: no calibration (use the --lam-* values)")
+    p.add_argument("--clean-tol", type=float, default=0.015, help="allowed validation-accuracy drop vs standard")
+    p.add_argument("--igr-grid", type=float, nargs="+", default=[1e3, 1e4, 1e5])
+    p.add_argument("--fgr-grid", type=float, nargs="+", default=[100.0, 300.0, 1000.0])
+    p.add_argument("--lam-igr", type=float, default=None)
+    p.add_argument("--lam-fgr", type=float, default=None)
+    p.add_argument("--lam-fgr-at", type=float, default=None)
+    p.add_argument("--at-eps", type=float, default=None, help="normalized; default 0.05 (28x28), 0.01 (32x32)")
+    p.add_argument("--at-steps", type=int, default=5)
+    p.add_argument("--attack-size", choices=("full", "small"), default="full")
+    p.add_argument("--pgd-steps", type=int, default=None, help="FlowPGD steps (default 100 full, 20 small)")
+    p.add_argument("--pgd-budgets", type=float, nargs="+", default=None, help="normalized units")
+    p.add_argument("--tnorm-budgets", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0], help="pixels")
+    p.add_argument("--eval-batch-size", type=int, default=500)
+    p.add_argument("--gallery-attacks", nargs="+", default=["flowpgd", "adef", "stadv", "rt"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def train_one(args, data, out: Path, method: str, lam, epochs: int, max_steps, tag: str):
+    """Train (or resume, or read back) one model; returns (trainer, TrainResult)."""
+    from flowtriton.train import Trainer, make_config
+
+    size = data.train.images.shape[-1]
+    cfg = make_config(None, dataset=args.dataset, data_dir=args.data_dir, model=args.model, method=method,
+                      lam=lam, at_eps=args.at_eps, at_steps=args.at_steps, epochs=epochs,
+                      batch_size=args.batch_size, lr=args.lr, momentum=0.9, weight_decay=5e-4,
+                      milestones=[epochs - 1] if epochs > 1 else [], gamma=0.1, seed=args.seed,
+                      device=args.device, amp="off", out_dir=str(out / "ckpt" / tag), resume=True,
+                      max_steps_per_epoch=max_steps, progress=not args.no_progress, val_size=args.val_size,
+                      augment="auto" if size == 32 else "none")
+    started = time.perf_counter()
+    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)  # the engine's resume path does not create it
+    trainer = Trainer(cfg, data)
+    result = trainer.fit()
+    if result.status != "finished":
+        raise SystemExit(f"[compare] {tag} interrupted; run the same command again to resume")
+    print(f"[compare] {tag}: best val acc {result.best_val_acc:.4f} (epoch {result.best_epoch}), "
+          f"test acc {result.test_acc:.4f} ({time.perf_counter() - started:.0f} s this session)", flush=True)
+    return trainer, result
+
+
+def calibrate(args, data, out: Path) -> dict:
+    """{'igr': lam, 'fgr': lam, 'fgr+at': lam, 'runs': [...]} (see the module docstring)."""
+    path = out / "calibration.json"
+    cal = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+    cal.update(steps=args.calibrate_steps, clean_tol=args.clean_tol,
+               rule="largest lambda whose validation accuracy >= standard's - clean_tol (else the smallest)")
+    grids = {"standard": [None], "igr": args.igr_grid, "fgr": args.fgr_grid}
+    need = {"igr"} if "igr" in args.methods and args.lam_igr is None else set()
+    if ("fgr" in args.methods or "fgr+at" in args.methods) and args.lam_fgr is None:
+        need.add("fgr")
+    if args.calibrate_steps and need:
+        for method in ["standard", *sorted(need)]:
+            for lam in grids[method]:
+                tag = f"{method}" if lam is None else f"{method}-{lam:g}"
+                if tag not in cal["runs"]:
+                    _, res = train_one(args, data, out, method, lam, 1, args.calibrate_steps, f"calib/{tag}")
+                    cal["runs"][tag] = {"method": method, "lam": lam, "val_acc": res.best_val_acc}
+                    path.write_text(json.dumps(cal, indent=2))
+        base = cal["runs"]["standard"]["val_acc"]
+        for method in need:
+            runs = sorted((r for r in cal["runs"].values() if r["method"] == method), key=lambda r: r["lam"])
+            ok = [r for r in runs if r["val_acc"] >= base - args.clean_tol]
+            cal[method] = (ok[-1] if ok else runs[0])["lam"]
+    cal["igr"] = args.lam_igr if args.lam_igr is not None else cal.get("igr", args.igr_grid[0])
+    cal["fgr"] = args.lam_fgr if args.lam_fgr is not None else cal.get("fgr", args.fgr_grid[0])
+    cal["fgr+at"] = args.lam_fgr_at if args.lam_fgr_at is not None else cal["fgr"]
+    cal["source"] = {m: ("flag" if getattr(args, "lam_" + m.replace("+", "_").replace("-", "_")) is not None
+                         else "calibration" if args.calibrate_steps else "grid default")
+                     for m in ("igr", "fgr", "fgr+at")}
+    path.write_text(json.dumps(cal, indent=2))
+    return cal
+
+
+def build_suite(args, model, num_classes: int):
+    from flowtriton.attacks import FlowPGD
+    from flowtriton.train.evaluation import build_attacks
+
+    names = ("flowpgd", "adef", "stadv", "rt")
+    suite, budgets = build_attacks(model, names, args.attack_size, num_classes, pgd_budgets=args.pgd_budgets,
+                                   tnorm_budgets=args.tnorm_budgets)
+    if args.pgd_steps:
+        suite["flowpgd"] = FlowPGD(model, eps=args.pgd_budgets[0], steps=args.pgd_steps, units="normalized")
+    return suite, budgets
+
+
+def comparison_table(results: dict, lams: dict) -> str:
+    labels = list(results)
+    first = results[labels[0]]["rows"]
+    header = ["attack", "budget", "units"] + [f"{m}" + (f" (lam {lams[m]:g})" if lams.get(m) else "") for m in labels]
+    rows = []
+    for i, row in enumerate(first):
+        budget = "-" if row["budget"] is None else f"{row['budget']:g}"
+        rows.append([row["attack"], budget, row["units"] or "-"]
+                    + [f"{results[m]['rows'][i]['accuracy']:.3f}" for m in labels])
+    text = md_table(header, rows)
+    medians = list(results[labels[0]]["median_tnorm"])
+    if medians:
+        text += "\n" + md_table(["median successful T-norm (px)"] + labels,
+                                [[name] + [("-" if results[m]["median_tnorm"][name] is None
+                                            else f"{results[m]['median_tnorm'][name]:.3f}") for m in labels]
+                                 for name in medians])
+    return text
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out_dir or f"runs/compare-{args.dataset}")
+    out.mkdir(parents=True, exist_ok=True)
+    record = RunRecord(out, args.seed, vars(args))
+    torch.manual_seed(args.seed)
+
+    data = load_splits(args.dataset, args.data_dir, args.val_size, 0, args.train_subset, args.seed)
+    if args.test_size is not None and args.test_size < len(data.test):
+        data.test = data.test.subset(torch.arange(args.test_size))
+    size = data.train.images.shape[-1]
+    preset = DEFAULTS.get(size, DEFAULTS[32])
+    args.model = args.model or ("small-cnn" if size == 28 else "vgg11")
+    args.at_eps = args.at_eps if args.at_eps is not None else preset["at_eps"]
+    args.pgd_budgets = args.pgd_budgets or preset["pgd_budgets"]
+    print(f"[compare] {args.dataset}: train {len(data.train)}, val {len(data.val)}, test {len(data.test)} "
+          f"(attacked: first {min(args.eval_subset, len(data.test))}); model {args.model}", flush=True)
+
+    cal = calibrate(args, data, out)
+    lams = {"standard": None, "igr": cal["igr"], "fgr": cal["fgr"], "at": None, "fgr+at": cal["fgr+at"]}
+    print(f"[compare] lambdas: {json.dumps({m: lams[m] for m in args.methods})}", flush=True)
+
+    evals_dir = out / "eval"
+    evals_dir.mkdir(exist_ok=True)
+    models, results, train_info = {}, {}, {}
+    from flowtriton.attacks import EvaluationResult, evaluate
+
+    images = labels = None
+    for method in args.methods:
+        trainer, res = train_one(args, data, out, method, lams[method], args.epochs, args.max_steps_per_epoch,
+                                 method)
+        model = load_best(trainer)
+        models[method] = model
+        train_info[method] = {"lam": lams[method], "best_val_acc": res.best_val_acc, "best_epoch": res.best_epoch,
+                              "test_acc_full_test_set": res.test_acc,
+                              "train_s": sum(h.get("images_per_s") and len(data.train) / h["images_per_s"] or 0
+                                             for h in res.history),
+                              "history": res.history}
+        if images is None:
+            images, labels = eval_batch(trainer.cfg, data, args.eval_subset, trainer.ctx.device)
+        cache = evals_dir / f"{method.replace('+', '_')}.json"
+        if cache.is_file():
+            results[method] = json.loads(cache.read_text())
+            continue
+        started = time.perf_counter()
+        suite, budgets = build_suite(args, model, data.train.num_classes)
+        print(f"[compare] attacking {method} on {len(labels)} test images", flush=True)
+        ev = evaluate(model, (images, labels), suite, budgets, batch_size=args.eval_batch_size)
+        results[method] = {**ev.to_dict(), "eval_s": time.perf_counter() - started}
+        cache.write_text(json.dumps(results[method], indent=2))
+        print(f"[compare] {method}: clean {ev.clean_accuracy:.3f}; evaluation {results[method]['eval_s']:.0f} s",
+              flush=True)
+
+    # plots: accuracy vs budget (one panel per attack, one line per method) and a gallery
+    from flowtriton.plots import plot_accuracy_vs_budget, plot_gallery
+    from flowtriton.train.evaluation import curves_from, gallery_rows
+
+    curves = {}
+    for method, res in results.items():
+        curves.update(curves_from(EvaluationResult.from_dict(res), method))
+    title = f"{args.dataset}: robust accuracy ({len(labels)} test images)"
+    plot_accuracy_vs_budget(curves, out / "accuracy_vs_budget.png", title=title,
+                            xlabel={"flowpgd": "eps (normalized)", "adef": "T-norm (px)", "stadv": "T-norm (px)"})
+    with torch.no_grad():
+        right = torch.stack([m(images).argmax(1) == labels for m in models.values()]).all(0)
+    pick = int(right.nonzero()[0]) if right.any() else 0
+    rows = []
+    mid = args.pgd_budgets[len(args.pgd_budgets) // 2]
+    for method, model in models.items():
+        suite, _ = build_suite(args, model, data.train.num_classes)
+        suite = {k: v for k, v in suite.items() if k in args.gallery_attacks}
+        rows += gallery_rows(suite, images, labels, method, index=pick, budgets={"flowpgd": mid})
+    plot_gallery(rows, out / "gallery.png", title=f"{args.dataset}: test image {pick}, FlowPGD at eps {mid:g}")
+
+    table = comparison_table(results, lams)
+    wall = record.finish()
+    header = (f"# {args.dataset}: standard vs IGR vs FGR vs AT vs FGR+AT\n\n"
+              f"{args.model}, {args.epochs} epoch(s) on {len(data.train)} training images (validation "
+              f"{len(data.val)} held out from train selects the checkpoint), batch {args.batch_size}, lr {args.lr:g}; "
+              f"attacked: first {len(labels)} test images, attack size '{args.attack_size}'. "
+              f"AT / FGR+AT: FlowPGD eps {args.at_eps:g} (normalized), {args.at_steps} steps. "
+              f"Lambdas ('paper' scale): {', '.join(f'{m} {lams[m]:g}' for m in args.methods if lams[m])} "
+              f"({cal['source']}; rule: {cal['rule']}, calibration {cal['steps']} steps, tol {cal['clean_tol']}). "
+              f"FlowPGD eps in normalized units (1 = (W-1)/2 px), L-inf per flow component; ADef/stAdv rows: "
+              f"accuracy when deformations above that T-norm (px) do not count; rt: rotation + translation grid. "
+              f"Seed {args.seed}; wall time {wall:.0f} s (all sessions).\n\n")
+    clean = md_table(["method", "lambda", "best val acc", "test acc (full test set)"],
+                     [[m, "-" if not lams[m] else f"{lams[m]:g}", f"{train_info[m]['best_val_acc']:.4f}",
+                       f"{train_info[m]['test_acc_full_test_set']:.4f}"] for m in args.methods])
+    (out / "results.md").write_text(header + clean + "\n" + table)
+    payload = {"dataset": args.dataset, "model": args.model, "epochs": args.epochs, "train_images": len(data.train),
+               "val_images": len(data.val), "eval_images": int(labels.numel()), "attack_size": args.attack_size,
+               "pgd_steps": args.pgd_steps, "pgd_budgets": args.pgd_budgets, "tnorm_budgets": args.tnorm_budgets,
+               "at_eps": args.at_eps, "at_steps": args.at_steps, "lambdas": lams, "calibration": cal,
+               "units": {"flowpgd": "normalized (L-inf per flow component)", "adef": "pixels (T-norm)",
+                         "stadv": "pixels (T-norm)"},
+               "training": train_info, "results": results, "seed": args.seed, "wall_s": wall}
+    (out / "results.json").write_text(json.dumps(payload, indent=2))
+    print(header + clean + "\n" + table)
+    print(f"[compare] wrote {out}/results.md, results.json, accuracy_vs_budget.png, gallery.png, run.json", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""The example scripts, run for a few steps on real data, and what they wrote.
+
+Needs the shared datasets (FLOWTRITON_TEST_DATA, else ``<repo>/../shared/datasets``); skipped
+without them. Each script runs in a fresh process, as a user runs it; a second run of the same
+command must read the finished stages back (resume) rather than train again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+
+
+def _shared() -> Path | None:
+    env = os.environ.get("FLOWTRITON_TEST_DATA")
+    root = Path(env) if env else REPO.parent / "shared" / "datasets"
+    return root if root.is_dir() else None
+
+
+DATA = _shared()
+needs_mnist = pytest.mark.skipif(DATA is None or not (DATA / "mnist").is_dir(),
+                                 reason="shared datasets not found (set FLOWTRITON_TEST_DATA)")
+needs_cifar = pytest.mark.skipif(DATA is None or not (DATA / "cifar10-jpeg").is_dir(),
+                                 reason="shared CIFAR-10 JPEG folder not found (set FLOWTRITON_TEST_DATA)")
+
+
+def _run(script: str, *args: str, cwd: Path) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(EXAMPLES / script), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def _check_record(out: Path, script: str, sessions: int) -> None:
+    record = json.loads((out / "run.json").read_text())
+    assert script in record["command"] and "--out-dir" in record["command"]
+    assert record["seed"] == 0
+    assert record["versions"]["torch"] and record["versions"]["python"] and "triton" in record["versions"]
+    assert len(record["sessions"]) == sessions
+    assert all(s["wall_s"] is not None and s["wall_s"] > 0 for s in record["sessions"])
+    assert record["wall_s_total"] == pytest.approx(sum(s["wall_s"] for s in record["sessions"]))
+
+
+@needs_mnist
+def test_compare_methods_writes_results_table_and_plots(tmp_path):
+    out = tmp_path / "cmp"
+    args = ["--dataset", "mnist", "--data-dir", str(DATA), "--methods", "standard", "fgr", "--test-size", "200",
+            "--train-subset", "256", "--val-size", "128", "--epochs", "1", "--max-steps-per-epoch", "2",
+            "--batch-size", "64", "--eval-subset", "12", "--calibrate-steps", "1", "--fgr-grid", "50", "100",
+            "--attack-size", "small", "--pgd-steps", "2", "--tnorm-budgets", "0.5", "1",
+            "--gallery-attacks", "flowpgd", "--no-progress", "--out-dir", str(out)]
+    _run("compare_methods.py", *args, cwd=tmp_path)
+
+    results = json.loads((out / "results.json").read_text())
+    for key in ("dataset", "model", "lambdas", "calibration", "training", "results", "units", "seed", "wall_s",
+                "eval_images", "pgd_budgets", "tnorm_budgets"):
+        assert key in results, key
+    assert results["dataset"] == "mnist" and results["eval_images"] == 12
+    assert set(results["results"]) == {"standard", "fgr"}
+    # calibration ran the standard model and both FGR lambdas, and kept one of the grid values
+    assert set(results["calibration"]["runs"]) == {"standard", "fgr-50", "fgr-100"}
+    assert results["lambdas"]["fgr"] in (50.0, 100.0)
+    attacks = {(row["attack"], row["budget"]) for row in results["results"]["fgr"]["rows"]}
+    assert ("clean", None) in attacks and ("rt", None) in attacks
+    assert {("flowpgd", b) for b in results["pgd_budgets"]} <= attacks
+    assert {("adef", 0.5), ("adef", 1.0), ("stadv", 0.5), ("stadv", 1.0)} <= attacks
+    for res in results["results"].values():
+        assert all(0.0 <= row["accuracy"] <= 1.0 for row in res["rows"])
+    table = (out / "results.md").read_text()
+    assert "| attack | budget | units | standard | fgr (lam" in table and "| flowpgd |" in table
+    for png in ("accuracy_vs_budget.png", "gallery.png"):
+        assert (out / png).stat().st_size > 1000
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert (out / "ckpt" / "fgr" / "best.pt").is_file()
+    _check_record(out, "compare_methods.py", 1)
+
+    # the same command again: every stage is read back (no new training steps), one more session
+    log = (out / "ckpt" / "fgr" / "log.jsonl").read_text().count('"event": "step"')
+    _run("compare_methods.py", *args, cwd=tmp_path)
+    assert (out / "ckpt" / "fgr" / "log.jsonl").read_text().count('"event": "step"') == log
+    assert json.loads((out / "results.json").read_text())["results"] == results["results"]
+    _check_record(out, "compare_methods.py", 2)
+
+
+@needs_cifar
+def test_reproduce_cifar10_vgg11_reduced(tmp_path):
+    out = tmp_path / "repro"
+    _run("reproduce_cifar10_vgg11.py", "--data-dir", str(DATA), "--lams", "0", "300", "--epochs", "1",
+         "--width", "0.125", "--max-per-class", "20", "--val-size", "50", "--max-steps-per-epoch", "2",
+         "--batch-size", "32", "--eval-subset", "16", "--attack-steps", "3", "--device", "cpu", "--threads", "1",
+         "--no-progress", "--out-dir", str(out), cwd=tmp_path)
+    results = json.loads((out / "results.json").read_text())
+    for key in ("dataset", "model", "epochs", "milestones", "runs", "eval_images", "eps_normalized", "attack_steps",
+                "full_recipe", "seed", "wall_s"):
+        assert key in results, key
+    assert results["model"] == "vgg11-w0.125" and results["full_recipe"] is False
+    assert set(results["runs"]) == {"lam0", "lam300"}
+    assert results["runs"]["lam0"]["method"] == "standard" and results["runs"]["lam300"]["method"] == "fgr"
+    assert results["runs"]["lam300"]["paper"] == {"clean_acc": 0.8536, "robust_acc": 0.5515}
+    for run in results["runs"].values():
+        assert run["examples"] == 16 and 0.0 <= run["robust_acc"] <= run["clean_acc"] <= 1.0
+    # the eval subset of the class-sorted JPEG folder is not all one class
+    table = (out / "results.md").read_text()
+    assert "REDUCED schedule" in table and "| 300 |" in table and "VALIDATION" in table
+    assert (out / "robustness_vs_lambda.png").read_bytes()[:4] == b"\x89PNG"
+    _check_record(out, "reproduce_cifar10_vgg11.py", 1)
+
