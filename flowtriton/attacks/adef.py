@@ -98,7 +98,7 @@ class ADef(FlowAttack):
         n = images.shape[0]
         device = images.device
         with torch.no_grad():
-            clean_logits = self._logits(images, labels)
+            clean_logits = self._logits(images)
         cand_labels = self._candidate_labels(clean_logits, labels)
         kernel = gaussian_kernel(self.smooth, images.dtype, device) if self.smooth > 0 else None
 

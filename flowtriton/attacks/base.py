@@ -199,9 +199,11 @@ class FlowAttack:
             check_labels(labels, images)
         images = images.detach()
         with eval_mode(self.model):
+            with torch.no_grad():
+                clean_logits = self._logits(images)
             if labels is None:
-                with torch.no_grad():
-                    labels = self.model(images).argmax(dim=1)
+                labels = clean_logits.argmax(dim=1)
+            check_label_range(labels, clean_logits.shape[1])
             labels = labels.long()
             flow, adv, iterations, info = self._attack(images, labels)
             with torch.no_grad():
@@ -217,14 +219,12 @@ class FlowAttack:
         """-> (flow (N, 2, H, W) pixels, adversarial images, iterations (N,), info dict)."""
         raise NotImplementedError
 
-    def _logits(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Run the model; check its output is (N, classes) and the labels fit it."""
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the model; check its output is (N, classes)."""
         logits = self.model(x)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ValueError(f"model must return logits of shape (N, classes), got {shape}")
-        if labels is not None:
-            check_label_range(labels, logits.shape[1])
         return logits
 
     def with_budget(self, budget: float) -> "FlowAttack":

@@ -109,13 +109,13 @@ class FlowPGD(FlowAttack):
         for _ in range(self.steps):
             flow = flow.detach().requires_grad_(True)
             with torch.enable_grad():
-                logits = self._logits(self._adversarial(images, flow, scale), labels)
+                logits = self._logits(self._adversarial(images, flow, scale))
                 objective = self._objective(logits, labels).sum()
                 (grad,) = torch.autograd.grad(objective, flow)
             with torch.no_grad():
                 flow = self._project(flow + step * self._ascent_direction(grad))
         with torch.no_grad():
-            logits = self._logits(self._adversarial(images, flow, scale), labels)
+            logits = self._logits(self._adversarial(images, flow, scale))
             loss = self._objective(logits, labels)
             success = attack_goal_met(logits.argmax(dim=1), labels, self.targeted)
         return flow.detach(), loss, success

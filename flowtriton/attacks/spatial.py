@@ -104,7 +104,7 @@ class RotationTranslation(FlowAttack):
                 flow = block.repeat_interleave(n, dim=0)  # transform-major: (t * n, 2, H, W)
                 x = images.repeat(t, 1, 1, 1)
                 y = labels.repeat(t)
-                logits = self._logits(warp(x, flow, self.padding_mode, backend=self.backend), y)
+                logits = self._logits(warp(x, flow, self.padding_mode, backend=self.backend))
                 loss = F.cross_entropy(logits, y, reduction="none").view(t, n)
                 if self.targeted:
                     loss = -loss

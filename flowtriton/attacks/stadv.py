@@ -118,7 +118,7 @@ class StAdv(FlowAttack):
     def losses(self, images, flow, labels, tau):
         """Per-example (total, adversarial, flow) losses, each (N,), and the logits; ``tau`` a
         float or (N,)."""
-        logits = self._logits(warp(images, flow, self.padding_mode, backend=self.backend), labels)
+        logits = self._logits(warp(images, flow, self.padding_mode, backend=self.backend))
         adv = (-margin_loss(logits, labels, self.targeted)).clamp_min(-self.kappa)
         smooth = flow_smoothness(flow)
         return adv + tau * smooth, adv, smooth, logits
