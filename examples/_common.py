@@ -72,6 +72,10 @@ class RunRecord:
         self.save()
 
     def save(self) -> None:
+        """Write run.json; the current session's wall time so far is kept, so a run killed
+        between stages still accounts for the time it spent up to its last save."""
+        if self.data["sessions"][-1]["finished_utc"] is None:
+            self.data["sessions"][-1]["wall_s"] = round(time.perf_counter() - self.started, 1)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.data["wall_s_total"] = sum(s["wall_s"] or 0.0 for s in self.data["sessions"])
         self.path.write_text(json.dumps(self.data, indent=2))

@@ -201,6 +201,7 @@ def main(argv=None) -> int:
           f"(attacked: first {min(args.eval_subset, len(data.test))}); model {args.model}", flush=True)
 
     cal = calibrate(args, data, out)
+    record.save()
     lams = {"standard": None, "igr": cal["igr"], "fgr": cal["fgr"], "at": None, "fgr+at": cal["fgr+at"]}
     print(f"[compare] lambdas: {json.dumps({m: lams[m] for m in args.methods})}", flush=True)
 
@@ -232,6 +233,7 @@ def main(argv=None) -> int:
         ev = evaluate(model, (images, labels), suite, budgets, batch_size=args.eval_batch_size)
         results[method] = {**ev.to_dict(), "eval_s": time.perf_counter() - started}
         cache.write_text(json.dumps(results[method], indent=2))
+        record.save()
         print(f"[compare] {method}: clean {ev.clean_accuracy:.3f}; evaluation {results[method]['eval_s']:.0f} s",
               flush=True)
 

@@ -133,6 +133,7 @@ def main(argv=None) -> int:
             ev = {"clean_acc": result.clean_accuracy, "robust_acc": result.accuracy("multi-step"),
                   "examples": int(labels.numel()), "eval_s": time.perf_counter() - t0}
             cache.write_text(json.dumps(ev, indent=2))
+            record.save()
         print(f"[repro] {tag}: clean {ev['clean_acc']:.4f}, multi-step eps {args.eps:g}: {ev['robust_acc']:.4f} "
               f"on {ev['examples']} test images", flush=True)
         paper = PAPER.get(float(lam))
