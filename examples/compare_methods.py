@@ -15,8 +15,9 @@ interruption and finished stages are read back, an unfinished training resumes f
    every regularized method is trained for N steps at each lambda of its grid
    (``--igr-grid``, ``--fgr-grid``), a standard model likewise, and the LARGEST lambda whose
    VALIDATION accuracy stays within ``--clean-tol`` of the standard model's is kept (if none does,
-   the smallest). FGR+AT uses FGR's lambda (calibrating it would cost an adversarial run per
-   grid point). ``--lam-igr`` / ``--lam-fgr`` / ``--lam-fgr-at`` fix a lambda instead. Lambdas are in
+   the smallest). FGR+AT is calibrated the same way against an AT model trained for N steps (its
+   grid: ``--fgr-at-grid``, default the FGR grid), so it is compared with AT at comparable clean
+   accuracy; ``--no-calibrate-fgr-at`` gives it FGR's lambda instead. ``--lam-igr`` / ``--lam-fgr`` / ``--lam-fgr-at`` fix a lambda instead. Lambdas are in
    the regularizers' 'paper' scale (the batch-mean loss's gradient, as the authors' code).
    Calibration never sees the test split.
 3. Training: each method for ``--epochs`` epochs (SGD, momentum 0.9, weight decay 5e-4, lr
@@ -75,6 +76,9 @@ def parse_args(argv=None):
     p.add_argument("--clean-tol", type=float, default=0.015, help="allowed validation-accuracy drop vs standard")
     p.add_argument("--igr-grid", type=float, nargs="+", default=[1e3, 1e4, 1e5])
     p.add_argument("--fgr-grid", type=float, nargs="+", default=[100.0, 300.0, 1000.0])
+    p.add_argument("--fgr-at-grid", type=float, nargs="+", default=None, help="default: --fgr-grid")
+    p.add_argument("--no-calibrate-fgr-at", dest="calibrate_fgr_at", action="store_false",
+                   help="FGR+AT takes FGR's lambda instead of its own calibration against AT")
     p.add_argument("--lam-igr", type=float, default=None)
     p.add_argument("--lam-fgr", type=float, default=None)
     p.add_argument("--lam-fgr-at", type=float, default=None)
@@ -117,32 +121,46 @@ def train_one(args, data, out: Path, method: str, lam, epochs: int, max_steps, t
 
 
 def calibrate(args, data, out: Path) -> dict:
-    """{'igr': lam, 'fgr': lam, 'fgr+at': lam, 'runs': [...]} (see the module docstring)."""
+    """{'igr': lam, 'fgr': lam, 'fgr+at': lam, 'runs': {...}} (see the module docstring)."""
     path = out / "calibration.json"
     cal = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
     cal.update(steps=args.calibrate_steps, clean_tol=args.clean_tol,
-               rule="largest lambda whose validation accuracy >= standard's - clean_tol (else the smallest)")
-    grids = {"standard": [None], "igr": args.igr_grid, "fgr": args.fgr_grid}
-    need = {"igr"} if "igr" in args.methods and args.lam_igr is None else set()
-    if ("fgr" in args.methods or "fgr+at" in args.methods) and args.lam_fgr is None:
+               rule="largest lambda whose validation accuracy >= the baseline's - clean_tol (else the smallest); "
+                    "baseline: standard for igr and fgr, at for fgr+at")
+    baseline = {"igr": "standard", "fgr": "standard", "fgr+at": "at"}
+    grids = {"standard": [None], "at": [None], "igr": args.igr_grid, "fgr": args.fgr_grid,
+             "fgr+at": args.fgr_at_grid or args.fgr_grid}
+    need = set()
+    if "igr" in args.methods and args.lam_igr is None:
+        need.add("igr")
+    if ("fgr" in args.methods or ("fgr+at" in args.methods and not args.calibrate_fgr_at)) and args.lam_fgr is None:
         need.add("fgr")
+    if "fgr+at" in args.methods and args.calibrate_fgr_at and args.lam_fgr_at is None:
+        need.add("fgr+at")
     if args.calibrate_steps and need:
-        for method in ["standard", *sorted(need)]:
+        order = sorted({baseline[m] for m in need}, key=["standard", "at"].index) + sorted(need)
+        for method in order:
             for lam in grids[method]:
                 tag = f"{method}" if lam is None else f"{method}-{lam:g}"
                 if tag not in cal["runs"]:
-                    _, res = train_one(args, data, out, method, lam, 1, args.calibrate_steps, f"calib/{tag}")
+                    _, res = train_one(args, data, out, method, lam, 1, args.calibrate_steps,
+                                       f"calib/{tag.replace('+', '_')}")
                     cal["runs"][tag] = {"method": method, "lam": lam, "val_acc": res.best_val_acc}
                     path.write_text(json.dumps(cal, indent=2))
-        base = cal["runs"]["standard"]["val_acc"]
         for method in need:
-            runs = sorted((r for r in cal["runs"].values() if r["method"] == method), key=lambda r: r["lam"])
+            base = cal["runs"][baseline[method]]["val_acc"]
+            runs = sorted((r for r in cal["runs"].values() if r["method"] == method and r["lam"] in grids[method]),
+                          key=lambda r: r["lam"])
             ok = [r for r in runs if r["val_acc"] >= base - args.clean_tol]
             cal[method] = (ok[-1] if ok else runs[0])["lam"]
     cal["igr"] = args.lam_igr if args.lam_igr is not None else cal.get("igr", args.igr_grid[0])
     cal["fgr"] = args.lam_fgr if args.lam_fgr is not None else cal.get("fgr", args.fgr_grid[0])
-    cal["fgr+at"] = args.lam_fgr_at if args.lam_fgr_at is not None else cal["fgr"]
-    cal["source"] = {m: ("flag" if getattr(args, "lam_" + m.replace("+", "_").replace("-", "_")) is not None
+    if args.lam_fgr_at is not None:
+        cal["fgr+at"] = args.lam_fgr_at
+    elif not (args.calibrate_fgr_at and args.calibrate_steps and "fgr+at" in need):
+        cal["fgr+at"] = cal["fgr"]
+    cal["source"] = {m: ("flag" if getattr(args, "lam_" + m.replace("+", "_")) is not None
+                         else "fgr's lambda" if m == "fgr+at" and not args.calibrate_fgr_at
                          else "calibration" if args.calibrate_steps else "grid default")
                      for m in ("igr", "fgr", "fgr+at")}
     path.write_text(json.dumps(cal, indent=2))
@@ -178,6 +196,45 @@ def comparison_table(results: dict, lams: dict) -> str:
                                             else f"{results[m]['median_tnorm'][name]:.3f}") for m in labels]
                                  for name in medians])
     return text
+
+
+def mean_robust(result: dict) -> dict:
+    """{attack: mean accuracy over its budgets} (rt: its one row), from an EvaluationResult dict."""
+    per = {}
+    for row in result["rows"]:
+        if row["attack"] != "clean":
+            per.setdefault(row["attack"], []).append(row["accuracy"])
+    return {name: sum(v) / len(v) for name, v in per.items()}
+
+
+CLAIMS = [  # (claim, challenger, [baselines], attacks compared)
+    ("FGR beats IGR at comparable clean accuracy", "fgr", ["igr"], ("flowpgd", "adef", "stadv", "rt")),
+    ("FGR beats AT on attacks AT did not train on (ADef, stAdv, rotation+translation)", "fgr", ["at"],
+     ("adef", "stadv", "rt")),
+    ("FGR+AT beats both FGR and AT", "fgr+at", ["fgr", "at"], ("flowpgd", "adef", "stadv", "rt")),
+]
+
+
+def claims_section(results: dict, train_info: dict) -> str:
+    """The paper's three claims, judged on mean robust accuracy per attack (mean over budgets):
+    'supported' when the challenger is ahead on every attack compared, 'not supported' when on
+    none, 'mixed' otherwise; clean test accuracies shown beside, since a gap there confounds."""
+    lines = ["| claim | attacks: challenger vs baseline(s), mean accuracy over budgets | clean test acc | verdict |",
+             "|---|---|---|---|"]
+    for claim, challenger, baselines, attacks in CLAIMS:
+        if challenger not in results or any(b not in results for b in baselines):
+            continue
+        mine = mean_robust(results[challenger])
+        others = {b: mean_robust(results[b]) for b in baselines}
+        wins = [all(mine[a] > others[b][a] for b in baselines) for a in attacks]
+        detail = "; ".join(f"{a} {mine[a]:.3f} vs " + "/".join(f"{others[b][a]:.3f}" for b in baselines)
+                           for a in attacks)
+        clean = f"{train_info[challenger]['test_acc_full_test_set']:.4f} vs " + "/".join(
+            f"{train_info[b]['test_acc_full_test_set']:.4f}" for b in baselines)
+        verdict = "supported" if all(wins) else "not supported" if not any(wins) else \
+            f"mixed ({sum(wins)} of {len(wins)} attacks)"
+        lines.append(f"| {claim} | {detail} | {clean} | {verdict} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -273,16 +330,19 @@ def main(argv=None) -> int:
     clean = md_table(["method", "lambda", "best val acc", "test acc (full test set)"],
                      [[m, "-" if not lams[m] else f"{lams[m]:g}", f"{train_info[m]['best_val_acc']:.4f}",
                        f"{train_info[m]['test_acc_full_test_set']:.4f}"] for m in args.methods])
-    (out / "results.md").write_text(header + clean + "\n" + table)
+    claims = claims_section(results, train_info)
+    (out / "results.md").write_text(header + clean + "\n" + table + "\n## The paper's claims on this run\n\n" + claims)
     payload = {"dataset": args.dataset, "model": args.model, "epochs": args.epochs, "train_images": len(data.train),
                "val_images": len(data.val), "eval_images": int(labels.numel()), "attack_size": args.attack_size,
                "pgd_steps": args.pgd_steps, "pgd_budgets": args.pgd_budgets, "tnorm_budgets": args.tnorm_budgets,
                "at_eps": args.at_eps, "at_steps": args.at_steps, "lambdas": lams, "calibration": cal,
                "units": {"flowpgd": "normalized (L-inf per flow component)", "adef": "pixels (T-norm)",
                          "stadv": "pixels (T-norm)"},
-               "training": train_info, "results": results, "seed": args.seed, "wall_s": wall}
+               "training": train_info, "results": results,
+               "mean_robust_accuracy": {m: mean_robust(r) for m, r in results.items()}, "claims_markdown": claims,
+               "seed": args.seed, "wall_s": wall}
     (out / "results.json").write_text(json.dumps(payload, indent=2))
-    print(header + clean + "\n" + table)
+    print(header + clean + "\n" + table + "\n" + claims)
     print(f"[compare] wrote {out}/results.md, results.json, accuracy_vs_budget.png, gallery.png, run.json", flush=True)
     return 0
 

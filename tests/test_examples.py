@@ -62,7 +62,7 @@ def test_compare_methods_writes_results_table_and_plots(tmp_path):
 
     results = json.loads((out / "results.json").read_text())
     for key in ("dataset", "model", "lambdas", "calibration", "training", "results", "units", "seed", "wall_s",
-                "eval_images", "pgd_budgets", "tnorm_budgets"):
+                "eval_images", "pgd_budgets", "tnorm_budgets", "mean_robust_accuracy", "claims_markdown"):
         assert key in results, key
     assert results["dataset"] == "mnist" and results["eval_images"] == 12
     assert set(results["results"]) == {"standard", "fgr"}
