@@ -255,7 +255,7 @@ def main(argv=None) -> int:
     args.at_eps = args.at_eps if args.at_eps is not None else preset["at_eps"]
     args.pgd_budgets = args.pgd_budgets or preset["pgd_budgets"]
     print(f"[compare] {args.dataset}: train {len(data.train)}, val {len(data.val)}, test {len(data.test)} "
-          f"(attacked: first {min(args.eval_subset, len(data.test))}); model {args.model}", flush=True)
+          f"(attacked: {min(args.eval_subset, len(data.test))}, see eval_batch); model {args.model}", flush=True)
 
     cal = calibrate(args, data, out)
     record.save()
@@ -320,7 +320,7 @@ def main(argv=None) -> int:
     header = (f"# {args.dataset}: standard vs IGR vs FGR vs AT vs FGR+AT\n\n"
               f"{args.model}, {args.epochs} epoch(s) on {len(data.train)} training images (validation "
               f"{len(data.val)} held out from train selects the checkpoint), batch {args.batch_size}, lr {args.lr:g}; "
-              f"attacked: first {len(labels)} test images, attack size '{args.attack_size}'. "
+              f"attacked: {len(labels)} test images (the first ones when they hold every class, else a seeded random subset), attack size '{args.attack_size}'. "
               f"AT / FGR+AT: FlowPGD eps {args.at_eps:g} (normalized), {args.at_steps} steps. "
               f"Lambdas ('paper' scale): {', '.join(f'{m} {lams[m]:g}' for m in args.methods if lams[m])} "
               f"({cal['source']}; rule: {cal['rule']}, calibration {cal['steps']} steps, tol {cal['clean_tol']}). "

@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     data = load_splits("cifar10", args.data_dir, args.val_size, 0, args.train_subset, args.seed, args.max_per_class)
     n_eval = min(args.eval_subset or len(data.test), len(data.test))
     print(f"[repro] CIFAR-10: train {len(data.train)}, validation {len(data.val)} (selects the checkpoint), "
-          f"test {len(data.test)} (attacked: first {n_eval}); {model_name}, {args.epochs} epochs, "
+          f"test {len(data.test)} (attacked: {n_eval}, see eval_batch); {model_name}, {args.epochs} epochs, "
           f"milestones {milestones}", flush=True)
 
     from flowtriton.attacks import FlowPGD, evaluate
