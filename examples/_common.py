@@ -113,15 +113,10 @@ def eval_batch(cfg, data, count: int | None, device):
     """(images float in [0, 1] after the TEST transform, labels) of ``count`` test images: the
     first ``count`` when they hold every class (MNIST, Fashion-MNIST), else a seeded (0) random
     subset in test order (image folders such as the CIFAR-10 JPEGs are sorted by class)."""
-    from flowtriton.data import TensorLoader
+    from flowtriton.data import TensorLoader, evaluation_subset
     from flowtriton.train.engine import resolve_augment
 
-    test = data.test
-    if count is not None and count < len(test):
-        index = torch.arange(count)
-        if test.labels[index].unique().numel() < test.labels.unique().numel():
-            index = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:count].sort().values
-        test = test.subset(index)
+    test = evaluation_subset(data.test, count)
     loader = TensorLoader(test, len(test), shuffle=False, augment=resolve_augment(cfg, data.train), train=False,
                           device=device)
     return next(iter(loader))

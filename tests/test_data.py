@@ -384,3 +384,16 @@ def test_extract_tar_writes_members_and_refuses_escapes(tmp_path):
     with pytest.raises(ValueError, match="refusing"):
         dl.extract_tar(bad, tmp_path / "out2")
     assert not (tmp_path / "escaped").exists()
+
+
+def test_evaluation_subset_covers_every_class_even_when_data_is_sorted_by_class():
+    images = torch.zeros(40, 1, 2, 2, dtype=torch.uint8)
+    by_class = ImageData(images, torch.arange(4).repeat_interleave(10))
+    picked = ftdata.evaluation_subset(by_class, 12)
+    assert len(picked) == 12 and picked.labels.unique().numel() == 4  # not twelve of class 0
+    assert torch.equal(ftdata.evaluation_subset(by_class, 12).labels, picked.labels)  # seeded
+    shuffled = ImageData(images, torch.arange(4).repeat(10))
+    assert torch.equal(ftdata.evaluation_subset(shuffled, 8).labels, torch.arange(4).repeat(2))  # first N
+    assert len(ftdata.evaluation_subset(shuffled, None)) == 40
+    with pytest.raises(ValueError, match="count must be >= 1"):
+        ftdata.evaluation_subset(shuffled, 0)

@@ -220,3 +220,9 @@ def test_fgr_on_real_cifar_images_with_paper_augmentation(tmp_path, monkeypatch)
     assert result.status == "finished" and trainer.model.net[0].in_channels == 3
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert records[0]["train"] == 100 and records[-1]["event"] == "final"
+
+
+def test_resume_on_a_fresh_output_folder_starts_from_scratch(small_splits, tmp_path):
+    cfg = _cfg(tmp_path, epochs=1, resume=True, out_dir=str(tmp_path / "new" / "run"))
+    result = train(cfg, small_splits)
+    assert (tmp_path / "new" / "run" / "last.pt").exists() and len(result.history) == 1

@@ -140,3 +140,18 @@ def split_train_val(data: ImageData, val_size: int | float, seed: int = 0) -> tu
         raise ValueError(f"val_size must leave both splits non-empty for {n} examples, got {val_size!r}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return data.subset(order[count:].sort().values), data.subset(order[:count].sort().values)
+
+
+def evaluation_subset(data: ImageData, count: int | None, seed: int = 0) -> ImageData:
+    """``count`` examples to attack: the first ``count`` when they hold every class present
+    (MNIST and Fashion-MNIST test files are shuffled), else a seeded random subset kept in data
+    order (image folders such as the CIFAR-10 JPEGs load sorted by class, so the first N would be
+    one class). ``None`` or ``count >= len(data)``: all of it."""
+    if count is None or count >= len(data):
+        return data
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    index = torch.arange(count)
+    if data.labels[index].unique().numel() < data.labels.unique().numel():
+        index = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+    return data.subset(index)

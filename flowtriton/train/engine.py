@@ -218,10 +218,11 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         cfg = self.cfg
+        if self.ctx.is_main:  # also on a first --resume run, before any last.pt exists
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         if cfg.resume:
             self.resume()
         elif self.ctx.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "log.jsonl").unlink(missing_ok=True)
         if self.ctx.is_main:
             cfg.save(self.out_dir / "config.json")

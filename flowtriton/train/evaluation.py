@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import ImageData, TensorLoader, load_dataset
+from ..data import ImageData, TensorLoader, evaluation_subset, load_dataset
 from ..models import build_model
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
@@ -81,8 +81,7 @@ def eval_images(cfg: TrainConfig, split: str, num_examples: int | None, data_dir
 
         data = split_train_val(load_dataset(cfg.dataset, "train", data_dir, False, cfg.max_per_class),
                                cfg.val_size, cfg.split_seed)[1]
-    if num_examples is not None:
-        data = data.subset(torch.arange(min(num_examples, len(data))))
+    data = evaluation_subset(data, num_examples)
     loader = TensorLoader(data, len(data), shuffle=False, augment=resolve_augment(cfg, data), train=False,
                           device=device)
     return next(iter(loader))
