@@ -9,13 +9,12 @@ the data folder itself is never written to.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .._io import save_atomic
 from .paths import cache_dir
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -66,18 +65,6 @@ def decode_images(files: list[tuple[Path, int]], mode: str = "RGB") -> tuple[tor
     return images, torch.tensor([label for _, label in files], dtype=torch.int64)
 
 
-def _save_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def load_image_folder(root: str | Path, split: str, mode: str = "RGB", max_per_class: int | None = None,
                       use_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(images uint8 (N, C, H, W), labels int64 (N,), class names) of ``<root>/<split>``.
@@ -97,7 +84,7 @@ def load_image_folder(root: str | Path, split: str, mode: str = "RGB", max_per_c
     images, labels = decode_images(files, mode)
     if use_cache:
         try:
-            _save_atomic({"images": images, "labels": labels, "classes": classes}, cache_file)
+            save_atomic({"images": images, "labels": labels, "classes": classes}, cache_file)
         except OSError:
             pass  # a read-only cache folder only costs speed
     return images, labels, classes

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .._io import save_atomic  # noqa: F401  (re-exported: the engine saves through it)
 
 
 def rng_state() -> dict:
@@ -25,22 +25,6 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_atomic(obj, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then ``os.replace``: a reader (or a
-    crash) never sees a half-written checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

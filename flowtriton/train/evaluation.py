@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import ImageData, TensorLoader, evaluation_subset, load_dataset
+from ..data import TensorLoader, evaluation_subset, load_dataset
 from ..models import build_model
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
