@@ -16,7 +16,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,44 +130,10 @@ def load_best(trainer, name: str = "best.pt"):
     return trainer.model.eval()
 
 
-# -- a narrower VGG for CPU runs ------------------------------------------------------------
-class NarrowVGG(nn.Module):
-    """The paper's CIFAR VGG (conv3x3-BN-ReLU, max-pools, global average pool, one Linear) with
-    every channel count multiplied by ``width`` (1.0 = flowtriton's ``vgg11``, layer for layer)."""
-
-    def __init__(self, depth: str = "vgg11", width: float = 1.0, num_classes: int = 10, in_channels: int = 3):
-        super().__init__()
-        from flowtriton.models.vgg import VGG_CONFIGS
-
-        layers, channels = [], in_channels
-        for item in VGG_CONFIGS[depth]:
-            if item == "M":
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                out = max(1, int(round(item * width)))
-                layers += [nn.Conv2d(channels, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
-                channels = out
-        layers.append(nn.AdaptiveAvgPool2d(1))
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(channels, num_classes)
-
-    def forward(self, x):
-        return self.classifier(torch.flatten(self.features(x), 1))
-
-
 def register_vgg(width: float, depth: str = "vgg11") -> str:
-    """Model name for ``depth`` at ``width``: the library's own name at width 1, else a name
-    registered in ``flowtriton.models.MODELS`` for this process (the library's VGG has no width
-    argument; registering keeps the engine, its checkpoints and resume unchanged)."""
-    if width == 1.0:
-        return depth
-    from functools import partial
-
-    from flowtriton import models
-
-    name = f"{depth}-w{width:g}"
-    models.MODELS.setdefault(name, partial(NarrowVGG, depth, width))
-    return name
+    """Registry name of ``depth`` at ``width``: ``vgg11`` at width 1, else ``vgg11-w<width>``
+    (``flowtriton.models.build_model`` builds scaled VGGs, so ``flowtriton evaluate`` loads them)."""
+    return depth if width == 1.0 else f"{depth}-w{width:g}"
 
 
 def md_table(header: list, rows: list) -> str:

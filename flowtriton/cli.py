@@ -44,7 +44,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="'paper': Resize(36)-RandomCrop(32)-Flip; 'auto' uses it for 32x32 colour images")
     d.add_argument("--max-per-class", type=int, help="image folders only: first N files per class")
     m = p.add_argument_group("model and method")
-    m.add_argument("--model", choices=list_models(), help="default small-cnn (28x28); paper: vgg11")
+    m.add_argument("--model", type=_model_name,
+                   help=f"one of {', '.join(list_models())}, or vgg<depth>-w<width> (e.g. vgg11-w0.25); "
+                        "default small-cnn (28x28); paper: vgg11")
     m.add_argument("--method", choices=METHODS, help="default standard")
     m.add_argument("--lam", type=float, help="regularizer weight (default per method: fgr 300, igr 1)")
     m.add_argument("--sigma", type=float, help="FGR random-start std, normalized units (default 0.01)")
@@ -183,6 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-plots", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
     return parser
+
+
+def _model_name(name: str) -> str:
+    """argparse type: a model name build_model accepts (checked now, not after data loading)."""
+    from .models import build_model
+
+    try:
+        build_model(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name
 
 
 def main(argv=None) -> int:

@@ -46,3 +46,17 @@ def test_registry_lists_and_rejects():
         build_model("vgg11", num_classes=0)
     with pytest.raises(ValueError, match="depth"):
         VGG("vgg7")
+
+
+def test_width_scaled_vgg_by_registry_name():
+    from flowtriton.models import VGG, build_model
+
+    narrow = build_model("vgg11-w0.25", num_classes=10, in_channels=3)
+    assert isinstance(narrow, VGG) and narrow.classifier.in_features == 128
+    assert narrow(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    full = sum(p.numel() for p in build_model("vgg11").parameters())
+    assert sum(p.numel() for p in narrow.parameters()) < full / 10
+    with pytest.raises(ValueError, match="vgg<depth>-w<width>"):
+        build_model("vgg12-w0.5")
+    with pytest.raises(ValueError, match="width must be > 0"):
+        VGG("vgg11", width=0.0)
