@@ -122,7 +122,7 @@ def cmd_evaluate(args) -> int:
     out = args.out_dir or str(Path(args.checkpoint).parent / "eval")
     result = evaluate_checkpoint(args.checkpoint, out, attacks=args.attacks, size=args.size, split=args.split,
                                  num_examples=args.num_examples, batch_size=args.batch_size, device=args.device,
-                                 data_dir=args.data_dir, plots=not args.no_plots)
+                                 data_dir=args.data_dir, plots=not args.no_plots, progress=not args.no_progress)
     print(result.to_markdown())
     print(f"wrote {out}/results.json and {out}/results.md")
     return 0
@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--out-dir", help="default: <checkpoint folder>/eval")
     ev.add_argument("--no-plots", action="store_true")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_evaluate)
     return parser
 

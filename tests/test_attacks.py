@@ -578,3 +578,16 @@ def test_evaluate_accepts_a_dataloader_and_checks_arguments():
         evaluate(model, (x, labels), {"pgd": FlowPGD(model, targeted=True)})
     with pytest.raises(TypeError, match="data"):
         evaluate(model, 42, {"pgd": FlowPGD(model)})
+
+
+def test_evaluate_progress_bar_counts_every_attack_run(capsys):
+    from flowtriton.attacks import FlowPGD, evaluate
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    images, labels = torch.rand(6, 1, 4, 4), torch.randint(0, 3, (6,))
+    result = evaluate(model, (images, labels), {"pgd": FlowPGD(model, steps=1)}, {"pgd": [0.01, 0.02]},
+                      batch_size=3, progress=True)
+    err = capsys.readouterr().err
+    assert "evaluate" in err and "4run" in err.replace(" ", "")  # 2 batches x 2 budgets
+    assert len(result.rows) == 3

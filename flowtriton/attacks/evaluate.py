@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 
 from .base import FlowAttack, check_int, check_number, eval_mode
 
@@ -101,7 +102,7 @@ def _model_device(model) -> torch.device:
 
 
 def evaluate(model, data, attacks, budgets=None, batch_size: int = 256, device=None,
-             max_batches: int | None = None) -> EvaluationResult:
+             max_batches: int | None = None, progress: bool = False) -> EvaluationResult:
     """Clean and robust accuracy of ``model`` on ``data`` under each attack at each budget.
 
     model: classifier; its mode is restored after each attack (attacks run it in eval mode).
@@ -117,6 +118,7 @@ def evaluate(model, data, attacks, budgets=None, batch_size: int = 256, device=N
         T-norm > b. Budget-less rows give the accuracy with no norm limit.
       * An attack without budgets runs once at its settings (row budget None).
     device: where to attack (default: the model's). max_batches: stop after that many batches.
+    progress: show a progress bar (one tick per attack run on a batch, with images done).
     An example is robust only if it is classified correctly clean AND the attack did not succeed.
     Returns an :class:`EvaluationResult`: rows (clean first, then per attack in the given order,
     budgets ascending) and the median successful T-norm of each minimum-norm attack.
@@ -145,10 +147,13 @@ def evaluate(model, data, attacks, budgets=None, batch_size: int = 256, device=N
     clean_correct = []
     robust = {name: {b: [] for b in (plans[name] or [None])} for name in attacks}
     tnorms = {name: [] for name in attacks if attacks[name].minimum_norm}
+    bar = tqdm(desc="evaluate", unit="run", disable=not progress, dynamic_ncols=True)
+    done = 0
     for number, (images, labels) in enumerate(_batches(data, batch_size)):
         if max_batches is not None and number >= max_batches:
             break
         images, labels = images.to(device), labels.to(device).long()
+        done += labels.numel()
         with eval_mode(model), torch.no_grad():
             correct = model(images).argmax(dim=1) == labels
         clean_correct.append(correct.cpu())
@@ -162,11 +167,16 @@ def evaluate(model, data, attacks, budgets=None, batch_size: int = 256, device=N
                     robust[name][b].append((correct & ~fooled).cpu())
                 tnorms[name].append(torch.where(correct & result.success, result.tnorm,
                                                 torch.full_like(result.tnorm, math.nan)).cpu())
+                bar.set_postfix(attack=name, images=done)
+                bar.update(1)
             else:
                 for b in values or [None]:
                     run = attack if b is None else attack.with_budget(b)
                     result = run.run(images, labels)
                     robust[name][b].append((correct & ~result.success).cpu())
+                    bar.set_postfix(attack=name, budget=b, images=done)
+                    bar.update(1)
+    bar.close()
 
     if not clean_correct:
         raise ValueError("data holds no examples")

@@ -118,7 +118,7 @@ def curves_from(result, label: str) -> dict:
 
 def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, attacks=ATTACK_NAMES, size: str = "full",
                         split: str = "test", num_examples: int | None = 1000, batch_size: int = 256,
-                        device: str = "auto", data_dir=None, plots: bool = True):
+                        device: str = "auto", data_dir=None, plots: bool = True, progress: bool = True):
     """Attack a checkpoint; write ``results.json`` and ``results.md`` (and plots) to ``out_dir``.
     Returns the :class:`flowtriton.attacks.EvaluationResult`."""
     from ..attacks import evaluate
@@ -127,7 +127,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, attacks=ATT
     model, cfg, _ = load_trained_model(checkpoint, dev)
     images, labels = eval_images(cfg, split, num_examples, data_dir, dev)
     suite, budgets = build_attacks(model, attacks, size, int(labels.max()) + 1)
-    result = evaluate(model, (images, labels), suite, budgets, batch_size=batch_size)
+    result = evaluate(model, (images, labels), suite, budgets, batch_size=batch_size, progress=progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"checkpoint": str(checkpoint), "model": cfg.model, "method": cfg.method, "dataset": cfg.dataset,
