@@ -192,6 +192,7 @@ def test_empty_batch(backend):
     assert out.shape == (0, 3, 4, 5)
     out.sum().backward()
     assert flow.grad is not None and flow.grad.shape == flow.shape
+    assert image.grad is not None and image.grad.shape == image.shape
 
 
 @pytest.mark.parametrize("layout", ["noncontiguous", "channels_last"])

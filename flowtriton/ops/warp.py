@@ -89,5 +89,5 @@ def warp(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros",
     if resolve_backend(backend, image) == "torch":
         return reference.warp(image, flow, padding_mode)
     if image.shape[0] == 0:
-        return image.new_zeros(image.shape) + 0 * flow.sum()
+        return image * 0.0 + 0.0 * flow.sum()  # empty, but linked to both inputs for autograd
     return _Warp.apply(image.contiguous(), flow.contiguous(), padding_mode)
