@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flowtriton.models.resnet import BasicBlock
+
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("standard", "igr", "fgr-exact", "fgr-exact-torch", "fgr-fd", "authors", "grid-sample")
 # name: (channels, size, batch, quick batch, quick size)
@@ -57,24 +59,9 @@ LAM, SIGMA = 300.0, 0.01
 # Models
 # ----------------------------------------------------------------------------------------------
 
-class _Block(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.skip = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.skip = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.skip(x))
-
-
 class ImageNetResNet18(nn.Module):
-    """torchvision's ResNet-18 layout (7x7 stride-2 stem, max-pool, 4 stages), for 224x224."""
+    """torchvision's ResNet-18 layout (7x7 stride-2 stem, max-pool, 4 stages), for 224x224; the
+    blocks are flowtriton's CIFAR ResNet-18 blocks."""
 
     def __init__(self, num_classes=1000):
         super().__init__()
@@ -82,7 +69,7 @@ class ImageNetResNet18(nn.Module):
                                   nn.MaxPool2d(3, 2, 1))
         layers, cin = [], 64
         for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            layers += [_Block(cin, cout, stride), _Block(cout, cout, 1)]
+            layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
             cin = cout
         self.layers = nn.Sequential(*layers)
         self.fc = nn.Linear(512, num_classes)

@@ -36,6 +36,11 @@ def plot_accuracy_vs_budget(curves: dict, path: str | Path, title: str = "Robust
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    return _save(plt, fig, title, path)
+
+
+def _save(plt, fig, title: str, path: str | Path) -> Path:
+    """Title, tight layout, write ``path`` (parents created), close the figure."""
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     path = Path(path)
@@ -80,10 +85,4 @@ def plot_gallery(rows: list, path: str | Path, title: str = "Adversarial deforma
         for a in ax:
             a.set_xticks([])
             a.set_yticks([])
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, title, path)
