@@ -118,14 +118,20 @@ def _field_from_grad(x_ptr, g_ptr, n64, offs, row, col, C, H, W, mask, scale_x, 
 
 
 @triton.jit
-def _penalty_partial_kernel(x_ptr, g_ptr, partial_ptr, C, H, W, n_blocks, scale_x, scale_y,
-                            CENTRAL: tl.constexpr, IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
-    n64 = tl.program_id(0).to(tl.int64)  # images on grid axis 0 (up to 2**31 - 1 of them)
+def _pixel_block(H, W, BLOCK: tl.constexpr):
+    """This program's image (int64, grid axis 0, up to 2**31 - 1 images), pixel block (axis 1),
+    flat pixel offsets, in-image mask, rows and columns."""
+    n64 = tl.program_id(0).to(tl.int64)
     pid = tl.program_id(1)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < H * W
-    row = offs // W
-    col = offs % W
+    return n64, pid, offs, mask, offs // W, offs % W
+
+
+@triton.jit
+def _penalty_partial_kernel(x_ptr, g_ptr, partial_ptr, C, H, W, n_blocks, scale_x, scale_y,
+                            CENTRAL: tl.constexpr, IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
+    n64, pid, offs, mask, row, col = _pixel_block(H, W, BLOCK)
     fx, fy = _field_from_grad(x_ptr, g_ptr, n64, offs, row, col, C, H, W, mask, scale_x, scale_y,
                               CENTRAL, IS_FP64, BLOCK)
     squares = tl.where(mask, fx * fx + fy * fy, 0.0)
@@ -135,13 +141,8 @@ def _penalty_partial_kernel(x_ptr, g_ptr, partial_ptr, C, H, W, n_blocks, scale_
 @triton.jit
 def _flow_gradient_kernel(x_ptr, g_ptr, out_ptr, C, H, W, scale_x, scale_y,
                           CENTRAL: tl.constexpr, IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
-    n64 = tl.program_id(0).to(tl.int64)  # images on grid axis 0 (up to 2**31 - 1 of them)
-    pid = tl.program_id(1)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
     hw = H * W
-    mask = offs < hw
-    row = offs // W
-    col = offs % W
+    n64, pid, offs, mask, row, col = _pixel_block(H, W, BLOCK)
     fx, fy = _field_from_grad(x_ptr, g_ptr, n64, offs, row, col, C, H, W, mask, scale_x, scale_y,
                               CENTRAL, IS_FP64, BLOCK)
     base = out_ptr + n64 * 2 * hw
@@ -153,13 +154,8 @@ def _flow_gradient_kernel(x_ptr, g_ptr, out_ptr, C, H, W, scale_x, scale_y,
 def _flow_jvp_kernel(x_ptr, g_ptr, field_ptr, coef_ptr, out_ptr, C, H, W, scale_x, scale_y,
                      CENTRAL: tl.constexpr, FIELD_FROM_GRAD: tl.constexpr, HAS_COEF: tl.constexpr,
                      IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
-    n64 = tl.program_id(0).to(tl.int64)  # images on grid axis 0 (up to 2**31 - 1 of them)
-    pid = tl.program_id(1)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
     hw = H * W
-    mask = offs < hw
-    row = offs // W
-    col = offs % W
+    n64, pid, offs, mask, row, col = _pixel_block(H, W, BLOCK)
     if FIELD_FROM_GRAD:
         tx, ty = _field_from_grad(x_ptr, g_ptr, n64, offs, row, col, C, H, W, mask, scale_x, scale_y,
                                   CENTRAL, IS_FP64, BLOCK)
@@ -183,13 +179,8 @@ def _flow_jvp_kernel(x_ptr, g_ptr, field_ptr, coef_ptr, out_ptr, C, H, W, scale_
 def _image_vjp_kernel(g_ptr, field_ptr, coef_ptr, out_ptr, C, H, W, scale_x, scale_y,
                       CENTRAL: tl.constexpr, HAS_COEF: tl.constexpr,
                       IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
-    n64 = tl.program_id(0).to(tl.int64)  # images on grid axis 0 (up to 2**31 - 1 of them)
-    pid = tl.program_id(1)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
     hw = H * W
-    mask = offs < hw
-    row = offs // W
-    col = offs % W
+    n64, pid, offs, mask, row, col = _pixel_block(H, W, BLOCK)
     has_left = mask & (col > 0)
     has_up = mask & (row > 0)
     has_right = mask & (col < W - 1)
