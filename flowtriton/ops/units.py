@@ -8,17 +8,37 @@ from __future__ import annotations
 
 import torch
 
+UNITS = ("normalized", "pixels")
+
 
 def pixel_scale(height: int, width: int) -> tuple[float, float]:
     """Pixels per normalized unit, (x along W, y along H)."""
     return (width - 1) / 2.0, (height - 1) / 2.0
 
 
+def xy_scale(sx: float, sy: float, like: torch.Tensor) -> torch.Tensor:
+    """(1, 2, 1, 1) tensor (sx, sy) with ``like``'s dtype and device, built on the device with
+    two fills (no host-to-device copy, so it never syncs and can be captured in a CUDA graph)."""
+    scale = torch.empty((1, 2, 1, 1), dtype=like.dtype, device=like.device)
+    scale[:, 0].fill_(float(sx))
+    scale[:, 1].fill_(float(sy))
+    return scale
+
+
+def unit_scale(height: int, width: int, units: str, like: torch.Tensor) -> torch.Tensor:
+    """(1, 2, 1, 1) pixels per unit of ``units`` along (x, y): ones for 'pixels', ``pixel_scale``
+    for 'normalized'."""
+    if units not in UNITS:
+        raise ValueError(f"units must be one of {UNITS}, got {units!r}")
+    sx, sy = pixel_scale(height, width) if units == "normalized" else (1.0, 1.0)
+    return xy_scale(sx, sy, like)
+
+
 def _scale_tensor(flow: torch.Tensor, name: str) -> torch.Tensor:
     if flow.dim() != 4 or flow.shape[1] != 2:
         raise ValueError(f"{name} must have shape (N, 2, H, W), got {tuple(flow.shape)}")
     sx, sy = pixel_scale(flow.shape[2], flow.shape[3])
-    return torch.tensor([sx, sy], dtype=flow.dtype, device=flow.device).view(1, 2, 1, 1)
+    return xy_scale(sx, sy, flow)
 
 
 def normalized_to_pixels(flow: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,25 @@ def check_same(tensor: torch.Tensor, other: torch.Tensor, name: str, other_name:
         raise ValueError(f"{name} is on {tensor.device} but {other_name} is on {other.device}")
 
 
-def check_choice(value, choices, name: str) -> None:
-    if value not in choices:
+def check_choice(value, choices, name: str):
+    """``value`` if it is one of ``choices``, else a ValueError naming ``name``."""
+    if isinstance(value, bool) or value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+IMAGE_RANGE_TOLERANCE = 1e-4
+
+
+def check_unit_range(images: torch.Tensor, name: str = "images", tol: float = IMAGE_RANGE_TOLERANCE) -> None:
+    """ValueError unless every value of ``images`` lies in [0 - tol, 1 + tol] (the library's image
+    convention; normalization belongs inside the model). One host sync: call once per run, not
+    per iteration."""
+    if images.numel() == 0:
+        return
+    lo, hi = torch.aminmax(images.detach())
+    lo, hi = float(lo), float(hi)
+    if not (lo >= -tol and hi <= 1.0 + tol):
+        raise ValueError(
+            f"{name} must hold values in [0, 1] (normalize inside the model), got min {lo:.4g}, max {hi:.4g}"
+        )
