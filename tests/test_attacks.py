@@ -591,3 +591,77 @@ def test_evaluate_progress_bar_counts_every_attack_run(capsys):
     err = capsys.readouterr().err
     assert "evaluate" in err and "4run" in err.replace(" ", "")  # 2 batches x 2 budgets
     assert len(result.rows) == 3
+
+
+# -- grad modes, image range, global seeding -------------------------------------------------------
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_attacks_run_inside_no_grad(name):
+    model = TinyConv().eval()
+    x = smooth_images(4)
+    labels = predictions(model, x)
+    expected = ATTACKS[name](model).run(x, labels)
+    with torch.no_grad():
+        inside = ATTACKS[name](model).run(x, labels)
+        assert not torch.is_grad_enabled()  # the caller's mode is left as it was
+    torch.testing.assert_close(inside.flow, expected.flow)
+    assert torch.equal(inside.success, expected.success)
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_attacks_refuse_inference_mode_clearly(name):
+    model = TinyConv().eval()
+    x = smooth_images(2)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        ATTACKS[name](model).run(x, torch.zeros(2, dtype=torch.long))
+
+
+def test_attacks_accept_tensors_made_under_inference_mode():
+    model = TinyConv().eval()
+    with torch.inference_mode():
+        x = smooth_images(3)
+        labels = model(x).argmax(dim=1)
+    result = FlowPGD(model, eps=0.3, steps=2).run(x, labels)
+    assert result.images.shape == x.shape and not result.images.is_inference()
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+@pytest.mark.parametrize("scale, shift", [(255.0, 0.0), (1.0, -0.5)])
+def test_images_outside_unit_range_raise(name, scale, shift):
+    model = TinyConv().eval()
+    x = smooth_images(2) * scale + shift
+    with pytest.raises(ValueError, match=r"images must hold values in \[0, 1\]"):
+        ATTACKS[name](model).run(x, torch.zeros(2, dtype=torch.long))
+
+
+def test_images_within_tolerance_of_unit_range_are_accepted():
+    model = TinyConv().eval()
+    x = smooth_images(2)
+    x[0, 0, 0, 0], x[1, 0, 0, 0] = 1 + 5e-5, -5e-5
+    assert FlowPGD(model, eps=0.1, steps=1).run(x, torch.zeros(2, dtype=torch.long)).images.shape == x.shape
+
+
+def test_seed_none_draws_from_torch_global_generator():
+    model = TinyConv().eval()
+    x = smooth_images(4)
+    labels = predictions(model, x)
+    make_pgd = lambda: FlowPGD(model, eps=0.3, steps=1, random_start=True)  # noqa: E731
+    torch.manual_seed(123)
+    first = make_pgd().run(x, labels).flow
+    torch.manual_seed(123)
+    again = make_pgd().run(x, labels).flow
+    different = make_pgd().run(x, labels).flow  # the global generator moved on
+    assert torch.equal(first, again) and not torch.equal(first, different)
+    rt = RotationTranslation(model, random_samples=5)
+    torch.manual_seed(7)
+    angles, shifts = rt.transforms()
+    torch.manual_seed(7)
+    angles2, shifts2 = rt.transforms()
+    assert torch.equal(angles, angles2) and torch.equal(shifts, shifts2)
+    assert not torch.equal(angles, rt.transforms()[0])
+
+
+def test_seed_argument_is_checked():
+    with pytest.raises(TypeError, match="seed"):
+        FlowPGD(Linear(), seed=1.5)
+    with pytest.raises(TypeError, match="seed"):
+        RotationTranslation(Linear(), seed="0")

@@ -1,7 +1,9 @@
 """ADef (Alaifari, Alberti & Gauksson, ICLR 2019): iterative minimum-norm adversarial deformations.
 
-Follows the authors' reference algorithm (REFERENCE.md 2.1), batched over images: one backward
-per candidate label and iteration, never a Python loop over images.
+Follows the authors' reference algorithm (docs/attacks.md), batched over images AND candidate
+labels: per iteration one forward pass of the images still running and one batched backward pass
+that gives the gradients of every candidate's logit difference at once (``is_grads_batched``);
+never a Python loop over images, two host syncs per iteration.
 """
 
 from __future__ import annotations
@@ -61,7 +63,9 @@ class ADef(FlowAttack):
     px of T-norm) below ``max_norm``, or after ``max_iter`` iterations. Untargeted images the model
     already misclassifies succeed at once with a zero field. ``labels=None`` deforms away from
     the model's own predictions, as the reference does.
-    ``result.iterations``: updates made per image. ``result.info``: 'overshot' (N,) bool.
+    ``result.iterations``: updates made per image. ``result.info``: 'overshot' (N,) bool;
+    'evaluations' (N,) model passes per image (a forward pass plus, while the image still runs,
+    one batched backward over all its candidates).
     """
 
     minimum_norm = True
@@ -97,49 +101,46 @@ class ADef(FlowAttack):
     def _attack(self, images, labels):
         n = images.shape[0]
         device = images.device
-        with torch.no_grad():
-            clean_logits = self._logits(images)
-        cand_labels = self._candidate_labels(clean_logits, labels)
         kernel = gaussian_kernel(self.smooth, images.dtype, device) if self.smooth > 0 else None
-
         tau = images.new_zeros((n, 2) + tuple(images.shape[2:]))
         norm = images.new_zeros(n)
         iterations = torch.zeros(n, dtype=torch.int64, device=device)
-        active = ~attack_goal_met(clean_logits.argmax(dim=1), labels, self.targeted)
-        try_overshoot = active.clone()
-        step_count = 0
-        while True:
+        evaluations = torch.zeros(n, dtype=torch.int64, device=device)
+        active = torch.ones(n, dtype=torch.bool, device=device)
+        try_overshoot = torch.ones(n, dtype=torch.bool, device=device)
+        cand_labels = None
+        # Two host syncs per iteration (the nonzero() calls that shrink the batch to the images
+        # still running); everything else stays on the device.
+        for step in range(self.max_iter + 1):
             idx = active.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
             x_n = warp(images[idx], tau[idx], "border", backend=self.backend).detach().requires_grad_(True)
-            with torch.enable_grad():
-                logits = self._logits(x_n)
+            logits = self._logits(x_n)
+            evaluations[idx] += 1
             current = logits.argmax(dim=1)
-            if step_count > 0:
-                reached = attack_goal_met(current, labels[idx], self.targeted)
-                with torch.no_grad():
-                    gap = logits - logits.amax(dim=1, keepdim=True)
-                    on_boundary = (gap > -1e-6).sum(dim=1) > 1
-                iterations[idx[reached]] = step_count
-                try_overshoot[idx[reached]] = on_boundary[reached]
-                active[idx[reached]] = False
-                if step_count == self.max_iter:
-                    iterations[idx[~reached]] = step_count
-                    break
-                sub = (~reached).nonzero().squeeze(1)
-                if sub.numel() == 0:
-                    break
+            reached = attack_goal_met(current, labels[idx], self.targeted)
+            if cand_labels is None:  # the clean pass: candidates from the clean logits
+                cand_labels = self._candidate_labels(logits.detach(), labels)
+                try_overshoot = ~reached
             else:
-                sub = torch.arange(idx.numel(), device=device)
-            step_count += 1
-            ids = idx[sub]
-            best_tau, best_norm = self._best_candidate(logits, x_n, sub, current, cand_labels[ids], tau[ids], kernel)
+                gap = logits.detach() - logits.detach().amax(dim=1, keepdim=True)
+                on_boundary = (gap > -1e-6).sum(dim=1) > 1
+                try_overshoot[idx] = torch.where(reached, on_boundary, try_overshoot[idx])
+            iterations[idx] = step
+            if step == self.max_iter:
+                break
+            active[idx] = ~reached
+            keep = (~reached).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            ids = idx[keep]
+            best_tau, best_norm = self._best_candidate(logits, x_n, keep, current[keep], cand_labels[ids],
+                                                       tau[ids], kernel)
             changed = ((best_norm - norm[ids]).abs() > 1e-10) & (best_norm < self.max_norm)
-            iterations[ids[~changed]] = step_count - 1
-            active[ids[~changed]] = False
-            tau[ids[changed]] = best_tau[changed]
-            norm[ids[changed]] = best_norm[changed]
+            active[ids] = changed
+            tau[ids] = torch.where(changed[:, None, None, None], best_tau, tau[ids])
+            norm[ids] = torch.where(changed, best_norm, norm[ids])
 
         if self.overshoot > 1:
             factor = (self.max_norm / norm).clamp(1.0, self.overshoot)
@@ -149,31 +150,45 @@ class ADef(FlowAttack):
             try_overshoot = torch.zeros_like(try_overshoot)
         with torch.no_grad():
             adv = warp(images, tau, "border", backend=self.backend)
-        return tau, adv, iterations, {"overshot": try_overshoot}
+        return tau, adv, iterations, {"overshot": try_overshoot, "evaluations": evaluations}
 
-    def _best_candidate(self, logits, x_n, sub, current, cand_labels, tau, kernel):
-        """Smallest-T-norm candidate field per image of ``sub``: ((S, 2, H, W), (S,)) pixels."""
-        best_norm = torch.full((sub.numel(),), self.max_norm, dtype=tau.dtype, device=tau.device)
-        best_tau = tau.clone()
-        x_sub = x_n.detach()[sub]
-        rows = logits[sub]
-        current_logit = rows.gather(1, current[sub, None]).squeeze(1)
-        for k in range(cand_labels.shape[1]):
-            f = rows.gather(1, cand_labels[:, k, None]).squeeze(1) - current_logit
-            with torch.enable_grad():
-                (grad,) = torch.autograd.grad(f.sum(), x_n, retain_graph=True)
-            with torch.no_grad():
-                alpha = flow_gradient(x_sub, grad[sub], scheme="central", backend=self.backend)
-                if kernel is not None:
-                    alpha = smooth_field(alpha, kernel)
-                squared = alpha.square().flatten(1).sum(dim=1)
-                if kernel is not None:
-                    alpha = smooth_field(alpha, kernel)
-                scale = -f.detach() / squared.clamp_min(torch.finfo(squared.dtype).tiny)
-                candidate = tau + scale[:, None, None, None] * alpha
-                cand_norm = flow_norms(candidate)[0]
-                usable = (squared > 0) & torch.isfinite(cand_norm)
-                better = usable & (cand_norm < best_norm)
-                best_norm = torch.where(better, cand_norm, best_norm)
-                best_tau = torch.where(better[:, None, None, None], candidate, best_tau)
+    def _candidate_gradients(self, logits, x_n, keep, current, cand_labels):
+        """(K, S, C, H, W) gradients w.r.t. ``x_n[keep]`` of ``f_k = F_{cand_k} - F_current`` for
+        the K candidates, from ONE batched backward pass (all candidates at once), and f (S, K)."""
+        classes = logits.shape[1]
+        rows = logits[keep]
+        f = (rows.gather(1, cand_labels) - rows.gather(1, current[:, None])).detach()
+        weights = F.one_hot(cand_labels, classes) - F.one_hot(current, classes)[:, None]  # (S, K, classes)
+        grad_out = logits.new_zeros((cand_labels.shape[1],) + tuple(logits.shape))
+        grad_out[:, keep] = weights.transpose(0, 1).to(logits.dtype)
+        try:
+            (grads,) = torch.autograd.grad(logits, x_n, grad_out, is_grads_batched=True)
+        except RuntimeError:  # a model without vmap support: one backward per candidate
+            grads = torch.stack([torch.autograd.grad(logits, x_n, g, retain_graph=True)[0] for g in grad_out])
+        return grads[:, keep], f
+
+    def _best_candidate(self, logits, x_n, keep, current, cand_labels, tau, kernel):
+        """Smallest-T-norm candidate field per image of ``keep``: ((S, 2, H, W), (S,)) pixels."""
+        grads, f = self._candidate_gradients(logits, x_n, keep, current, cand_labels)
+        k, s = grads.shape[:2]
+        with torch.no_grad():
+            x_sub = x_n.detach()[keep]
+            x_rep = x_sub.expand((k,) + tuple(x_sub.shape)).reshape((k * s,) + tuple(x_sub.shape[1:]))
+            alpha = flow_gradient(x_rep, grads.reshape(x_rep.shape), scheme="central", backend=self.backend)
+            if kernel is not None:
+                alpha = smooth_field(alpha, kernel)
+            squared = alpha.square().flatten(1).sum(dim=1)
+            if kernel is not None:
+                alpha = smooth_field(alpha, kernel)
+            f = f.t().reshape(-1)  # candidate-major, as alpha
+            scale = -f / squared.clamp_min(torch.finfo(squared.dtype).tiny)
+            candidate = tau.repeat(k, 1, 1, 1) + scale[:, None, None, None] * alpha
+            cand_norm = flow_norms(candidate)[0]
+            usable = (squared > 0) & torch.isfinite(cand_norm)
+            cand_norm = torch.where(usable, cand_norm, torch.full_like(cand_norm, math.inf)).view(k, s)
+            best_norm, pick = cand_norm.min(dim=0)  # first candidate on ties, as a sequential scan
+            best_tau = candidate.view((k, s) + tuple(tau.shape[1:]))[pick, torch.arange(s, device=pick.device)]
+            below = best_norm < self.max_norm
+            best_tau = torch.where(below[:, None, None, None], best_tau, tau)
+            best_norm = torch.where(below, best_norm, torch.full_like(best_norm, self.max_norm))
         return best_tau, best_norm

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..ops.units import pixel_scale
+from ..ops.units import UNITS, unit_scale  # noqa: F401 - re-exported for attack modules
+from ..ops.validation import check_choice, check_unit_range
 
-UNITS = ("normalized", "pixels")
+PADDING_MODES = ("zeros", "border", "reflection")
 
 
 @dataclass
@@ -60,12 +61,6 @@ def flow_norms(flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return tnorm, linf, l2
 
 
-def unit_scale(height: int, width: int, units: str, like: torch.Tensor) -> torch.Tensor:
-    """(1, 2, 1, 1) pixels per unit of ``units`` (x, y): ones for 'pixels'."""
-    sx, sy = pixel_scale(height, width) if units == "normalized" else (1.0, 1.0)
-    return torch.tensor([sx, sy], dtype=like.dtype, device=like.device).view(1, 2, 1, 1)
-
-
 def margin_loss(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
     """(N,) C&W margin, logit units: untargeted ``max_{i!=y} Z_i - Z_y``, targeted
     ``Z_t - max_{i!=t} Z_i``; positive means the attack's goal is met. Not clamped."""
@@ -94,17 +89,39 @@ def eval_mode(model):
             m.training = mode
 
 
-def resolve_generator(generator, seed, device: torch.device) -> torch.Generator:
-    """A generator for random draws: ``generator`` if given, else one seeded with ``seed`` (or
-    a fresh random seed) on ``device``."""
+def resolve_generator(generator, seed, device: torch.device) -> torch.Generator | None:
+    """The generator for random draws: ``generator`` if given, else a new one on ``device`` seeded
+    with ``seed``, else None: torch's global generator (so ``torch.manual_seed`` reproduces a run,
+    as in torchattacks and the regularizers)."""
     if generator is not None:
         return generator
-    gen = torch.Generator(device=device)
     if seed is None:
-        gen.seed()
-    else:
-        gen.manual_seed(int(seed))
-    return gen
+        return None
+    return torch.Generator(device=device).manual_seed(int(seed))
+
+
+def uniform(shape, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """U[0, 1) draws of ``shape`` with ``like``'s dtype, on ``like``'s device, from ``generator``
+    (None: torch's global generator of that device)."""
+    device = like.device if generator is None else generator.device
+    return torch.rand(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
+def check_seed(seed) -> int | None:
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    return int(seed)
+
+
+def check_grad_mode(caller: str) -> None:
+    """RuntimeError under ``torch.inference_mode()``: attacks need gradients, which inference
+    mode forbids (``torch.no_grad()`` is fine: attacks switch gradients on where they need them)."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{caller} cannot run under torch.inference_mode(): it needs input gradients, "
+                           "which inference mode disables for good; call it outside that block "
+                           "(torch.no_grad() is fine)")
 
 
 def check_number(value, name: str, minimum: float | None = 0.0, strict: bool = False,
@@ -126,12 +143,6 @@ def check_int(value, name: str, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
-
-
-def check_choice(value, choices, name: str) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
-    return value
 
 
 def check_images(images) -> None:
@@ -170,7 +181,10 @@ class FlowAttack:
     ``labels`` are the true labels (untargeted) or the target classes (``targeted=True``);
     ``labels=None`` (untargeted only) attacks the model's own predictions on ``images``.
     The model runs in eval mode during the attack and gets its modes back afterwards, even on an
-    exception. Subclasses implement :meth:`_attack`.
+    exception. Images must lie in [0, 1] (ValueError otherwise; normalization belongs inside the
+    model). Works inside ``torch.no_grad()`` (gradients are switched on for the attack); raises a
+    RuntimeError under ``torch.inference_mode()``. Subclasses implement :meth:`_attack` (it runs
+    with gradients enabled).
     """
 
     #: True for attacks that search the smallest flow (ADef, StAdv): budgets are applied after
@@ -191,14 +205,19 @@ class FlowAttack:
         return self.run(images, labels).images
 
     def run(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> AttackResult:
+        check_grad_mode(f"{type(self).__name__}.run")
         check_images(images)
         if labels is None:
             if self.targeted:
                 raise ValueError("labels (the target classes) are required when targeted=True")
         else:
             check_labels(labels, images)
-        images = images.detach()
-        with eval_mode(self.model):
+        check_unit_range(images, "images")
+        # Tensors made under inference mode cannot enter autograd: a plain copy can.
+        images = images.clone() if images.is_inference() else images.detach()
+        if labels is not None and labels.is_inference():
+            labels = labels.clone()
+        with eval_mode(self.model), torch.enable_grad():
             with torch.no_grad():
                 clean_logits = self._logits(images)
             if labels is None:
@@ -206,6 +225,7 @@ class FlowAttack:
             check_label_range(labels, clean_logits.shape[1])
             labels = labels.long()
             flow, adv, iterations, info = self._attack(images, labels)
+            info = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in info.items()}
             with torch.no_grad():
                 predictions = self.model(adv).argmax(dim=1)
         tnorm, linf, l2 = flow_norms(flow)

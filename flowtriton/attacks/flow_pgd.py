@@ -1,4 +1,4 @@
-"""FlowPGD: the authors' multi-step flow attack (REFERENCE.md 1.4) and its usual PGD options."""
+"""FlowPGD: the authors' multi-step flow attack (docs/method.md) and its usual PGD options."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from ..ops.warp import warp
-from .base import (UNITS, FlowAttack, attack_goal_met, check_choice, check_int, check_number,
-                   margin_loss, resolve_generator, unit_scale)
+from ..ops.units import UNITS, unit_scale
+from ..ops.validation import check_choice
+from .base import (PADDING_MODES, FlowAttack, attack_goal_met, check_int, check_number, check_seed, margin_loss,
+                   resolve_generator, uniform)
 
 LOSSES = ("ce", "margin")
 NORMS = ("linf", "tnorm")
@@ -34,7 +36,8 @@ class FlowPGD(FlowAttack):
         the highest loss.
       targeted: ``labels`` are target classes; the loss is descended towards them.
       padding_mode: warp padding ('zeros' as the authors).
-      generator / seed: randomness of the random starts.
+      generator / seed: randomness of the random starts; with neither, torch's global generator
+        (``torch.manual_seed`` makes runs repeatable).
     ``result.info``: 'loss' (N,) the final attack loss (ascent direction, i.e. CE for
     untargeted, -CE towards the target for targeted; logit units for 'margin').
     """
@@ -55,9 +58,9 @@ class FlowPGD(FlowAttack):
             raise TypeError(f"random_start must be a bool, got {type(random_start).__name__}")
         self.random_start = random_start
         self.restarts = check_int(restarts, "restarts")
-        self.padding_mode = check_choice(padding_mode, ("zeros", "border", "reflection"), "padding_mode")
+        self.padding_mode = check_choice(padding_mode, PADDING_MODES, "padding_mode")
         self.generator = generator
-        self.seed = seed
+        self.seed = check_seed(seed)
 
     @property
     def effective_step_size(self) -> float:
@@ -86,13 +89,11 @@ class FlowPGD(FlowAttack):
         return torch.where(length > self.eps, flow * (self.eps / length.clamp_min(1e-30)), flow)
 
     def _random_start(self, shape, like: torch.Tensor, generator) -> torch.Tensor:
-        gen_device = generator.device
-        draw = torch.rand(shape, generator=generator, device=gen_device, dtype=like.dtype).to(like.device)
+        draw = uniform(shape, like, generator)
         if self.norm == "linf":
             return (2 * draw - 1) * self.eps
         angle = draw[:, :1] * (2 * torch.pi)
-        radius = torch.rand((shape[0], 1) + tuple(shape[2:]), generator=generator, device=gen_device,
-                            dtype=like.dtype).to(like.device).sqrt() * self.eps
+        radius = uniform((shape[0], 1) + tuple(shape[2:]), like, generator).sqrt() * self.eps
         return torch.cat((angle.cos(), angle.sin()), dim=1) * radius
 
     def _ascent_direction(self, grad: torch.Tensor) -> torch.Tensor:
@@ -124,14 +125,12 @@ class FlowPGD(FlowAttack):
         n, _, height, width = images.shape
         scale = unit_scale(height, width, self.units, images)
         shape = (n, 2, height, width)
-        generator = None
+        generator = resolve_generator(self.generator, self.seed, images.device)
         best_flow = best_loss = best_success = None
         for restart in range(self.restarts):
             if restart == 0 and not self.random_start:
                 start = images.new_zeros(shape)
             else:
-                if generator is None:
-                    generator = resolve_generator(self.generator, self.seed, images.device)
                 start = self._random_start(shape, images, generator)
             flow, loss, success = self._one_start(images, labels, self._project(start), scale)
             if best_flow is None:

@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from ..ops.warp import warp
-from .base import FlowAttack, attack_goal_met, check_choice, check_int, check_number, resolve_generator
+from ..ops.validation import check_choice
+from .base import (PADDING_MODES, FlowAttack, attack_goal_met, check_int, check_number, check_seed,
+                   resolve_generator, uniform)
 
 
 def rigid_flow(angles_deg: torch.Tensor, translations: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -42,7 +44,8 @@ class RotationTranslation(FlowAttack):
       max_rotation: degrees (grid from -max to +max). max_translation: pixels, per axis.
       num_rotations, num_translations: grid points per parameter (rotations x x-shifts x y-shifts).
       random_samples: if set, that many transforms drawn uniformly from the same ranges replace
-        the grid (foolbox's ``grid_search=False``); uses ``generator`` / ``seed``.
+        the grid (foolbox's ``grid_search=False``); uses ``generator`` / ``seed``, else torch's
+        global generator.
       padding_mode: warp padding ('zeros': the area rotated in is black).
       max_batch: most warped images per model call (transforms are batched together).
     The identity is always tried first. ``result.iterations``: transforms tried (all of them).
@@ -60,17 +63,17 @@ class RotationTranslation(FlowAttack):
         self.num_rotations = check_int(num_rotations, "num_rotations")
         self.num_translations = check_int(num_translations, "num_translations")
         self.random_samples = None if random_samples is None else check_int(random_samples, "random_samples")
-        self.padding_mode = check_choice(padding_mode, ("zeros", "border", "reflection"), "padding_mode")
+        self.padding_mode = check_choice(padding_mode, PADDING_MODES, "padding_mode")
         self.max_batch = check_int(max_batch, "max_batch")
         self.generator = generator
-        self.seed = seed
+        self.seed = check_seed(seed)
 
     def transforms(self, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """(angles (T,) degrees, translations (T, 2) pixels), identity first."""
         if self.random_samples is not None:
-            gen = resolve_generator(self.generator, self.seed, torch.device(device or "cpu"))
-            draw = torch.rand((self.random_samples, 3), generator=gen, device=gen.device, dtype=dtype).to(device)
-            draw = 2 * draw - 1
+            like = torch.empty(0, dtype=dtype, device=device)
+            gen = resolve_generator(self.generator, self.seed, like.device)
+            draw = 2 * uniform((self.random_samples, 3), like, gen) - 1
             angles = draw[:, 0] * self.max_rotation
             shifts = draw[:, 1:] * self.max_translation
         else:
