@@ -28,6 +28,11 @@ _LAZY = {
     "FlowGradReg": "flowtriton.regularizers",
     "InputGradReg": "flowtriton.regularizers",
     "TransformGradReg": "flowtriton.regularizers",
+    "DEFAULT_FGR_LAM": "flowtriton.regularizers",
+    "DEFAULT_IGR_LAM": "flowtriton.regularizers",
+    "fgr_penalty": "flowtriton.regularizers",
+    "fgr_random_start": "flowtriton.regularizers",
+    "igr_penalty": "flowtriton.regularizers",
     "attacks": "flowtriton.attacks",
     "data": "flowtriton.data",
     "models": "flowtriton.models",
@@ -45,6 +50,8 @@ def __getattr__(name):
 
 
 __all__ = [
+    "DEFAULT_FGR_LAM",
+    "DEFAULT_IGR_LAM",
     "FlowGradReg",
     "InputGradReg",
     "TransformGradReg",
@@ -52,6 +59,9 @@ __all__ = [
     "flow_gradient_penalty",
     "flow_jvp",
     "flow_to_grid",
+    "fgr_penalty",
+    "fgr_random_start",
+    "igr_penalty",
     "normalized_to_pixels",
     "pixel_scale",
     "pixels_to_normalized",

@@ -49,14 +49,14 @@ def make_batch(n=4, c=3, h=32, w=32, dtype=torch.float64, seed=0):
 
 
 # ------------------------------------------------------------------------------------------
-# The authors' formulation, re-implemented here independently (REFERENCE.md 1.2)
+# The authors' formulation, re-implemented here independently (docs/method.md)
 # ------------------------------------------------------------------------------------------
 
 def authors_bilinear(image, base, tau):
     """Gather-based bilinear sampler at the normalized grid ``base + tau`` ((N, H, W, 2),
     align_corners=True), coordinates clamped to the image (border), as the authors' code samples.
     ``base`` is the identity in PIXELS (exact integers): unnormalizing ``(base + tau + 1) (W-1)/2``
-    in float64 would land next to the integers (the float trap of REFERENCE 1.2 that the authors'
+    in float64 would land next to the integers (the float trap of docs/method.md that the authors'
     float32 grid escapes at W=32), so the identity part is kept in pixels."""
     n, c, h, w = image.shape
     x = (base[..., 0] + tau[..., 0] * (w - 1) / 2).clamp(0, w - 1)
@@ -77,7 +77,7 @@ def authors_bilinear(image, base, tau):
 
 def authors_identity_pixels(n, h, w):
     """affine_grid's identity, float32 as in the authors' code (floor-exact for W=32 there,
-    REFERENCE 1.2), unnormalized to pixels and snapped to the integers it represents."""
+    docs/method.md), unnormalized to pixels and snapped to the integers it represents."""
     theta = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(n, 2, 3)
     grid32 = F.affine_grid(theta, (n, 1, h, w), align_corners=True)
     pixels = (grid32 + 1) * torch.tensor([(w - 1) / 2, (h - 1) / 2])
@@ -368,3 +368,144 @@ def test_flowgradreg_bad_options_are_named():
         flowtriton.FlowGradReg(fd_step=0)
     with pytest.raises(ValueError, match="generator or seed"):
         flowtriton.FlowGradReg(seed=1, generator=torch.Generator())
+
+
+# ------------------------------------------------------------------------------------------
+# The functional primitives: same numbers as the wrappers, usable in a custom loop
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reduction", ["paper", "mean", "sum"])
+@pytest.mark.parametrize("units,scheme", [("normalized", "forward"), ("pixels", "central")])
+def test_fgr_penalty_equals_flowgradreg(reduction, units, scheme):
+    images, labels = make_batch(n=3, h=8, w=8)
+    model, ref_model = make_model(), make_model()
+    reg = flowtriton.FlowGradReg(lam=7.0, sigma=0.02, seed=5, units=units, scheme=scheme, reduction=reduction)
+    loss, parts = reg(ref_model, images, labels)
+    loss.backward()
+    gen = torch.Generator().manual_seed(5)
+    x = flowtriton.fgr_random_start(images, 0.02, units, gen).requires_grad_(True)
+    ce = F.cross_entropy(model(x), labels)
+    penalty = flowtriton.fgr_penalty(ce, x, units=units, scheme=scheme, reduction=reduction)
+    assert x.grad is None and all(p.grad is None for p in model.parameters())  # autograd.grad, not backward
+    (ce + 7.0 * penalty).backward()
+    torch.testing.assert_close(penalty.detach(), parts["penalty"])
+    assert parts["penalty"] > 0
+    for got, want in zip(_param_grads(model), _param_grads(ref_model)):
+        torch.testing.assert_close(got, want)
+
+
+def test_fgr_penalty_finite_difference_equals_flowgradreg():
+    images, labels = make_batch(n=3, h=8, w=8)
+    model = make_model()
+    _, parts = flowtriton.FlowGradReg(lam=1.0, sigma=0, mode="finite_difference")(model, images, labels)
+    x = images.clone().requires_grad_(True)
+    losses = F.cross_entropy(model(x), labels, reduction="none")
+    penalty = flowtriton.fgr_penalty(losses, x, mode="finite_difference",
+                                     loss_at=lambda moved: F.cross_entropy(model(moved), labels, reduction="none"))
+    torch.testing.assert_close(penalty.detach(), parts["penalty"])
+    with pytest.raises(ValueError, match=r"per-example losses of shape \(3,\)"):
+        flowtriton.fgr_penalty(losses.mean(), x, mode="finite_difference", loss_at=lambda m: m)
+    with pytest.raises(TypeError, match="loss_at"):
+        flowtriton.fgr_penalty(losses, x, mode="finite_difference")
+
+
+def test_igr_penalty_equals_inputgradreg():
+    images, labels = make_batch(n=3, h=8, w=8)
+    model = make_model()
+    _, parts = flowtriton.InputGradReg(lam=3.0, reduction="mean")(model, images, labels)
+    x = images.clone().requires_grad_(True)
+    penalty = flowtriton.igr_penalty(F.cross_entropy(model(x), labels), x, reduction="mean")
+    torch.testing.assert_close(penalty.detach(), parts["penalty"])
+
+
+class _DictNet(nn.Module):
+    """A model whose forward returns a dict (logits plus an auxiliary loss), as detection or
+    multi-task heads do; FlowGradReg's (model, images, labels) interface cannot call it."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = make_model()
+
+    def forward(self, x):
+        logits = self.net(x)
+        return {"logits": logits, "aux": logits.square().mean()}
+
+
+def test_fgr_penalty_in_a_custom_loop_with_several_loss_terms():
+    images, labels = make_batch(n=4, h=8, w=8)
+    model = _DictNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    x = flowtriton.fgr_random_start(images).requires_grad_(True)
+    out = model(x)
+    ce = F.cross_entropy(out["logits"], labels)
+    penalty = flowtriton.fgr_penalty(ce, x)
+    (ce + 0.1 * out["aux"] + flowtriton.DEFAULT_FGR_LAM * penalty).backward()
+    opt.step()
+    assert penalty.requires_grad and penalty > 0
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_penalty_primitives_name_bad_input():
+    images, labels = make_batch(n=2, h=8, w=8)
+    model = make_model()
+    with pytest.raises(ValueError, match="images must require grad"):
+        flowtriton.fgr_penalty(F.cross_entropy(model(images), labels), images)
+    x = images.clone().requires_grad_(True)
+    with pytest.raises(ValueError, match=r"loss must be a scalar.*\(2, 10\)"):
+        flowtriton.fgr_penalty(model(x), x)
+    with pytest.raises(ValueError, match="no autograd graph"):
+        flowtriton.igr_penalty(torch.tensor(1.0, dtype=torch.float64), x)
+    with pytest.raises(ValueError, match="scheme"):
+        flowtriton.fgr_penalty(F.cross_entropy(model(x), labels), x, scheme="backward")
+    bright = (images * 255).requires_grad_(True)
+    with pytest.raises(ValueError, match=r"images must hold values in \[0, 1\]"):
+        flowtriton.fgr_penalty(F.cross_entropy(model(bright), labels), bright)
+    # check_range=False skips the check (the caller has checked once already)
+    assert flowtriton.fgr_penalty(F.cross_entropy(model(bright), labels), bright, check_range=False) >= 0
+
+
+@pytest.mark.parametrize("make_reg", [flowtriton.FlowGradReg, flowtriton.InputGradReg,
+                                      lambda lam: TransformGradReg.affine(lam=lam)])
+def test_regularizers_refuse_images_outside_unit_range(make_reg):
+    images, labels = make_batch(n=2, h=8, w=8)
+    reg = make_reg(lam=1.0)
+    reg(make_model(), images, labels)  # a first good batch
+    for value, shown in ((255.0, "max 255"), (-0.5, "min -0.5")):
+        bad = images.clone()
+        bad[1, 2, 3, 4] = value
+        with pytest.raises(ValueError, match=r"images must hold values in \[0, 1\].*" + shown):
+            reg(make_model(), bad, labels)  # CPU tensors are checked on every call
+    reg(make_model(), (images + 5e-5).clamp(max=1 + 5e-5), labels)  # inside the tolerance
+
+
+def test_range_check_syncs_on_cuda_only_on_the_first_call(monkeypatch):
+    from flowtriton.regularizers import common
+
+    seen = []
+    monkeypatch.setattr(common, "check_unit_range", lambda images, name: seen.append(images.device.type))
+
+    class FakeCuda:
+        device = torch.device("cuda")
+
+    check = common.RangeCheck()
+    for _ in range(3):
+        check(FakeCuda())
+    check(torch.zeros(1))
+    assert seen == ["cuda", "cpu"]
+
+
+@pytest.mark.parametrize("make_reg", [flowtriton.FlowGradReg, flowtriton.InputGradReg])
+@pytest.mark.parametrize("lam", ["100", True, None, [1.0]])
+def test_lam_must_be_a_real_number(make_reg, lam):
+    with pytest.raises(TypeError, match="lam must be a real number"):
+        make_reg(lam=lam)
+
+
+def test_one_default_lambda_everywhere():
+    from flowtriton.train import DEFAULT_LAM
+
+    assert flowtriton.FlowGradReg().lam == flowtriton.DEFAULT_FGR_LAM
+    assert flowtriton.InputGradReg().lam == flowtriton.DEFAULT_IGR_LAM
+    assert DEFAULT_LAM == {"igr": flowtriton.DEFAULT_IGR_LAM, "fgr": flowtriton.DEFAULT_FGR_LAM,
+                           "fgr-fd": flowtriton.DEFAULT_FGR_LAM, "fgr+at": flowtriton.DEFAULT_FGR_LAM}

@@ -15,19 +15,22 @@ loss ``L = mean_b l_b`` and ``G_b`` the gradient of ``L`` w.r.t. example b's inp
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
+
+from ..ops.validation import check_unit_range
 
 REDUCTIONS = ("paper", "mean", "sum")
 
 
 def check_nonnegative(value, name: str) -> float:
-    """``value`` as a float; ValueError naming ``name`` unless it is a finite number >= 0."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number, got {value!r}") from None
+    """``value`` as a float; TypeError unless it is a real number (not a bool or a string),
+    ValueError naming ``name`` unless it is finite and >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    number = float(value)
     if not math.isfinite(number) or number < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return number
@@ -40,10 +43,23 @@ def check_positive(value, name: str) -> float:
     return number
 
 
-def check_choice(value, choices, name: str) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
-    return value
+def check_images_in_range(images: torch.Tensor, when: bool | None, name: str = "images") -> None:
+    """The [0, 1] image check (one host sync): ``when=True`` always, ``False`` never, ``None``
+    only for tensors off CUDA, where the sync costs nothing (a CUDA training step stays sync-free)."""
+    if when or (when is None and images.device.type != "cuda"):
+        check_unit_range(images, name)
+
+
+class RangeCheck:
+    """A regularizer's [0, 1] image check: on its first call, and on every call for tensors off
+    CUDA; later CUDA batches are not checked, so training steps never wait on the device."""
+
+    def __init__(self):
+        self.done = False
+
+    def __call__(self, images: torch.Tensor) -> None:
+        check_images_in_range(images, None if self.done else True)
+        self.done = True
 
 
 def per_example_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -121,11 +137,9 @@ class SeededNoise:
         self.generator = make_generator(generator, seed)
         self.seed = seed
 
-    def randn(self, shape, like: torch.Tensor) -> torch.Tensor:
+    def generator_for(self, like: torch.Tensor) -> torch.Generator | None:
+        """The generator (made from ``seed`` on ``like``'s device on first use), or None."""
         if self.generator is None and self.seed is not None:
             self.generator = torch.Generator(device=like.device)
             self.generator.manual_seed(self.seed)
-        if self.generator is None:
-            return torch.randn(shape, dtype=like.dtype, device=like.device)
-        noise = torch.randn(shape, generator=self.generator, dtype=like.dtype, device=self.generator.device)
-        return noise.to(like.device)
+        return self.generator

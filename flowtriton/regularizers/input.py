@@ -6,16 +6,21 @@ from __future__ import annotations
 import torch
 
 from ..ops import flow_gradient
+from ..ops.validation import check_choice
 from .common import (
     REDUCTIONS,
+    RangeCheck,
     check_batch,
-    check_choice,
     check_nonnegative,
     classifier_losses,
     mean_norm,
     per_example_cross_entropy,
-    reduce_squared_norms,
 )
+from .functional import igr_exact
+
+DEFAULT_IGR_LAM = 1000.0
+"""The library's one default IGR weight (``reduction='paper'``): ``InputGradReg()`` and
+``flowtriton train --method igr`` use it."""
 
 
 class InputGradReg:
@@ -31,19 +36,24 @@ class InputGradReg:
     ``parts`` (detached): 'ce', 'penalty', 'input_grad_norm' (mean per-example L2 norm of the
     summed loss's input gradient), 'flow_grad_norm' (the same gradient seen as a flow gradient,
     normalized units, forward scheme: lets IGR and FGR runs be compared), 'loss', 'logits'.
+    Images must lie in [0, 1], checked as :class:`FlowGradReg` does. The penalty itself is
+    :func:`flowtriton.igr_penalty`.
     """
 
-    def __init__(self, lam: float = 1.0, loss_fn=None, reduction: str = "paper", backend: str | None = None):
+    def __init__(self, lam: float = DEFAULT_IGR_LAM, loss_fn=None, reduction: str = "paper",
+                 backend: str | None = None):
         self.lam = check_nonnegative(lam, "lam")
         self.reduction = check_choice(reduction, REDUCTIONS, "reduction")
         self.loss_fn = per_example_cross_entropy if loss_fn is None else loss_fn
         self.backend = backend
+        self._check_range = RangeCheck()
 
     def __repr__(self) -> str:
         return f"InputGradReg(lam={self.lam}, reduction={self.reduction!r})"
 
     def __call__(self, model, images: torch.Tensor, labels: torch.Tensor):
         check_batch(images, labels)
+        self._check_range(images)
         batch = images.shape[0]
         z = images.detach().requires_grad_(True)
         losses, logits = classifier_losses(model, z, labels, self.loss_fn)
@@ -52,9 +62,7 @@ class InputGradReg:
             nan = torch.full((), float("nan"), device=ce.device)
             return ce, {"ce": ce.detach(), "penalty": torch.zeros((), device=ce.device), "input_grad_norm": nan,
                         "flow_grad_norm": nan, "loss": ce.detach(), "logits": logits.detach()}
-        (grad_image,) = torch.autograd.grad(ce, z, create_graph=True)
-        squared = grad_image.flatten(1).square().sum(1)
-        penalty = reduce_squared_norms(squared, self.reduction, batch)
+        penalty, squared, grad_image = igr_exact(ce, z, self.reduction)
         loss = ce + self.lam * penalty
         with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
             field = flow_gradient(z.detach(), grad_image.detach().to(z.dtype), "forward", backend=self.backend,

@@ -12,11 +12,13 @@ from __future__ import annotations
 import torch
 
 from ..ops import identity_grid, normalized_to_pixels, warp
+from ..ops.units import UNITS
 from ..reference import PADDING_MODES
+from ..ops.validation import check_choice
 from .common import (
     REDUCTIONS,
+    RangeCheck,
     check_batch,
-    check_choice,
     check_nonnegative,
     classifier_losses,
     mean_norm,
@@ -44,7 +46,7 @@ class TransformGradReg:
     per example). ``L`` is the batch mean of ``loss_fn`` (per-example losses, default
     cross-entropy); ``reduction`` as in :class:`FlowGradReg` ('paper' by default, 1/B^2 times
     the per-example mean). ``parts`` (detached): 'ce', 'penalty', 'param_grad_norm', 'loss',
-    'logits'. No random start.
+    'logits'. No random start. Images must lie in [0, 1], checked as :class:`FlowGradReg` does.
     """
 
     def __init__(self, transform, zero_params, lam: float = 1.0, loss_fn=None, reduction: str = "paper"):
@@ -55,6 +57,7 @@ class TransformGradReg:
         self.lam = check_nonnegative(lam, "lam")
         self.reduction = check_choice(reduction, REDUCTIONS, "reduction")
         self.loss_fn = per_example_cross_entropy if loss_fn is None else loss_fn
+        self._check_range = RangeCheck()
 
     @classmethod
     def flow(cls, lam: float = 1.0, units: str = "normalized", padding_mode: str = "border",
@@ -62,7 +65,7 @@ class TransformGradReg:
         """Flow gradient regularization through the warp itself (no closed form). With
         ``padding_mode='border'`` it equals ``FlowGradReg(sigma=0, scheme='forward')``."""
         check_choice(padding_mode, PADDING_MODES, "padding_mode")
-        check_choice(units, ("pixels", "normalized"), "units")
+        check_choice(units, UNITS, "units")
 
         def transform(images, flow):
             return warp(images, normalized_to_pixels(flow) if units == "normalized" else flow, padding_mode,
@@ -91,6 +94,7 @@ class TransformGradReg:
 
     def __call__(self, model, images: torch.Tensor, labels: torch.Tensor):
         check_batch(images, labels)
+        self._check_range(images)
         batch = images.shape[0]
         images = images.detach()
         params = self.zero_params(images)

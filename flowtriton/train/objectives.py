@@ -12,10 +12,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..regularizers import DEFAULT_FGR_LAM, DEFAULT_IGR_LAM
 from .config import METHODS, TrainConfig
 
-# Default regularizer weights (``lam``) per method, in the regularizers' own scale.
-DEFAULT_LAM = {"igr": 1.0, "fgr": 300.0, "fgr-fd": 300.0, "fgr+at": 300.0}
+# Default regularizer weights (``lam``) per method: the regularizers' own defaults.
+DEFAULT_LAM = {"igr": DEFAULT_IGR_LAM, "fgr": DEFAULT_FGR_LAM, "fgr-fd": DEFAULT_FGR_LAM, "fgr+at": DEFAULT_FGR_LAM}
 
 
 def method_lam(cfg: TrainConfig) -> float | None:

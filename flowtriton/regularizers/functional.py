@@ -1,0 +1,177 @@
+"""The functional primitives under the regularizers, for training loops that compute their own loss.
+
+``fgr_penalty(loss, images)`` is the flow gradient penalty of any scalar ``loss`` computed from
+``images`` (a tensor that requires grad): the squared norm of ``d loss / d flow`` at zero flow,
+reduced over the batch. ``igr_penalty(loss, images)`` is the input-gradient (double
+backpropagation) penalty on the same scale. ``fgr_random_start(images)`` is FGR's random start.
+:class:`~flowtriton.FlowGradReg` and :class:`~flowtriton.InputGradReg` are thin wrappers over
+these three.
+
+A custom loop (several loss terms, a model returning a dict)::
+
+    import flowtriton, torch.nn.functional as F
+
+    lam = flowtriton.DEFAULT_FGR_LAM
+    for images, labels in loader:                         # images (N, C, H, W) in [0, 1]
+        x = flowtriton.fgr_random_start(images).requires_grad_(True)
+        out = model(x)
+        ce = F.cross_entropy(out["logits"], labels)       # the batch mean
+        penalty = flowtriton.fgr_penalty(ce, x)           # scalar, differentiable
+        loss = ce + out["aux_loss"] + lam * penalty
+        optimizer.zero_grad(); loss.backward(); optimizer.step()
+
+The penalty uses the gradient of ``loss`` only (here the cross-entropy); add the other terms
+after. Scales (``reduction``) are those of :mod:`flowtriton.regularizers.common`: with the
+default 'paper', ``loss`` should be the BATCH MEAN, as in the authors' code.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..ops import flow_gradient, flow_gradient_penalty, flow_jvp, warp
+from ..ops.units import UNITS, unit_scale
+from ..ops.validation import check_choice
+from ..reference import SCHEMES
+from .common import REDUCTIONS, check_images_in_range, check_nonnegative, check_positive, reduce_squared_norms
+
+MODES = ("exact", "finite_difference")
+FD_PERTURBATIONS = ("linear", "warp")
+DEFAULT_SIGMA = 0.01      # random-start std, normalized units (the authors' value)
+DEFAULT_FD_STEP = 0.01    # finite-difference step, in ``units``
+
+
+def _check_loss_and_images(loss, images, per_example: bool) -> torch.Tensor:
+    """The scalar loss to differentiate (the mean of per-example losses)."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a (N, C, H, W) tensor, got {shape}")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be a floating tensor in [0, 1], got {images.dtype}")
+    if not images.requires_grad:
+        raise ValueError("images must require grad and be the tensor loss was computed from "
+                         "(x = images.requires_grad_(True); loss = f(model(x)))")
+    if not isinstance(loss, torch.Tensor) or not loss.is_floating_point():
+        raise TypeError(f"loss must be a floating torch.Tensor, got {type(loss).__name__}")
+    if loss.grad_fn is None:
+        raise ValueError("loss has no autograd graph: compute it from images that require grad")
+    batch = images.shape[0]
+    if per_example and loss.shape != (batch,):
+        raise ValueError(f"mode='finite_difference' needs per-example losses of shape ({batch},), "
+                         f"got {tuple(loss.shape)}")
+    if loss.dim() == 1 and loss.shape[0] == batch:
+        return loss.mean()
+    if loss.dim() != 0:
+        raise ValueError(f"loss must be a scalar (the batch mean) or per-example losses ({batch},), "
+                         f"got shape {tuple(loss.shape)}")
+    return loss
+
+
+def fgr_random_start(images: torch.Tensor, sigma: float = DEFAULT_SIGMA, units: str = "normalized",
+                     generator: torch.Generator | None = None, backend: str | None = None) -> torch.Tensor:
+    """Detached ``clamp(warp(images, n, 'zeros'), 0, 1)``, ``n ~ N(0, sigma^2)`` drawn per pixel and
+    flow component in ``units`` (the authors' random start); ``images`` (N, C, H, W) in [0, 1],
+    detached, when ``sigma`` is 0."""
+    sigma = check_nonnegative(sigma, "sigma")
+    check_choice(units, UNITS, "units")
+    images = images.detach()
+    if sigma == 0:
+        return images
+    n, _, h, w = images.shape
+    if generator is None:
+        noise = torch.randn((n, 2, h, w), dtype=images.dtype, device=images.device)
+    else:
+        noise = torch.randn((n, 2, h, w), generator=generator, dtype=images.dtype, device=generator.device)
+        noise = noise.to(images.device)
+    with torch.no_grad():
+        flow = noise.mul_(sigma).mul_(unit_scale(h, w, units, noise))
+        return warp(images, flow, "zeros", backend=backend).clamp_(0.0, 1.0)
+
+
+def fgr_penalty(loss: torch.Tensor, images: torch.Tensor, *, scheme: str = "forward", units: str = "normalized",
+                reduction: str = "paper", mode: str = "exact", loss_at=None, fd_step: float = DEFAULT_FD_STEP,
+                fd_perturbation: str = "linear", backend: str | None = None,
+                check_range: bool | None = None) -> torch.Tensor:
+    """Scalar flow gradient penalty of ``loss`` w.r.t. a flow warping ``images``, at zero flow.
+
+    ``images``: (N, C, H, W) in [0, 1] that require grad; ``loss``: a scalar computed from them
+    (for ``reduction='paper'`` the batch mean) or (N,) per-example losses (their mean is used).
+    Returns ``reduction`` over examples of ``||d loss / d flow_b||^2`` (loss^2 per ``units``^2):
+    'paper' the mean, 'mean' ``B^2`` times it (batch-size free), 'sum' ``B^2`` times the sum.
+    ``scheme``: 'forward' (the authors' clamped-sampler derivative) or 'central'.
+
+    ``mode='exact'``: differentiable (double backpropagation: the input gradient is taken with
+    ``create_graph=True``); nothing is accumulated into ``.grad``. ``mode='finite_difference'``
+    (first-order gradients only): ``loss`` must be the (N,) per-example losses and
+    ``loss_at(moved_images) -> (N,)`` re-evaluates them; ``d_b = (l_b(moved) - l_b) / fd_step``
+    along the detached, normalized flow gradient estimates each example's gradient norm
+    (``fd_perturbation`` 'linear': the scheme's first-order image change; 'warp': a real warp
+    with border padding). See :class:`~flowtriton.FlowGradReg` for the details.
+
+    ``check_range``: the [0, 1] check on ``images`` (True always, False never, None: off CUDA
+    only, so a CUDA training step needs no host sync).
+    """
+    scheme = check_choice(scheme, SCHEMES, "scheme")
+    units = check_choice(units, UNITS, "units")
+    reduction = check_choice(reduction, REDUCTIONS, "reduction")
+    mode = check_choice(mode, MODES, "mode")
+    mean_loss = _check_loss_and_images(loss, images, per_example=mode == "finite_difference")
+    check_images_in_range(images, check_range)
+    if mode == "exact":
+        return fgr_exact(mean_loss, images, scheme, units, reduction, backend)[0]
+    if not callable(loss_at):
+        raise TypeError("mode='finite_difference' needs loss_at(moved_images) -> (N,) per-example losses")
+    return fgr_finite_difference(loss, images, loss_at, scheme, units, reduction, check_positive(fd_step, "fd_step"),
+                                 check_choice(fd_perturbation, FD_PERTURBATIONS, "fd_perturbation"), backend)[0]
+
+
+def fgr_exact(mean_loss, images, scheme, units, reduction, backend):
+    """(penalty, per-example squared flow-gradient norms (N,), input gradient (N, C, H, W)); no checks."""
+    (grad_image,) = torch.autograd.grad(mean_loss, images, create_graph=True)
+    with torch.autocast(images.device.type, enabled=False):
+        squared = flow_gradient_penalty(images.detach(), grad_image.to(images.dtype), scheme, backend=backend,
+                                        units=units)
+        penalty = reduce_squared_norms(squared, reduction, images.shape[0])
+    return penalty, squared, grad_image
+
+
+def fgr_finite_difference(losses, images, loss_at, scheme, units, reduction, fd_step, fd_perturbation, backend):
+    """(penalty, per-example squared flow-gradient norms (N,), input gradient); no checks."""
+    batch = images.shape[0]
+    (grad_image,) = torch.autograd.grad(losses.mean(), images, retain_graph=True)
+    x = images.detach()
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+        field = flow_gradient(x, grad_image.to(x.dtype), scheme, backend=backend, units=units)
+        squared = field.flatten(1).square().sum(1)
+        norms = squared.sqrt().view(-1, 1, 1, 1)
+        direction = torch.where(norms > 0, field / norms.clamp_min(torch.finfo(field.dtype).tiny), 0.0)
+        step = direction.mul_(unit_scale(x.shape[2], x.shape[3], units, direction).mul_(fd_step))
+        if fd_perturbation == "warp":
+            moved = warp(x, step, "border", backend=backend)
+        else:
+            moved = x + flow_jvp(x, step, scheme, backend=backend)
+    moved_losses = loss_at(moved)
+    if not isinstance(moved_losses, torch.Tensor) or moved_losses.shape != (batch,):
+        shape = tuple(moved_losses.shape) if isinstance(moved_losses, torch.Tensor) else type(moved_losses).__name__
+        raise ValueError(f"loss_at must return per-example losses of shape ({batch},), got {shape}")
+    slopes = (moved_losses - losses) / fd_step  # (N,), ~ per-example flow gradient norm
+    penalty = reduce_squared_norms(slopes.square() / batch**2, reduction, batch)
+    return penalty, squared, grad_image
+
+
+def igr_penalty(loss: torch.Tensor, images: torch.Tensor, *, reduction: str = "paper",
+                check_range: bool | None = None) -> torch.Tensor:
+    """Scalar input-gradient penalty: ``reduction`` over examples of ``||d loss / d images_b||^2``
+    (pixel values in [0, 1]), differentiable (double backpropagation). ``loss`` and ``images``
+    as in :func:`fgr_penalty`; same reductions."""
+    reduction = check_choice(reduction, REDUCTIONS, "reduction")
+    mean_loss = _check_loss_and_images(loss, images, per_example=False)
+    check_images_in_range(images, check_range)
+    return igr_exact(mean_loss, images, reduction)[0]
+
+
+def igr_exact(mean_loss, images, reduction):
+    """(penalty, per-example squared input-gradient norms (N,), input gradient); no checks."""
+    (grad_image,) = torch.autograd.grad(mean_loss, images, create_graph=True)
+    squared = grad_image.flatten(1).square().sum(1)
+    return reduce_squared_norms(squared, reduction, images.shape[0]), squared, grad_image
