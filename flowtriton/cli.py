@@ -1,6 +1,6 @@
 """The ``flowtriton`` command line: ``train``, ``evaluate``, ``demo``.
 
-    flowtriton demo                      # 5-10 min on a CPU: standard vs FGR on embedded MNIST
+    flowtriton demo                      # standard vs FGR on embedded MNIST, attacked, on a CPU
     flowtriton train --method fgr --out-dir runs/fgr
     flowtriton evaluate runs/fgr/best.pt --out-dir runs/fgr/eval
     torchrun --nproc-per-node 2 -m flowtriton train --method fgr ...   # DistributedDataParallel
@@ -11,13 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 _EPILOG = """\
 examples:
-  flowtriton demo --quick                       # a 1-minute check that everything works
-  flowtriton train --method fgr --lam 300 --epochs 5 --out-dir runs/fgr
+  flowtriton demo --quick                       # a short check that everything works
+  flowtriton train --method fgr --epochs 5 --out-dir runs/fgr
+  flowtriton train --method fgr --out-dir runs/fgr --overwrite   # replace that run
   flowtriton train --preset paper --dataset cifar10 --data-dir /data --method fgr --out-dir runs/vgg11-fgr
   flowtriton train --resume --out-dir runs/vgg11-fgr   # continue an interrupted run exactly
   flowtriton evaluate runs/fgr/best.pt --attacks flowpgd adef --num-examples 500 --out-dir runs/fgr/eval
@@ -31,6 +33,7 @@ data: --data-dir, else $FLOWTRITON_DATA, else the cache folder ($FLOWTRITON_CACH
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from .data import DATASETS
     from .models import list_models
+    from .regularizers import DEFAULT_FGR_LAM, DEFAULT_IGR_LAM
     from .train import METHODS, PRESETS
 
     d = p.add_argument_group("data")
@@ -42,43 +45,46 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--split-seed", type=int, help="seed of the validation split (default 0)")
     d.add_argument("--augment", choices=("auto", "none", "paper", "crop"),
                    help="'paper': Resize(36)-RandomCrop(32)-Flip; 'auto' uses it for 32x32 colour images")
-    d.add_argument("--max-per-class", type=int, help="image folders only: first N files per class")
+    d.add_argument("--max-per-class", type=_positive_int, help="image folders only: first N files per class")
     m = p.add_argument_group("model and method")
     m.add_argument("--model", type=_model_name,
                    help=f"one of {', '.join(list_models())}, or vgg<depth>-w<width> (e.g. vgg11-w0.25); "
                         "default small-cnn (28x28); paper: vgg11")
     m.add_argument("--method", choices=METHODS, help="default standard")
-    m.add_argument("--lam", type=float, help="regularizer weight (default per method: fgr 300, igr 1)")
+    m.add_argument("--lam", type=float, help=f"regularizer weight of igr/fgr/fgr-fd/fgr+at (default: fgr "
+                                             f"{DEFAULT_FGR_LAM:g}, igr {DEFAULT_IGR_LAM:g})")
     m.add_argument("--sigma", type=float, help="FGR random-start std, normalized units (default 0.01)")
     m.add_argument("--at-eps", type=float, help="FlowPGD budget for adversarial training, normalized (0.01)")
-    m.add_argument("--at-steps", type=int, help="FlowPGD steps for adversarial training (10)")
+    m.add_argument("--at-steps", type=_positive_int, help="FlowPGD steps for adversarial training (10)")
     o = p.add_argument_group("optimization")
     o.add_argument("--preset", choices=sorted(PRESETS),
                    help="paper: SGD 0.01/0.9/5e-4, 80 epochs, steps at 40,60, batch 128, vgg11; cpu: 10 epochs; "
                         "smoke: 2 short epochs. Explicit flags override it")
-    o.add_argument("--epochs", type=int)
-    o.add_argument("--batch-size", type=int, help="GLOBAL batch size (split across DDP processes)")
+    o.add_argument("--epochs", type=_positive_int)
+    o.add_argument("--batch-size", type=_positive_int, help="GLOBAL batch size (split across DDP processes)")
     o.add_argument("--lr", type=float)
     o.add_argument("--momentum", type=float)
     o.add_argument("--weight-decay", type=float)
     o.add_argument("--milestones", type=int, nargs="*", help="epochs where the lr is multiplied by --gamma")
     o.add_argument("--gamma", type=float)
-    o.add_argument("--max-steps-per-epoch", type=int, help="cap the steps of each epoch (quick runs)")
+    o.add_argument("--max-steps-per-epoch", type=_positive_int, help="cap the steps of each epoch (quick runs)")
     r = p.add_argument_group("run")
     r.add_argument("--out-dir", help="checkpoints (last.pt, best.pt), config.json, log.jsonl (default runs/default)")
     r.add_argument("--resume", action="store_true", default=None,
-                   help="continue from OUT_DIR/last.pt with OUT_DIR/config.json (flags given override it)")
+                   help="continue the run in OUT_DIR (its config.json; flags given override it)")
+    r.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace the run already in OUT_DIR (without it or --resume, an existing run is refused)")
     r.add_argument("--seed", type=int)
     r.add_argument("--device", help="auto (cuda if available), cpu, cuda, cuda:1")
     r.add_argument("--amp", choices=("auto", "bf16", "off"), help="mixed precision; auto = bf16 on CUDA")
     r.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
-    r.add_argument("--log-every", type=int, help="steps between JSON-lines step records")
+    r.add_argument("--log-every", type=int, help="steps between JSON-lines step records and loss checks (default 20)")
 
 
 _TRAIN_KEYS = ("dataset", "data_dir", "download", "val_size", "split_seed", "augment", "max_per_class", "model",
                "method", "lam", "sigma", "at_eps", "at_steps", "epochs", "batch_size", "lr", "momentum",
                "weight_decay", "milestones", "gamma", "max_steps_per_epoch", "out_dir", "resume", "seed",
-               "device", "amp", "progress", "log_every")
+               "device", "amp", "progress", "log_every", "overwrite")
 
 
 def config_from_args(args):
@@ -86,30 +92,34 @@ def config_from_args(args):
     from .train import TrainConfig, make_config
 
     given = {k: getattr(args, k) for k in _TRAIN_KEYS if getattr(args, k) is not None}
-    if given.get("val_size") is not None and given["val_size"] >= 1:
-        given["val_size"] = int(given["val_size"])
-    saved = Path(given.get("out_dir", "runs/default")) / "config.json"
-    if args.resume and saved.is_file():
+    out_dir = Path(given.get("out_dir", "runs/default"))
+    if args.resume:
+        saved = out_dir / "config.json"
+        if not saved.is_file():
+            raise ValueError(f"--resume: {out_dir} holds no run to resume (no config.json); check --out-dir, "
+                             "or drop --resume to start a new run")
         values = json.loads(saved.read_text())
         values.update(given)
         return TrainConfig.from_dict(values)
     return make_config(args.preset, **given)
 
 
+def _interrupted_code(result) -> int:
+    """The shell's convention for a process stopped by a signal: 128 + its number (SIGINT 130,
+    SIGTERM 143)."""
+    return 128 + int(result.signal or signal.SIGINT)
+
+
 def cmd_train(args) -> int:
-    from .train import NonFiniteLoss, train
+    from .train import train
 
     cfg = config_from_args(args)
-    try:
-        result = train(cfg)
-    except NonFiniteLoss as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    result = train(cfg)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
-        return 0 if result.status == "finished" else 130
+        return 0 if result.status == "finished" else _interrupted_code(result)
     if result.status == "interrupted":
         print(f"interrupted at epoch {result.epoch + 1}; resume with: flowtriton train --resume --out-dir {cfg.out_dir}")
-        return 130
+        return _interrupted_code(result)
     if result.test_acc is not None:
         print(f"done: best val acc {result.best_val_acc:.4f} (epoch {result.best_epoch}), test acc of that "
               f"checkpoint {result.test_acc:.4f}; checkpoints in {cfg.out_dir}")
@@ -117,9 +127,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from ._io import ensure_writable_dir
     from .train.evaluation import evaluate_checkpoint
 
+    if not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint {args.checkpoint} does not exist")
     out = args.out_dir or str(Path(args.checkpoint).parent / "eval")
+    ensure_writable_dir(out, "--out-dir")  # before any attack runs
     result = evaluate_checkpoint(args.checkpoint, out, attacks=args.attacks, size=args.size, split=args.split,
                                  num_examples=args.num_examples, batch_size=args.batch_size, device=args.device,
                                  data_dir=args.data_dir, plots=not args.no_plots, progress=not args.no_progress)
@@ -150,10 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "both (FlowPGD at several budgets, ADef, stAdv, rotation+translation), prints the table "
                           "and writes results.md, results.json, accuracy_vs_budget.png and gallery.png.")
     demo.add_argument("--out-dir", default="flowtriton-demo", help="where results and plots go (default flowtriton-demo)")
-    demo.add_argument("--quick", action="store_true", help="a much smaller run (about a minute): for CI and checks")
-    demo.add_argument("--epochs", type=int, help="training epochs per model (default 4; --quick: 1)")
-    demo.add_argument("--lam", type=float, help="FGR weight (default: the demo's tuned value)")
-    demo.add_argument("--eval-examples", type=int, help="test images attacked (default 500; --quick: 64)")
+    demo.add_argument("--quick", action="store_true", help="a much smaller run (20 steps per model): for CI and checks")
+    demo.add_argument("--epochs", type=_positive_int, help="training epochs per model (default 4; --quick: 1)")
+    demo.add_argument("--lam", type=float, help="FGR weight (default: flowtriton.DEFAULT_FGR_LAM)")
+    demo.add_argument("--eval-examples", type=_positive_int, help="test images attacked (default 500; --quick: 64)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="auto")
     demo.add_argument("--threads", type=int, default=1,
@@ -177,8 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--size", choices=("full", "small"), default="full",
                     help="full: the paper's 100-step FlowPGD etc.; small: few steps (quick looks)")
     ev.add_argument("--split", choices=("test", "val"), default="test")
-    ev.add_argument("--num-examples", type=int, default=1000, help="first N images of the split")
-    ev.add_argument("--batch-size", type=int, default=256)
+    ev.add_argument("--num-examples", type=_positive_int, default=1000, help="first N images of the split")
+    ev.add_argument("--batch-size", type=_positive_int, default=256)
     ev.add_argument("--data-dir", help="data root (default: the one the run was trained with)")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--out-dir", help="default: <checkpoint folder>/eval")
@@ -186,6 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.set_defaults(func=cmd_evaluate)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
 
 
 def _model_name(name: str) -> str:
@@ -205,8 +230,12 @@ def main(argv=None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from .train import NonFiniteLoss
+
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, NonFiniteLoss) as err:
+        # what a user can fix (a path, a setting, a diverged run): one line. Anything else is a
+        # bug or a system failure (CUDA out of memory, a Triton compile error): its traceback stays.
         print(f"error: {err}", file=sys.stderr)
         return 1

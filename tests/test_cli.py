@@ -97,3 +97,85 @@ def test_demo_quick_writes_table_and_plots(tmp_path, capsys):
     for name in ("accuracy_vs_budget.png", "gallery.png"):
         assert (out / name).stat().st_size > 5000
     assert "| flowpgd |" in capsys.readouterr().out
+
+
+# -- no surprises: existing runs, typos, bad folders, silent settings, exit codes ---------------
+_QUICK = ["--model", "tiny-cnn", "--batch-size", "32", "--max-steps-per-epoch", "2", "--epochs", "1", "--no-progress"]
+
+
+def test_train_refuses_an_existing_run_and_a_resume_of_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *_QUICK, "--out-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "training tiny-cnn on mnist-subset" in out and "method standard" in out and "epoch 1/1" in out
+    best = (run / "best.pt").read_bytes()
+    assert main(["train", *_QUICK, "--out-dir", str(run)]) == 1
+    assert "already holds a run" in capsys.readouterr().err and (run / "best.pt").read_bytes() == best
+    assert main(["train", *_QUICK, "--out-dir", str(run), "--overwrite", "--seed", "1"]) == 0
+    assert json.loads((run / "config.json").read_text())["seed"] == 1
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out-dir", str(tmp_path / "rnu"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "holds no run to resume" in err and "rnu" in err and not (tmp_path / "rnu").exists()
+
+
+def test_bad_out_dir_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    # cifar10 is not on disk: the folder must be judged before the data is looked for
+    assert main(["train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--out-dir", str(blocker / "run"),
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: out_dir") and "not a writable folder" in err and "Traceback" not in err
+
+    run = tmp_path / "run"
+    assert main(["train", *_QUICK, "--out-dir", str(run)]) == 0
+    from flowtriton.train import evaluation
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("no attack may run before --out-dir is checked")
+
+    monkeypatch.setattr(evaluation, "evaluate_checkpoint", must_not_run)
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "best.pt"), "--out-dir", str(blocker / "eval")]) == 1
+    assert "--out-dir" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--val-size", "1.5"], "val_size must be a fraction in (0, 1) or a whole count >= 1, got 1.5"),
+    (["--method", "standard", "--lam", "50"], "method 'standard' has no regularizer, so lam=50 would be ignored"),
+])
+def test_train_refuses_settings_it_would_silently_change(tmp_path, capsys, flags, message):
+    assert main(["train", *_QUICK, "--out-dir", str(tmp_path / "run"), *flags]) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_counts_must_be_positive(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["evaluate", str(tmp_path / "x.pt"), "--num-examples", "0"])
+    assert info.value.code == 2
+    assert "--num-examples: expected a whole number >= 1, got 0" in capsys.readouterr().err
+
+
+def test_signals_give_the_shells_exit_codes(tmp_path, monkeypatch):
+    import signal
+
+    import flowtriton.train as ft_train
+    from flowtriton.train import TrainResult
+
+    for signum, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        result = TrainResult("interrupted", 0, -1.0, -1, None, tmp_path, [], signum)
+        monkeypatch.setattr(ft_train, "train", lambda cfg, _r=result: _r)
+        assert main(["train", *_QUICK, "--out-dir", str(tmp_path / "run")]) == code
+
+
+def test_unexpected_errors_keep_their_traceback(tmp_path, monkeypatch, capsys):
+    import flowtriton.train as ft_train
+
+    def compile_error(cfg):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(ft_train, "train", compile_error)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        main(["train", *_QUICK, "--out-dir", str(tmp_path / "run")])

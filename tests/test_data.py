@@ -132,7 +132,7 @@ def test_download_offline_fails_with_instructions(tmp_path, monkeypatch):
         raise urllib.error.URLError("no route to host")
 
     monkeypatch.setattr(dl.urllib.request, "urlopen", offline)
-    with pytest.raises(RuntimeError, match="Offline") as info:
+    with pytest.raises(ConnectionError, match="Offline") as info:
         load_dataset("mnist", "train", tmp_path, download=True)
     assert str(tmp_path / "mnist") in str(info.value)
     assert not list((tmp_path / "mnist").glob("*")), "no partial file may be left behind"
@@ -252,6 +252,27 @@ def test_image_folder_mixed_sizes_raise(tmp_path):
     Image.new("RGB", (5, 5)).save(root / "test" / "dog" / "9999.png")
     with pytest.raises(ValueError, match="one size"):
         load_dataset("imagefolder", "test", root)
+
+
+def test_image_folder_labels_come_from_the_training_classes(tmp_path, private_cache):
+    import shutil
+
+    root = tmp_path / "folder"
+    write_image_folder(root, classes=("airplane", "cat", "ship"), per_class=2)
+    shutil.rmtree(root / "test" / "cat")  # a test split that lacks a class must not shift the others
+    test = load_dataset("imagefolder", "test", root)
+    assert test.classes == ("airplane", "cat", "ship")
+    assert test.labels.tolist() == [0, 0, 2, 2]  # ship stays 2 (per-split indexing made it 1: "cat")
+    (root / "test" / "zebra").mkdir()
+    with pytest.raises(ValueError, match=r"has classes \['zebra'\] that the class map lacks"):
+        load_dataset("imagefolder", "test", root)
+
+
+def test_split_train_val_refuses_a_fractional_count():
+    data = ImageData(torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.arange(10))
+    with pytest.raises(ValueError, match="val_size must be a fraction in \\(0, 1\\) or a whole count"):
+        split_train_val(data, 1.5)
+    assert len(split_train_val(data, 2.0)[1]) == 2 and len(split_train_val(data, 0.3)[1]) == 3
 
 
 # -- embedded subset, split, loader, augmentations ---------------------------------------------------

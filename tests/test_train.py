@@ -14,6 +14,7 @@ import torch
 from flowtriton.data import load_dataset, split_train_val
 from flowtriton.train import METHODS, DataSplits, NonFiniteLoss, Objective, Trainer, make_config, train
 from flowtriton.train.checkpoint import load_checkpoint
+from flowtriton.train.config import REGULARIZED
 from flowtriton.models import build_model
 
 
@@ -38,7 +39,9 @@ def small_splits():
 
 def _cfg(tmp_path, **overrides):
     values = dict(model="tiny-cnn", epochs=2, batch_size=64, lr=0.05, milestones=[1], seed=0, progress=False,
-                  device="cpu", out_dir=str(tmp_path / "run"), at_steps=2, lam=1.0)
+                  device="cpu", out_dir=str(tmp_path / "run"), at_steps=2)
+    if overrides.get("method", "standard") in REGULARIZED:
+        values["lam"] = 1.0
     values.update(overrides)
     return make_config(None, **values)
 
@@ -226,3 +229,126 @@ def test_resume_on_a_fresh_output_folder_starts_from_scratch(small_splits, tmp_p
     cfg = _cfg(tmp_path, epochs=1, resume=True, out_dir=str(tmp_path / "new" / "run"))
     result = train(cfg, small_splits)
     assert (tmp_path / "new" / "run" / "last.pt").exists() and len(result.history) == 1
+
+
+# -- no host sync inside a step; output folder rules; log and temporaries after a kill --------
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+def test_no_host_sync_between_forward_and_optimizer_step(small_splits, tmp_path, monkeypatch):
+    events, inside = [], []
+    trainer = Trainer(_cfg(tmp_path, method="fgr", epochs=1, max_steps_per_epoch=6, log_every=3), small_splits)
+    objective, step = trainer.objective, trainer.optimizer.step
+
+    def traced_objective(*args):
+        inside.append(True)  # the regularizer's own [0, 1] check reads CPU tensors: not the engine's
+        out = objective(*args)
+        inside.pop()
+        events.append("objective")
+        return out
+
+    def traced_step(*args, **kwargs):
+        events.append("step")
+        return step(*args, **kwargs)
+
+    trainer.objective, trainer.optimizer.step = traced_objective, traced_step
+    for name in ("item", "tolist", "__bool__", "__float__"):
+        original = getattr(torch.Tensor, name)
+
+        def traced(self, *args, _original=original):
+            if not inside:
+                events.append("sync")
+            return _original(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, traced)
+    trainer.fit()
+    monkeypatch.undo()
+    steps = [i for i, e in enumerate(events) if e == "objective"]
+    assert len(steps) == 6
+    for start in steps:  # forward returned -> zero_grad, backward -> optimizer.step: nothing read back
+        assert events[start + 1] == "step", events[start:start + 4]
+    # the losses are read in batches: at steps 3 and 6 (log_every), not after every step
+    between = events[steps[0]:steps[2]]
+    assert "sync" not in between
+
+
+def test_nan_is_caught_at_the_next_check_and_names_its_step(small_splits, tmp_path):
+    def poison(trainer, epoch, step, parts):
+        if (epoch, step) == (0, 1):
+            with torch.no_grad():
+                next(trainer.model.parameters()).fill_(float("nan"))
+
+    with pytest.raises(NonFiniteLoss, match=r"loss became nan at epoch 1, step 2 .*lower --lr or --lam"):
+        train(_cfg(tmp_path, epochs=1, log_every=5), small_splits, on_step=poison)
+    assert not (tmp_path / "run" / "last.pt").exists()  # nothing was saved from the poisoned steps
+
+
+def test_existing_run_is_refused_without_resume_or_overwrite(small_splits, tmp_path):
+    cfg = _cfg(tmp_path, epochs=1, max_steps_per_epoch=2)
+    train(cfg, small_splits)
+    first = (tmp_path / "run" / "last.pt").stat().st_mtime_ns
+    with pytest.raises(ValueError, match=r"already holds a run \(config.json, log.jsonl, last.pt, best.pt\).*--resume"):
+        Trainer(cfg, small_splits)
+    assert (tmp_path / "run" / "last.pt").stat().st_mtime_ns == first
+    result = train(_cfg(tmp_path, epochs=1, max_steps_per_epoch=2, overwrite=True, seed=3), small_splits)
+    assert result.status == "finished"
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["config"]["seed"] == 3
+    with pytest.raises(ValueError, match="resume and overwrite"):
+        _cfg(tmp_path, resume=True, overwrite=True)
+
+
+def test_out_dir_that_cannot_be_written_is_refused_before_loading_data(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="out_dir .*file exists and is not a folder"):
+        Trainer(_cfg(tmp_path, out_dir=str(blocker), dataset="cifar10", data_dir=str(tmp_path / "nowhere")))
+    with pytest.raises(ValueError, match="out_dir .*run is not a writable folder"):
+        Trainer(_cfg(tmp_path, out_dir=str(blocker / "run"), dataset="cifar10", data_dir=str(tmp_path / "nowhere")))
+
+
+def test_resume_after_a_kill_drops_stale_temporaries_and_duplicate_log_records(small_splits, tmp_path):
+    class Killed(Exception):
+        pass
+
+    def kill(trainer, epoch, step, parts):
+        if (epoch, step) == (1, 6):
+            raise Killed  # as kill -9: no save, log records already written past last.pt
+
+    with pytest.raises(Killed):
+        train(_cfg(tmp_path, epochs=2, log_every=2), small_splits, on_step=kill)
+    run = tmp_path / "run"
+    (run / "last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
+    resumed = train(_cfg(tmp_path, epochs=2, log_every=2, resume=True), small_splits)
+    assert resumed.status == "finished"
+    assert not list(run.glob("*.tmp"))
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    steps = [r["global_step"] for r in records if r["event"] == "step"]
+    assert steps == sorted(set(steps)) == list(range(2, 17, 2))
+    assert [r["epoch"] for r in records if r["event"] == "epoch"] == [1, 2]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(val_size=1.5), "val_size must be a fraction in \\(0, 1\\) or a whole count"),
+    (dict(val_size=0), "val_size"),
+    (dict(method="standard", lam=50.0), "method 'standard' has no regularizer, so lam=50 would be ignored"),
+    (dict(method="at", lam=1.0), "method 'at' has no regularizer"),
+    (dict(method="fgr", lam="100"), "lam must be a finite number >= 0"),
+    (dict(method="fgr", lam=True), "lam must be a finite number >= 0"),
+])
+def test_config_refuses_silent_surprises(tmp_path, bad, message):
+    with pytest.raises(ValueError, match=message):
+        make_config(None, out_dir=str(tmp_path), **bad)
+    assert make_config(None, val_size=1000.0).val_size == 1000  # a whole count written as a float is fine
+
+
+def test_train_says_what_it_trains_without_a_progress_bar(small_splits, tmp_path, capsys):
+    train(_cfg(tmp_path, method="fgr", lam=2.0, epochs=1, max_steps_per_epoch=2), small_splits)
+    out = capsys.readouterr().out
+    assert ("training tiny-cnn on mnist-subset (512 train / 128 val / 128 test images), method fgr (lam 2), "
+            "1 epoch(s) x 2 steps of 64 images, device cpu") in out
+    assert "epoch 1/1: train loss" in out
+    train(_cfg(tmp_path / "quiet", epochs=1, max_steps_per_epoch=1, verbose=False), small_splits)
+    assert capsys.readouterr().out == ""
+
+
+def test_interrupted_result_names_the_signal(small_splits, tmp_path):
+    result = train(_cfg(tmp_path, epochs=1), small_splits, on_step=_interrupt_at(0, 2))
+    assert result.status == "interrupted" and result.signal == signal.SIGTERM

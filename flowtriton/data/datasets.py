@@ -7,6 +7,7 @@ folder holding ``train/`` and ``test/``).
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +129,17 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
     return _load_cifar10(split, root, max_per_class)
 
 
+def check_val_size(value) -> int | float:
+    """A validation share in (0, 1) (float) or a whole count >= 1 (int, also from 1000.0);
+    ValueError otherwise (1.5 is neither)."""
+    if not isinstance(value, bool) and isinstance(value, numbers.Real):
+        if 0 < value < 1:
+            return float(value)
+        if value >= 1 and float(value).is_integer():
+            return int(value)
+    raise ValueError(f"val_size must be a fraction in (0, 1) or a whole count >= 1, got {value!r}")
+
+
 def split_train_val(data: ImageData, val_size: int | float, seed: int = 0) -> tuple[ImageData, ImageData]:
     """Hold out a seeded random validation split from ``data``.
 
@@ -135,7 +147,8 @@ def split_train_val(data: ImageData, val_size: int | float, seed: int = 0) -> tu
     same split, whatever the training seed, so model selection never touches test data.
     """
     n = len(data)
-    count = int(round(val_size * n)) if isinstance(val_size, float) and val_size < 1 else int(val_size)
+    val_size = check_val_size(val_size)
+    count = int(round(val_size * n)) if isinstance(val_size, float) else val_size
     if not 0 < count < n:
         raise ValueError(f"val_size must leave both splits non-empty for {n} examples, got {val_size!r}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))

@@ -36,6 +36,10 @@ RESOURCES = {
 }
 
 
+class DownloadError(ConnectionError):
+    """A dataset could not be fetched (offline, a proxy, a server down); says where to put the files."""
+
+
 def md5_of(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as handle:
@@ -96,7 +100,7 @@ def download_dataset(name: str, root: Path) -> Path:
         try:
             fetch(url, md5, target)
         except (urllib.error.URLError, OSError) as err:
-            raise RuntimeError(f"could not download {url} ({err}). Offline? {where_to_put(name, Path(root))}") from err
+            raise DownloadError(f"could not download {url} ({err}). Offline? {where_to_put(name, Path(root))}") from err
         if target.name.endswith(".tar.gz"):
             extract_tar(target, folder)
     return folder

@@ -1,7 +1,9 @@
 """Image-folder datasets: ``<root>/<split>/<class>/*.jpg|jpeg|png``, decoded with PIL.
 
-Classes are the sub-folders of ``<root>/<split>`` in sorted order (for CIFAR-10 that is the
-canonical label order). Decoded uint8 tensors are cached under the user's cache folder (see
+Classes are the sub-folders of ``<root>/train`` in sorted order (for CIFAR-10 that is the
+canonical label order), mapped once for every split: a ``test/`` folder that lacks one of the
+classes keeps the others' labels, and a split holding a class that ``train/`` lacks is an error.
+Without a ``train/`` folder the split's own sub-folders are the classes. Decoded uint8 tensors are cached under the user's cache folder (see
 :mod:`flowtriton.data.paths`), keyed by the folder's path and its files' names, sizes and times;
 the data folder itself is never written to.
 """
@@ -20,17 +22,30 @@ from .paths import cache_dir
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
-def list_image_folder(split_dir: Path, max_per_class: int | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
-    """(class names, [(file, label)]) of one split folder, in sorted order."""
+def class_folders(split_dir: Path) -> list[str]:
+    """Sorted names of the class sub-folders of ``split_dir``."""
     if not split_dir.is_dir():
         raise FileNotFoundError(f"image folder {split_dir} does not exist")
     classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
     if not classes:
         raise ValueError(f"image folder {split_dir} has no class sub-folders (expected <split>/<class>/*.jpg)")
+    return classes
+
+
+def list_image_folder(split_dir: Path, max_per_class: int | None = None,
+                      classes: list[str] | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
+    """(class names, [(file, label)]) of one split folder, in sorted order. ``classes``: the class
+    map (label = position); default: the split's own sub-folders."""
+    present = class_folders(split_dir)
+    classes = present if classes is None else list(classes)
+    unknown = sorted(set(present) - set(classes))
+    if unknown:
+        raise ValueError(f"image folder {split_dir} has classes {unknown} that the class map lacks "
+                         f"({len(classes)} classes, from the training split): add them to train/ or remove them")
     files = []
-    for label, name in enumerate(classes):
+    for name in present:
         found = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        files += [(p, label) for p in found[:max_per_class]]
+        files += [(p, classes.index(name)) for p in found[:max_per_class]]
     if not files:
         raise ValueError(f"image folder {split_dir} holds no .jpg/.jpeg/.png files")
     return classes, files
@@ -70,10 +85,13 @@ def load_image_folder(root: str | Path, split: str, mode: str = "RGB", max_per_c
     """(images uint8 (N, C, H, W), labels int64 (N,), class names) of ``<root>/<split>``.
 
     ``mode``: PIL mode, 'RGB' (C=3) or 'L' (C=1). ``max_per_class``: keep the first files of each
-    class (sorted by name), for quick runs. The decoded tensors are cached (see module docstring).
+    class (sorted by name), for quick runs. Labels index the classes of ``<root>/train`` (see the
+    module docstring). The decoded tensors are cached (see module docstring).
     """
     split_dir = Path(root) / split
-    classes, files = list_image_folder(split_dir, max_per_class)
+    train_dir = Path(root) / "train"
+    class_map = class_folders(train_dir) if train_dir.is_dir() else None
+    classes, files = list_image_folder(split_dir, max_per_class, class_map)
     cache_file = cache_dir() / "image-folder" / f"{split_dir.name}-{_cache_key(split_dir, files, mode)}.pt"
     if use_cache and cache_file.is_file():
         try:

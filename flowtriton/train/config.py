@@ -1,6 +1,6 @@
 """Training configuration and presets.
 
-Presets (``--preset``): 'paper' is the authors' CIFAR recipe (REFERENCE 1.3: SGD lr 0.01,
+Presets (``--preset``): 'paper' is the authors' CIFAR recipe (docs/method.md: SGD lr 0.01,
 momentum 0.9, weight decay 5e-4, 80 epochs, MultiStepLR [40, 60] x0.1, batch 128, VGG-11,
 Resize(36)-RandomCrop(32)-Flip); 'cpu' is a 10-epoch version for a CPU; 'smoke' runs a
 couple of short epochs to check a set-up. Explicit settings override the preset.
@@ -9,10 +9,15 @@ couple of short epochs to check a set-up. Explicit settings override the preset.
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from ..data.datasets import check_val_size
+
 METHODS = ("standard", "igr", "fgr", "fgr-fd", "at", "fgr+at")
+REGULARIZED = ("igr", "fgr", "fgr-fd", "fgr+at")   # the methods that take a weight ``lam``
 
 
 @dataclass
@@ -44,10 +49,12 @@ class TrainConfig:
     device: str = "auto"                      # 'auto' -> cuda when available
     amp: str = "auto"                         # 'auto' (bf16 on CUDA), 'bf16', 'off'
     out_dir: str = "runs/default"
-    resume: bool = False
+    resume: bool = False                      # continue OUT_DIR/last.pt (start afresh if there is none)
+    overwrite: bool = False                   # replace a run already in OUT_DIR (else refused)
     max_steps_per_epoch: int | None = None    # cap steps per epoch (quick runs, tests)
-    progress: bool = True
-    log_every: int = 20
+    progress: bool = True                     # a progress bar per epoch
+    verbose: bool = True                      # print what is trained and a line per epoch
+    log_every: int = 20                       # steps between log records (and loss checks)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -56,6 +63,16 @@ class TrainConfig:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if self.amp not in ("auto", "bf16", "off"):
             raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
+        self.val_size = check_val_size(self.val_size)
+        if self.lam is not None:
+            if isinstance(self.lam, bool) or not isinstance(self.lam, numbers.Real) or not math.isfinite(self.lam) \
+                    or self.lam < 0:
+                raise ValueError(f"lam must be a finite number >= 0, got {self.lam!r}")
+            if self.method not in REGULARIZED:
+                raise ValueError(f"method {self.method!r} has no regularizer, so lam={self.lam:g} would be ignored: "
+                                 f"drop lam (--lam) or use one of {REGULARIZED}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: continue the run or replace it")
         self.milestones = list(self.milestones)
 
     def to_dict(self) -> dict:

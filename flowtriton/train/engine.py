@@ -3,16 +3,27 @@
 Guarantees: checkpoints are written atomically (``last.pt`` every epoch and on SIGINT/SIGTERM,
 ``best.pt`` when validation accuracy improves); ``resume=True`` continues exactly where
 ``last.pt`` stopped, mid-epoch included (model, optimizer, scheduler, global RNG states, the
-data order, which is a function of (seed, epoch), epoch, step, best metric); a NaN/inf loss stops
-the run with :class:`NonFiniteLoss` and leaves the last good checkpoint alone; with a seed the
-run is deterministic on CPU. Model selection uses the VALIDATION split; the test split is only
-evaluated once, at the end, for the report.
+data order, which is a function of (seed, epoch), epoch, step, best metric), and drops the log
+records written after that checkpoint; a NaN/inf loss stops the run with :class:`NonFiniteLoss`
+and leaves the last good checkpoint alone; with a seed the run is deterministic on CPU. Model
+selection uses the VALIDATION split; the test split is only evaluated once, at the end, for the
+report.
+
+An output folder that already holds a run is refused unless ``resume`` or ``overwrite`` is set,
+and is checked (writable, not a file) before any data is loaded. Stale temporary checkpoint files
+of a killed run are removed at start.
+
+No host sync inside a training step: losses and accuracy counts stay on the device and are read
+every ``log_every`` steps (and at the end of an epoch, before any checkpoint is written); that
+is when a non-finite loss is noticed. The steps in between have already run with it, but no
+checkpoint is written from them, and the error names the first bad step.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import signal
 import threading
 import time
@@ -23,6 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .._io import ensure_writable_dir, remove_stale_temporaries
 from ..data import Augmentation, ImageData, TensorLoader, load_dataset, split_train_val
 from ..models import build_model
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
@@ -30,6 +42,7 @@ from .config import TrainConfig
 from .distributed import DistContext, any_rank, init_distributed, shutdown
 from .objectives import Objective, method_lam
 
+RUN_FILES = ("config.json", "log.jsonl", "last.pt", "best.pt")   # what makes a folder hold a run
 _RESUME_MUST_MATCH = ("dataset", "model", "method", "lam", "seed", "batch_size", "val_size", "split_seed", "augment")
 
 
@@ -55,6 +68,20 @@ class TrainResult:
     test_acc: float | None
     out_dir: Path
     history: list = field(default_factory=list)
+    signal: int | None = None        # the signal that interrupted the run (SIGINT 2, SIGTERM 15)
+
+
+def check_out_dir(cfg: TrainConfig) -> Path:
+    """The run folder, checked before any work: ValueError if it is a file, not writable, or
+    already holds a run while neither ``cfg.resume`` nor ``cfg.overwrite`` is set."""
+    out = Path(cfg.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir {out} exists and is not a folder")
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if found and not (cfg.resume or cfg.overwrite):
+        raise ValueError(f"out_dir {out} already holds a run ({', '.join(found)}): continue it with --resume "
+                         f"(resume=True) or replace it with --overwrite (overwrite=True)")
+    return ensure_writable_dir(out, "out_dir")
 
 
 def load_splits(cfg: TrainConfig) -> DataSplits:
@@ -129,6 +156,14 @@ class Trainer:
         self.ctx: DistContext = init_distributed(cfg.device)
         if cfg.batch_size % self.ctx.world_size:
             raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the world size {self.ctx.world_size}")
+        refused = None
+        if self.ctx.is_main:  # one process judges the folder (the others would see its config.json)
+            try:
+                check_out_dir(cfg)
+            except ValueError as err:
+                refused = err
+        if any_rank(refused is not None, self.ctx):
+            raise refused or ValueError(f"out_dir {cfg.out_dir} was refused by rank 0 (see its error)")
         self.out_dir = Path(cfg.out_dir)
         self.data = data or load_splits(cfg)
         self.amp_dtype = self._amp_dtype()
@@ -158,6 +193,22 @@ class Trainer:
         self.epoch, self.step, self.global_step = 0, 0, 0
         self.best_val_acc, self.best_epoch, self.history = -1.0, -1, []
         self._epoch_stats = self._fresh_stats()
+        self._pending: list = []          # per-step device tensors not yet read (see _flush)
+        self._chunk_started = time.perf_counter()
+
+    def steps_per_epoch(self) -> int:
+        steps = len(self.train_loader)
+        return min(steps, self.cfg.max_steps_per_epoch) if self.cfg.max_steps_per_epoch else steps
+
+    def describe(self) -> str:
+        """One line: what is trained, on what, how long, where."""
+        cfg, lam = self.cfg, method_lam(self.cfg)
+        method = cfg.method + (f" (lam {lam:g})" if lam is not None else "")
+        amp = f", amp {self.amp_dtype}".replace("torch.", "") if self.amp_dtype is not None else ""
+        return (f"training {cfg.model} on {cfg.dataset} ({len(self.data.train)} train / {len(self.data.val)} val / "
+                f"{len(self.data.test)} test images), method {method}, {cfg.epochs} epoch(s) x "
+                f"{self.steps_per_epoch()} steps of {cfg.batch_size} images, device {self.ctx.device}{amp}, "
+                f"seed {cfg.seed} -> {self.out_dir}")
 
     # -- helpers ---------------------------------------------------------------------------
     def _amp_dtype(self):
@@ -198,6 +249,7 @@ class Trainer:
         """Load ``last.pt`` from the output folder if it is there; True when resumed."""
         path = self.out_dir / "last.pt"
         if not path.is_file():
+            self.say(f"no checkpoint in {self.out_dir} to resume: starting from the beginning")
             return False
         state = load_checkpoint(path, map_location=self.ctx.device)
         saved = state["config"]
@@ -214,44 +266,85 @@ class Trainer:
         set_rng_state(state["rng"])
         return True
 
+    def say(self, message: str) -> None:
+        """Print on the main process when ``cfg.verbose`` (through tqdm while a bar is shown)."""
+        if not (self.cfg.verbose and self.ctx.is_main):
+            return
+        if self.cfg.progress:
+            from tqdm.auto import tqdm
+
+            tqdm.write(message)
+        else:
+            print(message, flush=True)
+
+    def _trim_log(self) -> None:
+        """Drop the step and epoch records written after the checkpoint being resumed (a run
+        killed after its last save would otherwise log those steps twice)."""
+        path = self.out_dir / "log.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a kill
+            event = record.get("event")
+            if event == "step" and record.get("global_step", 0) > self.global_step:
+                continue
+            if event == "epoch" and record.get("epoch", 0) > self.epoch:
+                continue
+            kept.append(line)
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def _prepare_out_dir(self) -> None:
+        out = self.out_dir
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
+        if self.cfg.resume:
+            self._trim_log()
+        else:  # a new run, or overwrite: nothing of an earlier run may survive
+            for name in ("log.jsonl", "last.pt", "best.pt"):
+                (out / name).unlink(missing_ok=True)
+        self.cfg.save(out / "config.json")
+
     # -- the loop --------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         cfg = self.cfg
-        if self.ctx.is_main:  # also on a first --resume run, before any last.pt exists
-            self.out_dir.mkdir(parents=True, exist_ok=True)
         if cfg.resume:
             self.resume()
-        elif self.ctx.is_main:
-            (self.out_dir / "log.jsonl").unlink(missing_ok=True)
         if self.ctx.is_main:
-            cfg.save(self.out_dir / "config.json")
+            self._prepare_out_dir()
+        self.say(self.describe() + (f" (resuming at epoch {self.epoch + 1}, step {self.step})"
+                                    if self.epoch or self.step else ""))
         self.log({"event": "start", "resumed_at": [self.epoch, self.step], "world_size": self.ctx.world_size,
                   "device": str(self.ctx.device), "lam": method_lam(cfg), "train": len(self.data.train),
                   "val": len(self.data.val), "test": len(self.data.test)})
-        status = "finished"
+        status, signum = "finished", None
         try:
             with _StopOnSignal() as stopper:
                 while self.epoch < cfg.epochs:
                     if not self._train_epoch(stopper):
-                        status = "interrupted"
+                        status, signum = "interrupted", stopper.signum
                         self.save()
                         self.log({"event": "interrupted", "epoch": self.epoch, "step": self.step,
-                                  "signal": stopper.signum})
+                                  "signal": signum})
                         break
                     self._end_epoch()
             test_acc = self._final_test() if status == "finished" else None
         finally:
             shutdown(self.ctx)
-        return TrainResult(status, self.epoch, self.best_val_acc, self.best_epoch, test_acc, self.out_dir, self.history)
+        return TrainResult(status, self.epoch, self.best_val_acc, self.best_epoch, test_acc, self.out_dir, self.history,
+                           signum)
 
     def _train_epoch(self, stopper: _StopOnSignal) -> bool:
         """Train from (self.epoch, self.step) to the end of the epoch; False if stopped early."""
         cfg, model = self.cfg, self.ddp_model
         model.train()
         self.train_loader.set_epoch(self.epoch, self.step)
-        steps = len(self.train_loader)
-        if cfg.max_steps_per_epoch:
-            steps = min(steps, cfg.max_steps_per_epoch)
+        steps = self.steps_per_epoch()
+        check_every = cfg.log_every or 50
+        self._chunk_started = time.perf_counter()
         progress = None
         if cfg.progress and self.ctx.is_main:
             from tqdm.auto import tqdm
@@ -263,46 +356,70 @@ class Trainer:
             for images, labels in self.train_loader:
                 if self.step >= steps:
                     break
-                started = time.perf_counter()
                 with _autocast(images.device, self.amp_dtype):
                     loss, parts = self.objective(model, images, labels)
-                bad = not torch.isfinite(loss).item()
-                if any_rank(bad, self.ctx):
-                    raise NonFiniteLoss(
-                        f"loss became {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1} "
-                        f"(method {cfg.method}, lr {self.optimizer.param_groups[0]['lr']:g}); stopped. The last good "
-                        f"checkpoint is {self.out_dir / 'last.pt'}: lower --lr or --lam and resume from it.")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
-                elapsed = time.perf_counter() - started
                 self.step += 1
                 self.global_step += 1
-                self._accumulate(stats, loss, parts, labels, elapsed)
+                self._remember(loss, parts, labels)
                 if progress is not None:
                     progress.update(1)
-                    progress.set_postfix(self._postfix(stats))
-                if self.ctx.is_main and cfg.log_every and self.global_step % cfg.log_every == 0:
-                    self.log({"event": "step", "epoch": self.epoch + 1, "step": self.step,
-                              "global_step": self.global_step, **self._scalars(parts)})
+                due = self.global_step % check_every == 0
+                if due:
+                    self._flush()
+                    if progress is not None:
+                        progress.set_postfix(self._postfix(stats))
+                    if self.ctx.is_main and cfg.log_every:
+                        self.log({"event": "step", "epoch": self.epoch + 1, "step": self.step,
+                                  "global_step": self.global_step, **self._scalars(parts)})
                 if self.on_step is not None:
                     self.on_step(self, self.epoch, self.step, parts)
-                if any_rank(stopper.signum is not None, self.ctx):
+                # a signal is seen at once by one process; DDP processes agree at check points only
+                if (due or not self.ctx.distributed) and any_rank(stopper.signum is not None, self.ctx):
+                    self._flush()
                     return False
+            self._flush()
         finally:
             if progress is not None:
                 progress.close()
         return True
 
-    def _accumulate(self, stats, loss, parts, labels, elapsed):
-        n = labels.numel() * self.ctx.world_size
-        stats["loss_sum"] += loss.item() * n
-        stats["seen"] += n
-        stats["time"] += elapsed
+    def _remember(self, loss, parts, labels) -> None:
+        """Keep this step's loss and correct count on the device (no sync); see :meth:`_flush`."""
         logits = parts.get("logits")
-        if logits is not None:
-            stats["correct"] += (logits.argmax(1) == labels).sum().item() * self.ctx.world_size
-            stats["acc_seen"] += n
+        correct = (logits.argmax(1) == labels).sum() if logits is not None else None
+        self._pending.append((self.epoch + 1, self.step, loss.detach(), correct, labels.numel()))
+
+    def _flush(self) -> None:
+        """Read the remembered steps (one host sync): raise :class:`NonFiniteLoss` at the first
+        non-finite loss (on any process), else add them to the epoch's statistics."""
+        pending, self._pending = self._pending, []
+        stats, world = self._epoch_stats, self.ctx.world_size
+        now = time.perf_counter()
+        stats["time"] += now - self._chunk_started
+        self._chunk_started = now
+        if not pending:
+            return
+        losses = torch.stack([loss.float() for _, _, loss, _, _ in pending]).tolist()
+        bad = [i for i, value in enumerate(losses) if not math.isfinite(value)]
+        if any_rank(bool(bad), self.ctx):
+            epoch, step, _, _, _ = pending[bad[0] if bad else 0]
+            value = losses[bad[0]] if bad else "non-finite (on another process)"
+            raise NonFiniteLoss(
+                f"loss became {value} at epoch {epoch}, step {step} (method {self.cfg.method}, "
+                f"lr {self.optimizer.param_groups[0]['lr']:g}); stopped. The last good checkpoint is "
+                f"{self.out_dir / 'last.pt'}: lower --lr or --lam and resume from it.")
+        corrects = [c for _, _, _, c, _ in pending if c is not None]
+        corrects = torch.stack(corrects).tolist() if corrects else []
+        for (_, _, _, correct, count), loss in zip(pending, losses):
+            n = count * world
+            stats["loss_sum"] += loss * n
+            stats["seen"] += n
+            if correct is not None:
+                stats["acc_seen"] += n
+        stats["correct"] += sum(corrects) * world
 
     @staticmethod
     def _postfix(stats) -> dict:
@@ -340,13 +457,10 @@ class Trainer:
         self.save()
         if improved:
             self.save("best.pt")
-        if self.cfg.progress and self.ctx.is_main:
-            from tqdm.auto import tqdm
-
-            tqdm.write(f"epoch {self.epoch}/{self.cfg.epochs}: train loss {record['train_loss']:.4f}"
-                       + (f" acc {record['train_acc']:.3f}" if record["train_acc"] is not None else "")
-                       + f" | val loss {val_loss:.4f} acc {val_acc:.3f}{' *' if improved else ''}"
-                       + f" | {record['images_per_s']:.0f} img/s")
+        self.say(f"epoch {self.epoch}/{self.cfg.epochs}: train loss {record['train_loss']:.4f}"
+                 + (f" acc {record['train_acc']:.3f}" if record["train_acc"] is not None else "")
+                 + f" | val loss {val_loss:.4f} acc {val_acc:.3f}{' *' if improved else ''}"
+                 + f" | {record['images_per_s']:.0f} img/s")
 
     def _final_test(self) -> float | None:
         best = self.out_dir / "best.pt"
