@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from flowtriton.cli import main
+from flowtriton.regularizers import DEFAULT_FGR_LAM
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +97,11 @@ def test_demo_quick_writes_table_and_plots(tmp_path, capsys):
     assert set(results["results"]) == {"standard", "fgr"}
     for name in ("accuracy_vs_budget.png", "gallery.png"):
         assert (out / name).stat().st_size > 5000
-    assert "| flowpgd |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| flowpgd |" in out
+    assert "1 epoch(s) x 20 steps of 64 images" in out  # --quick says what it trains
+    assert "[demo] attacking fgr on 16 test images" in out
+    assert f"lam {DEFAULT_FGR_LAM:g}" in out and "fgr: clean" in out  # the one default lambda
 
 
 # -- no surprises: existing runs, typos, bad folders, silent settings, exit codes ---------------

@@ -18,9 +18,11 @@ from .common import (
 )
 from .functional import igr_exact
 
-DEFAULT_IGR_LAM = 1000.0
+DEFAULT_IGR_LAM = 3000.0
 """The library's one default IGR weight (``reduction='paper'``): ``InputGradReg()`` and
-``flowtriton train --method igr`` use it."""
+``flowtriton train --method igr`` use it. Small weights do nothing measurable (lam 1 left the
+small CNN's input-gradient norm on MNIST unchanged); 3000 lowers it by about a tenth at batch 128
+and a fifth at batch 64 without costing clean accuracy."""
 
 
 class InputGradReg:

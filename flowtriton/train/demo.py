@@ -3,7 +3,8 @@
 Trains the small CNN twice on the same data and seed (method 'standard', then 'fgr'), attacks
 both on the same test images with FlowPGD at several budgets (normalized units), ADef and stAdv
 (T-norm budgets in pixels) and rotation + translation, prints a side-by-side table and writes
-``results.md``, ``results.json``, ``accuracy_vs_budget.png`` and ``gallery.png`` to ``out_dir``.
+``results.md``, ``results.json``, ``accuracy_vs_budget.png`` and ``gallery.png`` (a grid:
+a row per (test image, model), a column per attack, success marked) to ``out_dir``.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ from pathlib import Path
 import torch
 
 from ..data import Augmentation, TensorLoader, load_dataset, split_train_val
+from ..regularizers import DEFAULT_FGR_LAM
 from .config import make_config
 from .engine import DataSplits, Trainer
-from .evaluation import build_attacks, curves_from, gallery_rows
+from .evaluation import build_attacks, curves_from
 
 DEMO_MODEL = "small-cnn"
-DEMO_LAM = 200.0           # FGR weight (paper reduction, batch 64) tuned on the embedded subset
 DEMO_EPOCHS = 4
 DEMO_PGD_BUDGETS = [0.01, 0.02, 0.05, 0.1]   # normalized: 0.135 ... 1.35 px on 28x28
+GALLERY_IMAGES = 3                           # test images in the gallery, of different classes
+GALLERY_PGD_BUDGET = 0.05                    # normalized, the gallery's FlowPGD budget
 
 
 def demo_table(results: dict) -> str:
@@ -49,8 +52,10 @@ def run_demo(out_dir: str | Path = "flowtriton-demo", quick: bool = False, epoch
              progress: bool = True, threads: int = 1) -> dict:
     """Run the demo; returns {'table': markdown, 'results': {label: EvaluationResult}, 'seconds': float}.
 
-    ``threads``: CPU threads for torch (0 keeps torch's default). The demo's small CNN runs
-    fastest on one thread, and one thread does not fight other processes for cores.
+    ``lam``: the FGR weight (default :data:`flowtriton.DEFAULT_FGR_LAM`). ``threads``: CPU
+    threads for torch (0 keeps torch's default). The demo's small CNN runs fastest on one
+    thread, and one thread does not fight other processes for cores. The folder is the demo's
+    own: a rerun replaces what an earlier run wrote there.
     """
     from ..attacks import evaluate
 
@@ -61,7 +66,7 @@ def run_demo(out_dir: str | Path = "flowtriton-demo", quick: bool = False, epoch
     out.mkdir(parents=True, exist_ok=True)
     epochs = epochs or (1 if quick else DEMO_EPOCHS)
     eval_examples = eval_examples or (64 if quick else 500)
-    lam = DEMO_LAM if lam is None else lam
+    lam = DEFAULT_FGR_LAM if lam is None else lam
     train_all = load_dataset("mnist-subset", "train")
     test = load_dataset("mnist-subset", "test")
     train, val = split_train_val(train_all, 1000, seed=0)
@@ -72,9 +77,8 @@ def run_demo(out_dir: str | Path = "flowtriton-demo", quick: bool = False, epoch
         cfg = make_config(None, dataset="mnist-subset", model=DEMO_MODEL, method=method, lam=lam if method == "fgr" else None,
                           epochs=epochs, batch_size=64, lr=0.02, momentum=0.9, weight_decay=5e-4,
                           milestones=[max(epochs - 1, 1)], seed=seed, device=device, max_steps_per_epoch=steps,
-                          out_dir=str(out / method), progress=progress, val_size=1000)
-        print(f"[demo] training {method}" + (f" (lam {lam:g})" if method == "fgr" else "") +
-              f": {epochs} epoch(s) on {len(train)} images")
+                          out_dir=str(out / method), progress=progress, val_size=1000, overwrite=True)
+        print(f"[demo] model {len(models) + 1}/2: {method}", flush=True)
         trainer = Trainer(cfg, data)
         result = trainer.fit()
         print(f"[demo] {method}: best val acc {result.best_val_acc:.3f}, test acc {result.test_acc:.3f}")
@@ -85,23 +89,30 @@ def run_demo(out_dir: str | Path = "flowtriton-demo", quick: bool = False, epoch
     loader = TensorLoader(test.subset(torch.arange(eval_examples)), eval_examples, shuffle=False,
                           augment=Augmentation("none"), train=False, device=device_used)
     images, labels = next(iter(loader))
-    results, curves, gallery = {}, {}, []
-    size = "small"
-    with torch.no_grad():
-        both_right = (models["standard"](images).argmax(1) == labels) & (models["fgr"](images).argmax(1) == labels)
-    pick = int(both_right.nonzero()[0]) if both_right.any() else 0
+    results, curves, fixed, suites = {}, {}, {}, {}
+    picks = gallery_picks(models, images, labels, GALLERY_IMAGES)
     for method, model in models.items():
-        print(f"[demo] attacking {method} on {eval_examples} test images")
-        suite, budgets = build_attacks(model, size=size, num_classes=10, pgd_budgets=DEMO_PGD_BUDGETS)
-        results[method] = evaluate(model, (images, labels), suite, budgets, batch_size=256)
+        attack_started = time.perf_counter()
+        print(f"[demo] attacking {method} on {eval_examples} test images: FlowPGD at {len(DEMO_PGD_BUDGETS)} "
+              "budgets, ADef, stAdv, rotation+translation", flush=True)
+        suite, budgets = build_attacks(model, size="small", num_classes=10, pgd_budgets=DEMO_PGD_BUDGETS)
+        results[method] = evaluate(model, (images, labels), suite, budgets, batch_size=256, progress=progress)
+        suites[method] = suite
         curves.update(curves_from(results[method], method))
-        gallery += gallery_rows(suite, images, labels, method, index=pick, budgets={"flowpgd": 0.05})
+        fixed.update({(method, row.attack): row.accuracy for row in results[method].rows
+                      if row.attack != "clean" and row.budget is None})
+        print(f"[demo] {method}: clean {results[method].clean_accuracy:.3f}, attacked in "
+              f"{time.perf_counter() - attack_started:.0f} s", flush=True)
     table = demo_table(results)
-    from ..plots import plot_accuracy_vs_budget, plot_gallery
+    from ..plots import plot_accuracy_vs_budget, plot_attack_grid
 
-    plot_accuracy_vs_budget(curves, out / "accuracy_vs_budget.png", title="Standard vs FGR, MNIST subset",
-                            xlabel={"flowpgd": "eps (normalized)", "adef": "T-norm (px)", "stadv": "T-norm (px)"})
-    plot_gallery(gallery, out / "gallery.png")
+    plot_accuracy_vs_budget(curves, out / "accuracy_vs_budget.png",
+                            title=f"Standard vs FGR (lam {lam:g}), {eval_examples} MNIST test images",
+                            xlabel={"flowpgd": "eps (normalized)", "adef": "T-norm (px)", "stadv": "T-norm (px)"},
+                            fixed=fixed)
+    attack_names = list(suites["standard"])
+    plot_attack_grid(gallery_grid(suites, images, labels, picks), attack_names, out / "gallery.png",
+                     title=f"{len(picks)} MNIST test images x standard / FGR (FlowPGD at eps {GALLERY_PGD_BUDGET:g})")
     seconds = time.perf_counter() - started
     header = (f"# flowtriton demo: standard vs FGR (lam {lam:g}), {DEMO_MODEL}, {epochs} epoch(s), "
               f"{eval_examples} MNIST test images, {seconds:.0f} s\n\n"
@@ -114,3 +125,42 @@ def run_demo(out_dir: str | Path = "flowtriton-demo", quick: bool = False, epoch
     print(table)
     print(f"[demo] wrote {out}/results.md, results.json, accuracy_vs_budget.png, gallery.png ({seconds:.0f} s)")
     return {"table": table, "results": results, "seconds": seconds}
+
+
+def gallery_picks(models: dict, images: torch.Tensor, labels: torch.Tensor, count: int) -> list[int]:
+    """Indices of up to ``count`` test images of different classes that every model classifies
+    correctly (the first such images), else the first images."""
+    with torch.no_grad():
+        right = torch.stack([model(images).argmax(1) == labels for model in models.values()]).all(0)
+    picks, seen = [], set()
+    for index in right.nonzero().flatten().tolist():
+        if int(labels[index]) not in seen:
+            picks.append(index)
+            seen.add(int(labels[index]))
+        if len(picks) == count:
+            return picks
+    return picks or list(range(min(count, len(labels))))
+
+
+def gallery_grid(suites: dict, images: torch.Tensor, labels: torch.Tensor, picks: list[int]) -> list:
+    """Rows for :func:`flowtriton.plots.plot_attack_grid`: per picked image and model, every
+    attack of that model's suite run on the image (FlowPGD at ``GALLERY_PGD_BUDGET``)."""
+    from ..plots import GalleryCell
+
+    x, y = images[picks], labels[picks]
+    runs = {}
+    for method, suite in suites.items():
+        for name, attack in suite.items():
+            if name == "flowpgd":
+                attack = attack.with_budget(GALLERY_PGD_BUDGET)
+            runs[method, name] = attack.run(x, y)
+    rows = []
+    for i in range(len(picks)):
+        for method, suite in suites.items():
+            cells = []
+            for name in suite:
+                result = runs[method, name]
+                cells.append(GalleryCell(result.images[i], result.flow[i], bool(result.success[i]),
+                                         f"pred {int(result.predictions[i])}"))
+            rows.append((f"{method}, test image {picks[i]} (label {int(y[i])})", x[i], cells))
+    return rows
