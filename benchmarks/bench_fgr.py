@@ -4,6 +4,7 @@ Table 1 -- one full training step (forward, loss, backward, SGD step) per method
   standard        cross-entropy only
   igr             flowtriton.InputGradReg (double backprop)
   fgr-exact       flowtriton.FlowGradReg, closed form + fused penalty (Triton on CUDA)
+  fgr-functional  the same written as a custom loop: fgr_random_start + model + fgr_penalty
   fgr-exact-torch the same through the eager reference ops (CUDA only; on CPU it is fgr-exact)
   fgr-fd          FlowGradReg(mode='finite_difference'): first-order gradients only
   authors         the authors' formulation: gather-based bilinear sampler + double backprop
@@ -43,16 +44,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from flowtriton.models.resnet import BasicBlock
+from flowtriton.regularizers import DEFAULT_FGR_LAM
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = ("standard", "igr", "fgr-exact", "fgr-exact-torch", "fgr-fd", "authors", "grid-sample")
+METHODS = ("standard", "igr", "fgr-exact", "fgr-functional", "fgr-exact-torch", "fgr-fd", "authors", "grid-sample")
 # name: (channels, size, batch, quick batch, quick size)
 WORKLOADS = {
     "mnist-cnn": (1, 28, 128, 32, 28),
     "cifar-vgg11": (3, 32, 128, 16, 32),
     "imagenet-resnet18": (3, 224, 32, 2, 112),
 }
-LAM, SIGMA = 300.0, 0.01
+LAM, SIGMA = DEFAULT_FGR_LAM, 0.01   # the values do not change the timing
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,8 +134,15 @@ def make_loss(method: str):
     if method == "grid-sample":
         return lambda model, x, y: sampler_fgr_loss(
             model, x, y, lambda img, grid: F.grid_sample(img, grid, padding_mode="border", align_corners=True))
+    if method == "fgr-functional":
+        def loss(model, x, y):
+            start = flowtriton.fgr_random_start(x, SIGMA).requires_grad_(True)
+            ce = F.cross_entropy(model(start), y)
+            return ce + LAM * flowtriton.fgr_penalty(ce, start, check_range=False)
+
+        return loss
     if method == "igr":
-        reg = flowtriton.InputGradReg(lam=1.0)
+        reg = flowtriton.InputGradReg()
     elif method == "fgr-fd":
         reg = flowtriton.FlowGradReg(lam=LAM, sigma=SIGMA, mode="finite_difference")
     else:

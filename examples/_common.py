@@ -21,11 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def default_data_dir() -> str | None:
-    """$FLOWTRITON_DATA, else ``<repo>/../shared/datasets`` when it exists, else None (cache folder)."""
-    if os.environ.get("FLOWTRITON_DATA"):
-        return os.environ["FLOWTRITON_DATA"]
-    shared = REPO.parent / "shared" / "datasets"
-    return str(shared) if shared.is_dir() else None
+    """$FLOWTRITON_DATA, else None (the cache folder; see ``flowtriton.data.paths``)."""
+    return os.environ.get("FLOWTRITON_DATA") or None
 
 
 def versions() -> dict:

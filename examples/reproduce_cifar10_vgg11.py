@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The authors' CIFAR-10 VGG-11 lambda sweep (REFERENCE.md 1.3-1.5), checkpoint chosen on a
+"""The authors' CIFAR-10 VGG-11 lambda sweep (docs/method.md), checkpoint chosen on a
 held-out VALIDATION split, evaluated with their multi-step attack.
 
     # the full recipe (a GPU; about the authors' budget): lambda 0, 100, 200, 300
@@ -8,7 +8,7 @@ held-out VALIDATION split, evaluated with their multi-step attack.
     python examples/reproduce_cifar10_vgg11.py --lams 0 300 --epochs 3 --width 0.25 \
         --train-subset 10000 --eval-subset 500 --device cpu --out-dir runs/repro-cpu
 
-Recipe (the defaults; REFERENCE 1.3): VGG-11 with BatchNorm, images in [0, 1] without
+Recipe (the defaults; docs/method.md): VGG-11 with BatchNorm, images in [0, 1] without
 normalization, Resize(36) -> RandomCrop(32) -> horizontal flip (test: Resize(36) -> CenterCrop(32)),
 SGD lr 0.01, momentum 0.9, weight decay 5e-4, batch 128, 80 epochs, MultiStepLR at [40, 60] x0.1
 (with ``--epochs E`` the milestones scale to [E/2, 3E/4]), FGR with sigma 0.01 (normalized) and
@@ -20,7 +20,7 @@ checkpoint is the one with the best accuracy on a VALIDATION split held out from
 (``--val-size``, default 5000 images, seeded), so the test set is touched only by the final
 evaluation. The model therefore trains on 45,000 images, not 50,000.
 
-Evaluation (REFERENCE 1.4): untargeted FlowPGD from zero flow, K = ``--attack-steps`` (100) sign
+Evaluation (docs/method.md): untargeted FlowPGD from zero flow, K = ``--attack-steps`` (100) sign
 steps of eps/K, eps = ``--eps`` (0.01 normalized = 0.155 px on 32x32, an L-inf box on every flow
 component), zero padding, model in eval mode, on the first ``--eval-subset`` test images (default:
 all 10,000). The CIFAR-10 here is a JPEG re-encoding (see the dataset README): expect slightly
@@ -46,7 +46,7 @@ import torch  # noqa: E402
 
 from _common import RunRecord, default_data_dir, eval_batch, load_best, load_splits, md_table, register_vgg  # noqa: E402
 
-# REFERENCE.md 1.5: the authors' result files (CIFAR-10, VGG-11, multi-step eps 0.01, K 100,
+# docs/method.md: the authors' result files (CIFAR-10, VGG-11, multi-step eps 0.01, K 100,
 # checkpoint chosen on the TEST set, original CIFAR-10 binaries).
 PAPER = {0.0: (0.9027, 0.0641), 100.0: (0.8724, 0.4795), 200.0: (0.8602, 0.5306), 300.0: (0.8536, 0.5515)}
 
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
               f"milestones {milestones}, batch {args.batch_size}, lr {args.lr:g}, {len(data.train)} training images, "
               f"checkpoint chosen on {len(data.val)} VALIDATION images (the authors used the test set), attack on "
               f"{n_eval} test images (JPEG CIFAR-10). 'test acc' = clean accuracy on those images. Authors' numbers: "
-              f"REFERENCE.md 1.5 (VGG-11, 80 epochs, original CIFAR-10, full test set). Seed {args.seed}; "
+              f"docs/method.md (VGG-11, 80 epochs, original CIFAR-10, full test set). Seed {args.seed}; "
               f"wall time {wall:.0f} s (all sessions), device {trainer.ctx.device}.\n\n")
     table = md_table(["lambda", "best val acc", "test acc", "acc under attack", "authors: clean", "authors: attack"], rows)
     (out / "results.md").write_text(header + table)

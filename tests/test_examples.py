@@ -1,7 +1,7 @@
 """The example scripts, run for a few steps on real data, and what they wrote.
 
-Needs the shared datasets (FLOWTRITON_TEST_DATA, else ``<repo>/../shared/datasets``); skipped
-without them. Each script runs in a fresh process, as a user runs it; a second run of the same
+Needs real datasets: FLOWTRITON_TEST_DATA names a folder holding ``mnist/`` (IDX files) and
+``cifar10-jpeg/`` (image folders); skipped without it. Each script runs in a fresh process, as a user runs it; a second run of the same
 command must read the finished stages back (resume) rather than train again.
 """
 
@@ -19,17 +19,16 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 
 
-def _shared() -> Path | None:
+def _test_data() -> Path | None:
     env = os.environ.get("FLOWTRITON_TEST_DATA")
-    root = Path(env) if env else REPO.parent / "shared" / "datasets"
-    return root if root.is_dir() else None
+    return Path(env) if env and Path(env).is_dir() else None
 
 
-DATA = _shared()
+DATA = _test_data()
 needs_mnist = pytest.mark.skipif(DATA is None or not (DATA / "mnist").is_dir(),
-                                 reason="shared datasets not found (set FLOWTRITON_TEST_DATA)")
+                                 reason="MNIST IDX files not found (set FLOWTRITON_TEST_DATA)")
 needs_cifar = pytest.mark.skipif(DATA is None or not (DATA / "cifar10-jpeg").is_dir(),
-                                 reason="shared CIFAR-10 JPEG folder not found (set FLOWTRITON_TEST_DATA)")
+                                 reason="CIFAR-10 JPEG folder not found (set FLOWTRITON_TEST_DATA)")
 
 
 def _run(script: str, *args: str, cwd: Path) -> str:

@@ -201,20 +201,20 @@ def test_paper_preset_is_the_authors_recipe():
         make_config("fast")
 
 
-def _shared_cifar():
-    env = os.environ.get("FLOWTRITON_TEST_DATA")
+def _test_cifar():
+    """FLOWTRITON_TEST_DATA when it holds ``cifar10-jpeg/test``, else None."""
     from pathlib import Path
 
-    root = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-    return root if (root / "cifar10-jpeg" / "test").is_dir() else None
+    env = os.environ.get("FLOWTRITON_TEST_DATA")
+    return Path(env) if env and (Path(env) / "cifar10-jpeg" / "test").is_dir() else None
 
 
-@pytest.mark.skipif(_shared_cifar() is None, reason="shared CIFAR-10 JPEG folder not found")
+@pytest.mark.skipif(_test_cifar() is None, reason="CIFAR-10 JPEG folder not found (set FLOWTRITON_TEST_DATA)")
 def test_fgr_on_real_cifar_images_with_paper_augmentation(tmp_path, monkeypatch):
     from flowtriton.train.engine import resolve_augment
 
     monkeypatch.setenv("FLOWTRITON_CACHE", str(tmp_path / "cache"))
-    cifar = load_dataset("cifar10", "test", _shared_cifar(), max_per_class=12)
+    cifar = load_dataset("cifar10", "test", _test_cifar(), max_per_class=12)
     train_part, val = split_train_val(cifar, 20, seed=0)
     assert resolve_augment(_cfg(tmp_path), cifar).name == "paper"
     cfg = _cfg(tmp_path, model="tiny-cnn", method="fgr", lam=100.0, epochs=1, batch_size=25, milestones=[])

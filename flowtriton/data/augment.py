@@ -1,7 +1,7 @@
 """The paper's augmentations in plain torch, batched, on the images' device.
 
 Train: Resize(36) -> RandomCrop(32) -> RandomHorizontalFlip; test: Resize(36) -> CenterCrop(32)
-(REFERENCE 1.3, for 32x32 CIFAR images). Images are float (N, C, H, W) in [0, 1]. Random draws
+(docs/method.md, for 32x32 CIFAR images). Images are float (N, C, H, W) in [0, 1]. Random draws
 come from a CPU ``torch.Generator``, so the same seed gives the same batch on any device.
 """
 

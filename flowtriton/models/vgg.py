@@ -1,4 +1,4 @@
-"""CIFAR-style VGG-11/13/16/19 with BatchNorm, as in the paper's code (REFERENCE 1.3).
+"""CIFAR-style VGG-11/13/16/19 with BatchNorm, as in the paper's code (docs/method.md).
 
 conv3x3-BN-ReLU blocks with 2x2 max-pools ('M'), then AvgPool -> Linear(512, classes). Input:
 float (N, C, 32, 32) in [0, 1], no mean/std normalization. ``width`` scales every channel count

@@ -84,7 +84,7 @@ def fgr_random_start(images: torch.Tensor, sigma: float = DEFAULT_SIGMA, units: 
         noise = torch.randn((n, 2, h, w), generator=generator, dtype=images.dtype, device=generator.device)
         noise = noise.to(images.device)
     with torch.no_grad():
-        flow = noise.mul_(sigma).mul_(unit_scale(h, w, units, noise))
+        flow = noise.mul_(unit_scale(h, w, units, noise).mul_(sigma))
         return warp(images, flow, "zeros", backend=backend).clamp_(0.0, 1.0)
 
 
