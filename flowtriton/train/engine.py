@@ -102,18 +102,23 @@ def resolve_augment(cfg: TrainConfig, data: ImageData) -> Augmentation:
 
 @torch.no_grad()
 def evaluate_accuracy(model: torch.nn.Module, loader: TensorLoader, amp_dtype=None) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``model`` in eval mode over ``loader``."""
+    """(mean cross-entropy, accuracy) of ``model`` in eval mode over ``loader``; the sums stay on
+    the device until the end (one host sync)."""
     was_training = model.training
     model.eval()
-    total, loss_sum, correct = 0, 0.0, 0
+    total, loss_sum, correct = 0, None, None
     for images, labels in loader:
         with _autocast(images.device, amp_dtype):
             logits = model(images)
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
-        correct += (logits.argmax(1) == labels).sum().item()
+        batch_loss = F.cross_entropy(logits.float(), labels, reduction="sum").double()
+        batch_correct = (logits.argmax(1) == labels).sum()
+        loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+        correct = batch_correct if correct is None else correct + batch_correct
         total += labels.numel()
     model.train(was_training)
-    return loss_sum / max(total, 1), correct / max(total, 1)
+    if total == 0:
+        return 0.0, 0.0
+    return float(loss_sum) / total, int(correct) / total
 
 
 def _autocast(device: torch.device, dtype):
