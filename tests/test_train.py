@@ -352,3 +352,33 @@ def test_train_says_what_it_trains_without_a_progress_bar(small_splits, tmp_path
 def test_interrupted_result_names_the_signal(small_splits, tmp_path):
     result = train(_cfg(tmp_path, epochs=1), small_splits, on_step=_interrupt_at(0, 2))
     assert result.status == "interrupted" and result.signal == signal.SIGTERM
+
+
+@pytest.mark.gpu
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+@pytest.mark.parametrize("method", ["fgr", "igr", "standard"])
+def test_cuda_training_step_never_waits_for_the_device(small_splits, tmp_path, method):
+    """From the second step on, forward + regularizer + backward + optimizer step run with
+    torch's sync debug mode set to 'error': any host sync there raises."""
+    trainer = Trainer(_cfg(tmp_path, method=method, device="cuda", amp="off", epochs=1, max_steps_per_epoch=4,
+                           log_every=1000), small_splits)
+    objective, step, calls = trainer.objective, trainer.optimizer.step, []
+
+    def strict_objective(*args):
+        calls.append(1)
+        if len(calls) > 1:  # the first call may check the images' range once
+            torch.cuda.set_sync_debug_mode("error")
+        return objective(*args)
+
+    def step_then_relax(*args, **kwargs):
+        try:
+            return step(*args, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    trainer.objective, trainer.optimizer.step = strict_objective, step_then_relax
+    try:
+        result = trainer.fit()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert result.status == "finished" and len(calls) == 4
