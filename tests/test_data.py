@@ -20,14 +20,14 @@ from flowtriton.data import download as dl
 from flowtriton.data.embedded import EMBEDDED_FILE
 
 
-def _shared_datasets() -> Path | None:
+def _test_data() -> Path | None:
+    """FLOWTRITON_TEST_DATA: a folder with the real mnist/, fashion-mnist/ and cifar10-jpeg/."""
     env = os.environ.get("FLOWTRITON_TEST_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-    return path if path.is_dir() else None
+    return Path(env) if env and Path(env).is_dir() else None
 
 
-SHARED = _shared_datasets()
-needs_shared = pytest.mark.skipif(SHARED is None, reason="shared datasets not found (set FLOWTRITON_TEST_DATA)")
+REAL = _test_data()
+needs_real_data = pytest.mark.skipif(REAL is None, reason="real datasets not found (set FLOWTRITON_TEST_DATA)")
 
 
 @pytest.fixture(autouse=True)
@@ -218,7 +218,7 @@ def write_image_folder(root: Path, classes=("cat", "dog"), per_class=3, size=8, 
 def test_image_folder_decodes_and_caches_outside_data(tmp_path, private_cache, monkeypatch):
     root = tmp_path / "folder"
     pixels = write_image_folder(root)
-    for path in [root, *root.rglob("*")]:  # the data root is read-only, as ../shared is
+    for path in [root, *root.rglob("*")]:  # a data root may be read-only
         path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     data = load_dataset("imagefolder", "train", root)
     assert data.classes == ("cat", "dog") and tuple(data.images.shape) == (6, 3, 8, 8)
@@ -360,26 +360,26 @@ def test_flip_and_crop_exact():
     assert torch.equal(flipped, x.flip(-1))
 
 
-# -- the real files in ../shared/datasets ---------------------------------------------------------
-@needs_shared
+# -- the real files in $FLOWTRITON_TEST_DATA ------------------------------------------------------
+@needs_real_data
 def test_real_mnist():
-    train = load_dataset("mnist", "train", SHARED)
+    train = load_dataset("mnist", "train", REAL)
     assert tuple(train.images.shape) == (60000, 1, 28, 28)
     assert train.labels[:5].tolist() == [5, 0, 4, 1, 9]
     assert torch.bincount(train.labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 
 
-@needs_shared
+@needs_real_data
 def test_real_fashion_mnist():
-    test = load_dataset("fashion-mnist", "test", SHARED)
+    test = load_dataset("fashion-mnist", "test", REAL)
     assert tuple(test.images.shape) == (10000, 1, 28, 28)
     assert torch.bincount(test.labels).tolist() == [1000] * 10
     assert test.classes[9] == "Ankle boot"
 
 
-@needs_shared
+@needs_real_data
 def test_real_cifar10_jpeg_folder(private_cache):
-    data = load_dataset("cifar10", "test", SHARED, max_per_class=5)
+    data = load_dataset("cifar10", "test", REAL, max_per_class=5)
     assert tuple(data.images.shape) == (50, 3, 32, 32)
     assert data.labels.tolist() == sorted(data.labels.tolist()) and torch.bincount(data.labels).tolist() == [5] * 10
     assert data.classes == ftdata.CIFAR10_CLASSES
