@@ -110,7 +110,6 @@ def train_one(args, data, out: Path, method: str, lam, epochs: int, max_steps, t
                       max_steps_per_epoch=max_steps, progress=not args.no_progress, val_size=args.val_size,
                       augment="auto" if size == 32 else "none")
     started = time.perf_counter()
-    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)  # the engine's resume path does not create it
     trainer = Trainer(cfg, data)
     result = trainer.fit()
     if result.status != "finished":

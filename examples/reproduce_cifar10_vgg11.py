@@ -111,7 +111,6 @@ def main(argv=None) -> int:
                           device=args.device, amp=args.amp, out_dir=str(out / "ckpt" / tag), resume=True,
                           max_steps_per_epoch=args.max_steps_per_epoch, progress=not args.no_progress,
                           val_size=args.val_size)
-        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)  # the engine's resume path does not create it
         started = time.perf_counter()
         trainer = Trainer(cfg, data)
         res = trainer.fit()
