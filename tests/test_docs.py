@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # that this file does not match them itself.
 PRIVATE_CITATION = re.compile("|".join((
     re.escape("REFERENCE" + ".md"),
-    "REFERENCE" + r" +\d",  # section citations such as "REFERENCE 1.2"
+    "REFERENCE" + r" +\d",  # section citations: the word, a space, a section number
     re.escape(".." + "/shared"),
     re.escape("DESIGN" + ".md"),
 )))
@@ -58,8 +58,10 @@ def private_citations(paths, root: Path = ROOT) -> list[str]:
         if text is None:
             continue
         for number, line in enumerate(text.splitlines(), 1):
-            if PRIVATE_CITATION.search(line):
-                hits.append(f"{path.relative_to(root)}:{number}: {line.strip()[:120]}")
+            match = PRIVATE_CITATION.search(line)
+            if match:
+                context = line[max(0, match.start() - 50):match.end() + 50].strip()
+                hits.append(f"{path.relative_to(root)}:{number}: ...{context}...")
     return hits
 
 
