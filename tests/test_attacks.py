@@ -91,8 +91,8 @@ ATTACKS = {
     "pgd_tnorm_restarts": lambda m: FlowPGD(m, eps=1.0, units="pixels", norm="tnorm", loss="margin",
                                             random_start=True, restarts=2, steps=3, seed=0),
     "adef": lambda m: ADef(m, candidates=[1, 2], max_iter=10, overshoot=1.2, smooth=0.5),
-    "stadv": lambda m: StAdv(m, max_iter=10, search_steps=2),
-    "stadv_lbfgs": lambda m: StAdv(m, max_iter=6, optimizer="lbfgs"),
+    "stadv": lambda m: StAdv(m, max_iter=10, search_steps=2, optimizer="adam"),
+    "stadv_lbfgs": lambda m: StAdv(m, max_iter=6),
     "rotation_translation": lambda m: RotationTranslation(m, num_rotations=3, num_translations=3),
 }
 PADDING = {"pgd": "zeros", "pgd_tnorm_restarts": "zeros", "adef": "border", "stadv": "border",
@@ -169,8 +169,8 @@ def _live_tensors():
 @pytest.mark.parametrize("make", [
     lambda m: FlowPGD(m, eps=0.3, steps=12),
     lambda m: ADef(m, candidates=[1, 2], max_iter=12, max_norm=1e9),
-    lambda m: StAdv(m, max_iter=12, abort_early=False),
-    lambda m: StAdv(m, max_iter=20, abort_early=False, optimizer="lbfgs"),
+    lambda m: StAdv(m, max_iter=12, abort_early=False, optimizer="adam", search_steps=1),
+    lambda m: StAdv(m, max_iter=20, abort_early=False, optimizer="lbfgs", search_steps=1),
 ], ids=["pgd", "adef", "stadv", "stadv_lbfgs"])
 def test_memory_does_not_grow_over_iterations(make):
     model = Linear(classes=4, dtype=torch.float64)
@@ -547,7 +547,8 @@ def test_evaluate_table_json_markdown():
     labels[:2] = (labels[:2] + 1) % 3
     result = _evaluation((x, labels), batch_size=3)
     names = [(row.attack, row.budget) for row in result.rows]
-    assert names == [("clean", None), ("pgd", 0.01), ("pgd", 0.05), ("adef", 0.1), ("adef", 0.5), ("rt", None)]
+    assert names == [("clean", None), ("pgd", 0.01), ("pgd", 0.05), ("adef", 0.1), ("adef", 0.5), ("rt", None),
+                     ("union", None)]  # one pixel-T-norm attack only: no per-budget union rows
     assert result.clean_accuracy == pytest.approx(0.75)
     assert all(row.examples == 8 for row in result.rows)
     assert all(row.accuracy <= result.clean_accuracy for row in result.rows)
@@ -589,7 +590,7 @@ def test_evaluate_progress_bar_counts_every_attack_run(capsys):
     result = evaluate(model, (images, labels), {"pgd": FlowPGD(model, steps=1)}, {"pgd": [0.01, 0.02]},
                       batch_size=3, progress=True)
     err = capsys.readouterr().err
-    assert "evaluate" in err and "4run" in err.replace(" ", "")  # 2 batches x 2 budgets
+    assert "evaluate" in err and "4/4" in err.replace(" ", "")  # a total: 2 batches x 2 budgets
     assert len(result.rows) == 3
 
 
@@ -665,3 +666,98 @@ def test_seed_argument_is_checked():
         FlowPGD(Linear(), seed=1.5)
     with pytest.raises(TypeError, match="seed"):
         RotationTranslation(Linear(), seed="0")
+
+
+def test_evaluate_union_is_the_worst_case_per_example():
+    model = TinyConv(classes=3).eval()
+    x = smooth_images(8)
+    labels = predictions(model, x)
+    labels[0] = (labels[0] + 1) % 3
+    attacks = {"adef": ADef(model, candidates=[1, 2], max_iter=8),
+               "stadv": StAdv(model, max_iter=8, search_steps=1),
+               "pgd_px": FlowPGD(model, units="pixels", norm="tnorm", steps=3),
+               "rt": RotationTranslation(model, num_rotations=3, num_translations=3)}
+    budgets = {"adef": [0.2, 1.0], "stadv": [0.5, 1.0], "pgd_px": [1.0]}
+    seen = []
+    result = evaluate(model, (x, labels), attacks, budgets, batch_size=5,
+                      on_attack_done=lambda name, partial: seen.append((name, partial)))
+    # by hand, from the same (deterministic) runs
+    correct = predictions(model, x) == labels
+    adef, stadv = attacks["adef"].run(x, labels), attacks["stadv"].run(x, labels)
+    needed = {k: torch.where(r.success, r.tnorm, torch.full_like(r.tnorm, math.inf)) for k, r in
+              (("adef", adef), ("stadv", stadv))}
+    pgd_fooled = attacks["pgd_px"].with_budget(1.0).run(x, labels).success
+    rt_fooled = attacks["rt"].run(x, labels).success
+    for b in (0.2, 0.5):
+        expected = correct & (needed["adef"] > b) & (needed["stadv"] > b)
+        assert result.accuracy("union", b) == pytest.approx(expected.float().mean().item())
+    at_one = correct & (needed["adef"] > 1.0) & (needed["stadv"] > 1.0) & ~pgd_fooled
+    assert result.accuracy("union", 1.0) == pytest.approx(at_one.float().mean().item())
+    assert result.accuracy("union") == pytest.approx((at_one & ~rt_fooled).float().mean().item())
+    assert [row.units for row in result.rows if row.attack == "union"] == [None, "pixels", "pixels", "pixels"]
+    for row in result.rows:
+        if row.attack not in ("clean", "union"):
+            assert result.accuracy("union") <= row.accuracy
+    # written as each attack finishes: the last partial result is the final one
+    assert [name for name, _ in seen] == list(attacks)
+    assert [row.attack for row in seen[0][1].rows] == ["clean", "adef", "adef"]
+    assert seen[-1][1].to_dict() == result.to_dict()
+    with pytest.raises(ValueError, match="reserved"):
+        evaluate(model, (x, labels), {"union": FlowPGD(model)})
+
+
+def test_evaluate_inside_no_grad_and_refuses_inference_mode():
+    model = TinyConv(classes=3).eval()
+    x = smooth_images(6)
+    labels = predictions(model, x)
+    outside = _evaluation((x, labels), batch_size=3)
+    with torch.no_grad():
+        inside = _evaluation((x, labels), batch_size=3)
+    assert inside.to_dict() == outside.to_dict()
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        _evaluation((x, labels))
+
+
+# -- StAdv at full strength ------------------------------------------------------------------------
+def test_stadv_defaults_are_the_published_attack_with_a_tau_search():
+    attack = StAdv(Linear())
+    assert (attack.tau, attack.kappa, attack.optimizer, attack.max_iter) == (0.05, 0.0, "lbfgs", 100)
+    assert attack.search_steps == 2 and attack.padding_mode == "border"
+
+
+def _objective(model, x, labels, flow, tau):
+    """stAdv's per-example objective at ``flow``: C&W margin (kappa 0) + tau * L_flow."""
+    with torch.no_grad():
+        logits = model(flowtriton.warp(x, flow, "border"))
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    other = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), -math.inf).amax(dim=1)
+    return (true - other).clamp_min(0) + tau * flow_smoothness(flow)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_stadv_never_ends_above_its_starting_objective(optimizer):
+    """A weakly confident model where tau = 0.05 keeps zero flow nearly stationary: a run must
+    not end (for failures: keep) a flow whose objective is above the zero flow's."""
+    x = blob_images(6, dtype=torch.float64)
+    model = Blob(dtype=torch.float64, threshold=0.3)
+    labels = predictions(model, x)
+    result = StAdv(model, tau=0.05, max_iter=40, search_steps=1, optimizer=optimizer, lr=0.05).run(x, labels)
+    start = _objective(model, x, labels, torch.zeros_like(result.flow), 0.05)
+    end = _objective(model, x, labels, result.flow, 0.05)
+    failed = ~result.success
+    assert torch.all(end[failed] <= start[failed] + 1e-9)
+
+
+def test_stadv_search_lowers_tau_for_failures_until_they_break():
+    """With a smoothness weight far too high for the model, the first search step fails
+    everywhere (L-BFGS stops at once: zero flow is stationary); the search divides tau by 10
+    per step and then succeeds."""
+    x = blob_images(6, dtype=torch.float64)
+    model = Blob(dtype=torch.float64)
+    labels = predictions(model, x)
+    stuck = StAdv(model, tau=50.0, search_steps=1, max_iter=30).run(x, labels)
+    assert not stuck.success.any()
+    searched = StAdv(model, tau=50.0, search_steps=4, max_iter=30).run(x, labels)
+    assert searched.success.all()
+    assert torch.all(searched.info["tau"] < 50.0)
+    assert torch.all(searched.iterations > stuck.iterations)

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .base import FlowAttack, check_int, check_number, eval_mode
+from .base import FlowAttack, check_grad_mode, check_int, check_number, eval_mode
 
 
 @dataclass
@@ -31,8 +31,9 @@ class EvaluationRow:
 
 @dataclass
 class EvaluationResult:
-    """``rows`` (clean first), and per minimum-norm attack the median T-norm (pixels) of the
-    successful deformations of correctly classified examples (NaN when there is none)."""
+    """``rows`` (clean first; 'union' rows last: the worst case per example over the attacks, see
+    :func:`evaluate`), and per minimum-norm attack the median T-norm (pixels) of the successful
+    deformations of correctly classified examples (NaN when there is none)."""
 
     rows: list[EvaluationRow]
     median_tnorm: dict[str, float] = field(default_factory=dict)
@@ -101,38 +102,19 @@ def _model_device(model) -> torch.device:
     return torch.device("cpu")
 
 
-def evaluate(model, data, attacks, budgets=None, batch_size: int = 256, device=None,
-             max_batches: int | None = None, progress: bool = False) -> EvaluationResult:
-    """Clean and robust accuracy of ``model`` on ``data`` under each attack at each budget.
+UNION = "union"
+RESERVED = ("clean", UNION)
 
-    model: classifier; its mode is restored after each attack (attacks run it in eval mode).
-    data: a DataLoader (any iterable of (images, labels) batches) or an (images, labels) tuple of
-      tensors, cut into ``batch_size`` batches. Images (N, C, H, W) in [0, 1], integer labels.
-    attacks: {name: attack} (or a sequence of attacks, named by class); untargeted attacks built
-      on this ``model``.
-    budgets: {name: [budget, ...]} (optional, per attack).
-      * FlowPGD (and any attack with ``with_budget``): one run per budget, eps in the attack's
-        ``units``.
-      * ADef, StAdv (``minimum_norm``): ONE run; the accuracy at budget b (a T-norm in pixels)
-        counts an example as robust when it is correct and the attack either failed or needed a
-        T-norm > b. Budget-less rows give the accuracy with no norm limit.
-      * An attack without budgets runs once at its settings (row budget None).
-    device: where to attack (default: the model's). max_batches: stop after that many batches.
-    progress: show a progress bar (one tick per attack run on a batch, with images done).
-    An example is robust only if it is classified correctly clean AND the attack did not succeed.
-    Returns an :class:`EvaluationResult`: rows (clean first, then per attack in the given order,
-    budgets ascending) and the median successful T-norm of each minimum-norm attack.
-    """
-    if isinstance(attacks, FlowAttack):
-        attacks = [attacks]
-    if not isinstance(attacks, dict):
-        attacks = {type(a).__name__: a for a in attacks}
-    budgets = dict(budgets or {})
+
+def _plan(attacks, budgets) -> dict:
+    """{name: sorted budgets} after checking every attack and budget."""
     for name in budgets:
         if name not in attacks:
             raise ValueError(f"budgets names an unknown attack {name!r}; attacks: {list(attacks)}")
     plans = {}
     for name, attack in attacks.items():
+        if name in RESERVED:
+            raise ValueError(f"attack name {name!r} is reserved for the table's own rows; rename it")
         if not isinstance(attack, FlowAttack):
             raise TypeError(f"attacks[{name!r}] must be a FlowAttack, got {type(attack).__name__}")
         if attack.targeted:
@@ -141,56 +123,140 @@ def evaluate(model, data, attacks, budgets=None, batch_size: int = 256, device=N
         if values and not attack.minimum_norm:
             attack.with_budget(values[0])  # raises for attacks without a budget
         plans[name] = values
-    batch_size = check_int(batch_size, "batch_size")
-    device = torch.device(device) if device is not None else _model_device(model)
+    return plans
 
-    clean_correct = []
-    robust = {name: {b: [] for b in (plans[name] or [None])} for name in attacks}
-    tnorms = {name: [] for name in attacks if attacks[name].minimum_norm}
-    bar = tqdm(desc="evaluate", unit="run", disable=not progress, dynamic_ncols=True)
-    done = 0
-    for number, (images, labels) in enumerate(_batches(data, batch_size)):
-        if max_batches is not None and number >= max_batches:
-            break
-        images, labels = images.to(device), labels.to(device).long()
-        done += labels.numel()
-        with eval_mode(model), torch.no_grad():
-            correct = model(images).argmax(dim=1) == labels
-        clean_correct.append(correct.cpu())
-        for name, attack in attacks.items():
-            values = plans[name]
-            if attack.minimum_norm:
-                result = attack.run(images, labels)
-                norm = torch.where(result.success, result.tnorm, torch.full_like(result.tnorm, math.inf))
-                for b in values or [None]:
-                    fooled = result.success if b is None else norm <= b
-                    robust[name][b].append((correct & ~fooled).cpu())
-                tnorms[name].append(torch.where(correct & result.success, result.tnorm,
-                                                torch.full_like(result.tnorm, math.nan)).cpu())
-                bar.set_postfix(attack=name, images=done)
-                bar.update(1)
-            else:
-                for b in values or [None]:
-                    run = attack if b is None else attack.with_budget(b)
-                    result = run.run(images, labels)
-                    robust[name][b].append((correct & ~result.success).cpu())
-                    bar.set_postfix(attack=name, budget=b, images=done)
-                    bar.update(1)
-    bar.close()
 
-    if not clean_correct:
-        raise ValueError("data holds no examples")
-    correct = torch.cat(clean_correct)
+def _tnorm_pixels(attack) -> bool:
+    """True when the attack's budget is a T-norm in pixels (comparable across attacks)."""
+    return attack.minimum_norm or (getattr(attack, "units", None) == "pixels"
+                                   and getattr(attack, "norm", None) == "tnorm")
+
+
+def _table(correct, attacks, robust, needed, tnorms) -> EvaluationResult:
+    """The result for the attacks finished so far (``robust`` holds only those)."""
     total = int(correct.numel())
     rows = [EvaluationRow("clean", None, None, float(correct.float().mean()), total)]
-    for name, attack in attacks.items():
+    for name, masks in robust.items():
+        attack = attacks[name]
         units = "pixels" if attack.minimum_norm else getattr(attack, "units", None)
-        for b, parts in robust[name].items():
-            rows.append(EvaluationRow(name, b, units if b is not None else None,
-                                      float(torch.cat(parts).float().mean()), total))
+        for b, mask in masks.items():
+            rows.append(EvaluationRow(name, b, units if b is not None else None, float(mask.float().mean()), total))
+    if len(robust) >= 2:
+        everything = correct.clone()
+        for masks in robust.values():
+            for mask in masks.values():
+                everything &= mask
+        rows.append(EvaluationRow(UNION, None, None, float(everything.float().mean()), total))
+        # Per T-norm budget (pixels): every minimum-norm attack judged at b, and every budgeted
+        # attack measured in pixel T-norm that ran at exactly b.
+        levels = sorted({b for name in robust if _tnorm_pixels(attacks[name]) for b in robust[name] if b is not None})
+        for b in levels:
+            survived, count = correct.clone(), 0
+            for name in robust:
+                if attacks[name].minimum_norm:
+                    survived &= correct & ~(needed[name] <= b)
+                    count += 1
+                elif _tnorm_pixels(attacks[name]) and b in robust[name]:
+                    survived &= robust[name][b]
+                    count += 1
+            if count >= 2:
+                rows.append(EvaluationRow(UNION, b, "pixels", float(survived.float().mean()), total))
     medians = {}
-    for name, parts in tnorms.items():
-        values = torch.cat(parts)
+    for name, values in tnorms.items():
         values = values[~torch.isnan(values)]
         medians[name] = float(values.median()) if values.numel() else math.nan
     return EvaluationResult(rows=rows, median_tnorm=medians)
+
+
+def evaluate(model, data, attacks, budgets=None, batch_size: int = 256, device=None,
+             max_batches: int | None = None, progress: bool = False, on_attack_done=None) -> EvaluationResult:
+    """Clean and robust accuracy of ``model`` on ``data`` under each attack at each budget, and
+    against the union of the attacks (the worst case per example).
+
+    model: classifier; its mode is restored after each attack (attacks run it in eval mode).
+    data: a DataLoader (any iterable of (images, labels) batches) or an (images, labels) tuple of
+      tensors, cut into ``batch_size`` batches. Images (N, C, H, W) in [0, 1], integer labels.
+      The batches are read once and kept (as given, usually on the CPU) for every attack.
+    attacks: {name: attack} (or a sequence of attacks, named by class); untargeted attacks built
+      on this ``model``. 'clean' and 'union' are reserved names.
+    budgets: {name: [budget, ...]} (optional, per attack).
+      * FlowPGD (and any attack with ``with_budget``): one run per budget, eps in the attack's
+        ``units``.
+      * ADef, StAdv (``minimum_norm``): ONE run; the accuracy at budget b (a T-norm in pixels)
+        counts an example as robust when it is correct and the attack either failed or needed a
+        T-norm > b. Budget-less rows give the accuracy with no norm limit.
+      * An attack without budgets runs once at its settings (row budget None).
+    device: where to attack (default: the model's). max_batches: stop after that many batches.
+    progress: show a progress bar (total = batches x attack runs, one tick per attack run on a
+      batch). on_attack_done: ``callable(name, result)`` called after each attack with the
+      :class:`EvaluationResult` of the attacks finished so far (write it to disk there, so that a
+      failure late in a long run loses nothing).
+    Works inside ``torch.no_grad()``; RuntimeError under ``torch.inference_mode()``.
+    An example is robust only if it is classified correctly clean AND the attack did not succeed.
+    Returns an :class:`EvaluationResult`: rows (clean first, then per attack in the given order,
+    budgets ascending, then with two or more attacks the 'union' rows: budget None = robust
+    against every attack run at every budget; budget b (pixels) = robust against every
+    minimum-norm attack at T-norm b and every pixel-T-norm FlowPGD run at b, when at least two
+    attacks share that budget) and the median successful T-norm of each minimum-norm attack.
+    """
+    check_grad_mode("evaluate")
+    if isinstance(attacks, FlowAttack):
+        attacks = [attacks]
+    if not isinstance(attacks, dict):
+        attacks = {type(a).__name__: a for a in attacks}
+    plans = _plan(attacks, dict(budgets or {}))
+    batch_size = check_int(batch_size, "batch_size")
+    if on_attack_done is not None and not callable(on_attack_done):
+        raise TypeError(f"on_attack_done must be callable, got {type(on_attack_done).__name__}")
+    device = torch.device(device) if device is not None else _model_device(model)
+
+    batches = []
+    for number, batch in enumerate(_batches(data, batch_size)):
+        if max_batches is not None and number >= max_batches:
+            break
+        batches.append(batch)
+    if not batches or sum(int(labels.numel()) for _, labels in batches) == 0:
+        raise ValueError("data holds no examples")
+    clean = []
+    for images, labels in batches:
+        with eval_mode(model), torch.no_grad():
+            clean.append((model(images.to(device)).argmax(dim=1) == labels.to(device)).cpu())
+    correct = torch.cat(clean)
+
+    runs = {name: 1 if attacks[name].minimum_norm or not plans[name] else len(plans[name]) for name in attacks}
+    bar = tqdm(desc="evaluate", unit="run", total=len(batches) * sum(runs.values()), disable=not progress,
+               dynamic_ncols=True)
+    robust, needed, tnorms = {}, {}, {}
+    try:
+        for name, attack in attacks.items():
+            values = plans[name]
+            masks = {b: [] for b in (values or [None])}
+            if attack.minimum_norm:
+                norms, medians = [], []
+            for (images, labels), ok in zip(batches, clean):
+                images, labels = images.to(device), labels.to(device).long()
+                if attack.minimum_norm:
+                    result = attack.run(images, labels)
+                    norm = torch.where(result.success, result.tnorm, torch.full_like(result.tnorm, math.inf)).cpu()
+                    for b in masks:
+                        fooled = result.success.cpu() if b is None else norm <= b
+                        masks[b].append(ok & ~fooled)
+                    norms.append(norm)
+                    medians.append(torch.where(ok & result.success.cpu(), result.tnorm.cpu(),
+                                               torch.full_like(norm, math.nan)))
+                    bar.set_postfix(attack=name)
+                    bar.update(1)
+                else:
+                    for b in masks:
+                        run = attack if b is None else attack.with_budget(b)
+                        masks[b].append(ok & ~run.run(images, labels).success.cpu())
+                        bar.set_postfix(attack=name, budget=b)
+                        bar.update(1)
+            robust[name] = {b: torch.cat(parts) for b, parts in masks.items()}
+            if attack.minimum_norm:
+                needed[name], tnorms[name] = torch.cat(norms), torch.cat(medians)
+            if on_attack_done is not None:
+                on_attack_done(name, _table(correct, attacks, robust, needed, tnorms))
+    finally:
+        bar.close()
+    return _table(correct, attacks, robust, needed, tnorms)

@@ -1,4 +1,5 @@
-"""stAdv (Xiao et al., ICLR 2018): spatially transformed adversarial examples, batched on the device.
+"""stAdv (Xiao et al., ICLR 2018): spatially transformed adversarial examples, batched on the device
+(definition and defaults: docs/attacks.md).
 
 Each example is its own problem: the per-example losses only share a sum, whose gradient decouples,
 and Adam's moments are per coordinate, so no example's step depends on another's. Early stopping,
@@ -13,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ..ops.warp import warp
-from .base import (FlowAttack, attack_goal_met, check_choice, check_int, check_number, margin_loss)
+from ..ops.validation import check_choice
+from .base import PADDING_MODES, FlowAttack, attack_goal_met, check_int, check_number, margin_loss
 
 
 def flow_smoothness(flow: torch.Tensor) -> torch.Tensor:
@@ -66,21 +68,27 @@ class StAdv(FlowAttack):
     :func:`flow_smoothness`. The image is ``warp(x, flow, padding_mode)`` (border: the authors'
     sampler clamps coordinates to the image).
 
+    The defaults are the published attack: tau 0.05, kappa 0, L-BFGS, plus a two-step search over
+    tau per example (the published loss leaves zero flow a stationary point whenever the margin's
+    flow gradient is small against ``tau`` times the smoothness term's kink, so a fixed tau fails
+    on confident or smoothed models; the search retries those examples at tau / 10).
+
     Arguments:
-      tau: smoothness weight (paper 0.05), logits per pixel. kappa: confidence, logits (>= 0).
-      optimizer: 'adam' (default; step size ``lr`` in pixels, ``betas``) or 'lbfgs' (the paper's
-        choice: a batched L-BFGS with ``history`` pairs and a backtracking Armijo line search of
-        at most ``max_line_search`` halvings, all per example). On a small MNIST CNN Adam reached
-        the same success with about half the model evaluations and smaller flows
-        (benchmarks/bench_attacks.py), hence the default.
-      tau: the paper's 0.05 is the default; models with large logit margins may need a smaller
-        one (0.01 for the benchmark's MNIST CNN) or ``search_steps`` > 1.
+      tau: smoothness weight at the first search step (paper 0.05), logits per pixel.
+      kappa: confidence, logits (>= 0).
+      optimizer: 'lbfgs' (default, the paper's: a batched L-BFGS with ``history`` pairs and a
+        backtracking Armijo line search of at most ``max_line_search`` halvings, all per example;
+        it never raises its objective) or 'adam' (step size ``lr`` in pixels, ``betas``; an
+        example's step size halves whenever a step raised its loss, so its objective cannot keep
+        rising). On the benchmark's MNIST CNN Adam finds smaller flows for more evaluations.
       max_iter: optimizer iterations per search step.
-      search_steps: binary search over tau per example (1 = none): after a success tau grows
-        (x10 until a failure bounds it, then bisection), after a failure it shrinks.
+      search_steps: search over tau per example (1 = none): after a failure tau / 10 until a
+        success bounds it, after a success tau * 10 until a failure bounds it, then the
+        geometric mean of the bounds.
       abort_early: every ``max(1, max_iter // 10)`` iterations, an example that has a successful
         flow and whose loss fell by less than 0.1 % since the previous check stops. L-BFGS also
-        stops an example whose line search finds no decrease.
+        stops an example whose line search finds no decrease (a stationary point: the next
+        search step lowers its tau).
     Kept per example: the successful flow with the smallest L_flow among every flow evaluated
     (for a fixed tau and kappa = 0 that is the smallest-loss successful flow); an example never
     fooled gets its smallest-loss flow of the last search step.
@@ -91,9 +99,9 @@ class StAdv(FlowAttack):
 
     minimum_norm = True
 
-    def __init__(self, model, tau: float = 0.05, kappa: float = 0.0, optimizer: str = "adam",
-                 max_iter: int = 100, search_steps: int = 1, abort_early: bool = True,
-                 history: int = 10, max_line_search: int = 10, lr: float = 0.05,
+    def __init__(self, model, tau: float = 0.05, kappa: float = 0.0, optimizer: str = "lbfgs",
+                 max_iter: int = 100, search_steps: int = 2, abort_early: bool = True,
+                 history: int = 10, max_line_search: int = 10, lr: float = 0.01,
                  betas: tuple[float, float] = (0.9, 0.999), padding_mode: str = "border",
                  targeted: bool = False, backend: str | None = None):
         super().__init__(model, targeted=targeted, backend=backend)
@@ -113,7 +121,7 @@ class StAdv(FlowAttack):
         self.betas = tuple(check_number(b, "betas") for b in betas)
         if not all(b < 1 for b in self.betas):
             raise ValueError(f"betas must lie in [0, 1), got {betas!r}")
-        self.padding_mode = check_choice(padding_mode, ("zeros", "border", "reflection"), "padding_mode")
+        self.padding_mode = check_choice(padding_mode, PADDING_MODES, "padding_mode")
 
     def losses(self, images, flow, labels, tau):
         """Per-example (total, adversarial, flow) losses, each (N,), and the logits; ``tau`` a
@@ -155,7 +163,8 @@ class StAdv(FlowAttack):
             last_tau = tau
             lower = torch.where(record.run_found, tau, lower)
             upper = torch.where(record.run_found, upper, tau)
-            tau = torch.where(torch.isinf(upper), tau * 10, (lower + upper) / 2)
+            tau = torch.where(torch.isinf(upper), tau * 10,
+                              torch.where(lower == 0, tau / 10, (lower * upper).sqrt()))
         flow = torch.where(found[:, None, None, None], best_flow, record.low_flow)
         tau_used = torch.where(found, best_tau, last_tau)
         with torch.no_grad():
@@ -181,17 +190,23 @@ class StAdv(FlowAttack):
         checkpoint = torch.full_like(tau, math.inf)
         steps = torch.zeros(n, dtype=torch.int64, device=images.device)
         active = torch.ones(n, dtype=torch.bool, device=images.device)
+        lr = torch.full_like(tau, self.lr)
+        previous = torch.full_like(tau, math.inf)
         for step in range(self.max_iter):
             idx = active.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
             total, grad = self._evaluate(images, labels, tau, idx, flow[idx], record)
             with torch.no_grad():
+                # A step that raised the loss was too long for this example: halve its step size.
+                rose = total > previous[idx]
+                lr[idx] = torch.where(rose, lr[idx] * 0.5, lr[idx])
+                previous[idx] = total
                 m[idx] = beta1 * m[idx] + (1 - beta1) * grad
                 v[idx] = beta2 * v[idx] + (1 - beta2) * grad.square()
                 m_hat = m[idx] / (1 - beta1 ** (step + 1))
                 v_hat = v[idx] / (1 - beta2 ** (step + 1))
-                flow[idx] = flow[idx] - self.lr * m_hat / (v_hat.sqrt() + 1e-8)
+                flow[idx] = flow[idx] - lr[idx, None, None, None] * m_hat / (v_hat.sqrt() + 1e-8)
                 steps[idx] += 1
                 self._stop_stalled(step, idx, total, checkpoint, record, active)
         idx = active.nonzero().squeeze(1)
