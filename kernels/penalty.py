@@ -13,15 +13,16 @@ units). For an image ``x``, a loss gradient ``g`` (both (N, C, H, W)) and a flow
 * image VJP      ``K(g, T)_c = sum_d s_d D_d^T (T_d g_c)``  (``<B(x, g), T> = <x, K(g, T)>``)
 * penalty        ``P(x, g)_n = sum_{d, pixels} B(x, g)_d^2``                    -> (N,)
 
-Kernels (one program per (image, block of BLOCK pixels), images on grid axis 0 so a batch may
-exceed CUDA's 65535 limit of axes 1 and 2; programs loop over channels; every
-pixel's own values are gathered, so there are no atomics and the results are deterministic):
+Kernels (one program per (image, block of BLOCK pixels) on a 1-D grid, so a batch may exceed
+CUDA's 65535 limit of grid axes 1 and 2; programs loop over channels; every pixel's own values
+are gathered, so there are no atomics and the results are deterministic):
 
 * ``_penalty_partial_kernel``: B, square, channel and pixel sums fused; writes one partial sum
-  per (image, block). The launcher adds the partials (a two-stage reduction); nothing of size
-  (N, 2, H, W) is written.
+  per (image, block). Images of up to 1024 pixels are one block, so that partial IS the penalty;
+  larger images take a second, deterministic stage (the launcher sums the partials). Nothing of
+  size (N, 2, H, W) is written.
 * ``_flow_gradient_kernel``: B.
-* ``_flow_jvp_kernel``: ``coef[n] * J(x, T)`` with T read from memory, or T = B(x, g) computed on
+* ``_flow_jvp_kernel``: ``coef_scale * coef[n] * J(x, T)`` with T read from memory, or T = B(x, g) computed on
   the fly (``FIELD_FROM_GRAD``): with coef = 2 dP that is the penalty's gradient w.r.t. g, again
   with no (N, 2, H, W) intermediate.
 * ``_image_vjp_kernel``: ``coef[n] * K(g, T)``.
@@ -32,16 +33,13 @@ written in their own type. Plane offsets are int64.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from .utils import TRITON_DTYPES, block_size, compute_dtype, grid_1d, launch, penalty_block_size, program_pixels
+
 SCHEMES = ("forward", "central")
-GPU_BLOCK = 256
-GPU_NUM_WARPS = 4
-_TRITON_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
 
 
 @triton.jit
@@ -119,13 +117,10 @@ def _field_from_grad(x_ptr, g_ptr, n64, offs, row, col, C, H, W, mask, scale_x, 
 
 @triton.jit
 def _pixel_block(H, W, BLOCK: tl.constexpr):
-    """This program's image (int64, grid axis 0, up to 2**31 - 1 images), pixel block (axis 1),
-    flat pixel offsets, in-image mask, rows and columns."""
-    n64 = tl.program_id(0).to(tl.int64)
-    pid = tl.program_id(1)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    """This program's image (int64), pixel block, flat pixel offsets, in-image mask, rows, columns."""
+    n64, block, offs = program_pixels(H * W, BLOCK)
     mask = offs < H * W
-    return n64, pid, offs, mask, offs // W, offs % W
+    return n64, block, offs, mask, offs // W, offs % W
 
 
 @triton.jit
@@ -152,6 +147,7 @@ def _flow_gradient_kernel(x_ptr, g_ptr, out_ptr, C, H, W, scale_x, scale_y,
 
 @triton.jit
 def _flow_jvp_kernel(x_ptr, g_ptr, field_ptr, coef_ptr, out_ptr, C, H, W, scale_x, scale_y,
+                     coef_stride, coef_scale,
                      CENTRAL: tl.constexpr, FIELD_FROM_GRAD: tl.constexpr, HAS_COEF: tl.constexpr,
                      IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
     hw = H * W
@@ -165,7 +161,7 @@ def _flow_jvp_kernel(x_ptr, g_ptr, field_ptr, coef_ptr, out_ptr, C, H, W, scale_
     tx = tx * scale_x
     ty = ty * scale_y
     if HAS_COEF:
-        coef = tl.load(coef_ptr + n64)
+        coef = _load(coef_ptr, n64 * coef_stride, True, IS_FP64) * coef_scale
         tx = tx * coef
         ty = ty * coef
     for c in range(C):
@@ -177,6 +173,7 @@ def _flow_jvp_kernel(x_ptr, g_ptr, field_ptr, coef_ptr, out_ptr, C, H, W, scale_
 
 @triton.jit
 def _image_vjp_kernel(g_ptr, field_ptr, coef_ptr, out_ptr, C, H, W, scale_x, scale_y,
+                      coef_stride, coef_scale,
                       CENTRAL: tl.constexpr, HAS_COEF: tl.constexpr,
                       IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
     hw = H * W
@@ -194,7 +191,7 @@ def _image_vjp_kernel(g_ptr, field_ptr, coef_ptr, out_ptr, C, H, W, scale_x, sca
         tx_right = _load(fbase, offs + 1, has_right, IS_FP64) * scale_x
         ty_down = _load(fbase + hw, offs + W, has_down, IS_FP64) * scale_y
     if HAS_COEF:
-        coef = tl.load(coef_ptr + n64)
+        coef = _load(coef_ptr, n64 * coef_stride, True, IS_FP64) * coef_scale
     for c in range(C):
         plane = (n64 * C + c) * hw
         gbase = g_ptr + plane
@@ -217,29 +214,14 @@ def _image_vjp_kernel(g_ptr, field_ptr, coef_ptr, out_ptr, C, H, W, scale_x, sca
 
 
 # ----------------------------------------------------------------------------------------------
-# Launchers: assert, allocate, launch. ``scale`` is (s_x, s_y); ``coef`` an optional (N,) tensor.
+# Launchers: assert, allocate, launch. ``scale`` is (s_x, s_y); ``coef`` an optional (N,) tensor
+# (any stride, e.g. the expanded gradient of a mean) multiplied by ``coef_scale``.
 # ----------------------------------------------------------------------------------------------
-
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def block_size(hw: int) -> int:
-    """Pixels per program: GPU_BLOCK on a GPU; one large block in the interpreter (few,
-    vectorized programs are what make it fast)."""
-    if _interpreted():
-        return max(16, min(triton.next_power_of_2(hw), 4096))
-    return GPU_BLOCK
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
 
 def _check_images(*tensors: torch.Tensor) -> None:
     first = tensors[0]
     assert first.dim() == 4, first.shape
-    assert first.dtype in _TRITON_DTYPES, first.dtype
+    assert first.dtype in TRITON_DTYPES, first.dtype
     for t in tensors:
         assert t.shape == first.shape, (t.shape, first.shape)
         assert t.dtype == first.dtype and t.device == first.device, (t.dtype, t.device, first.dtype, first.device)
@@ -253,21 +235,21 @@ def _check_field(field: torch.Tensor, like: torch.Tensor) -> None:
     assert field.is_contiguous(), "field must be contiguous"
 
 
-def _coef_arg(coef: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+def _coef_args(coef: torch.Tensor | None, like: torch.Tensor) -> tuple:
+    """(pointer, stride) of ``coef``; ``like`` and stride 0 when there is none (never read)."""
     if coef is None:
-        return like  # never read (HAS_COEF=False)
-    assert coef.shape == (like.shape[0],), (coef.shape, like.shape)
-    return coef.to(device=like.device, dtype=compute_dtype(like.dtype)).contiguous()
+        return like, 0
+    assert coef.dim() == 1 and coef.shape[0] == like.shape[0], (coef.shape, like.shape)
+    assert coef.device == like.device and coef.dtype in TRITON_DTYPES, (coef.device, coef.dtype)
+    return coef, coef.stride(0)
 
 
-def _launch(like: torch.Tensor, scheme: str):
+def _launch(like: torch.Tensor, scheme: str, block: int | None = None):
     assert scheme in SCHEMES, scheme
     n, c, h, w = like.shape
-    block = block_size(h * w)
-    grid = (n, triton.cdiv(h * w, block))
-    common = dict(CENTRAL=scheme == "central", IS_FP64=like.dtype == torch.float64, BLOCK=block,
-                  num_warps=GPU_NUM_WARPS)
-    return grid, common
+    block = block or block_size(h * w)
+    common = dict(CENTRAL=scheme == "central", IS_FP64=like.dtype == torch.float64, BLOCK=block)
+    return grid_1d(n, h * w, block), common
 
 
 def penalty(image: torch.Tensor, grad_image: torch.Tensor, scheme: str,
@@ -277,11 +259,13 @@ def penalty(image: torch.Tensor, grad_image: torch.Tensor, scheme: str,
     n, c, h, w = image.shape
     if image.numel() == 0:
         return torch.zeros(n, dtype=compute_dtype(image.dtype), device=image.device)
-    grid, common = _launch(image, scheme)
-    partial = torch.empty((n, grid[1]), dtype=compute_dtype(image.dtype), device=image.device)
-    _penalty_partial_kernel[grid](image, grad_image, partial, c, h, w, grid[1],
-                                  float(scale[0]), float(scale[1]), **common)
-    return partial.sum(dim=1)
+    block = penalty_block_size(h * w)
+    blocks = triton.cdiv(h * w, block)
+    grid, common = _launch(image, scheme, block)
+    partial = torch.empty((n, blocks), dtype=compute_dtype(image.dtype), device=image.device)
+    launch(_penalty_partial_kernel, grid, image, image, grad_image, partial, c, h, w, blocks,
+           float(scale[0]), float(scale[1]), **common)
+    return partial.view(n) if blocks == 1 else partial.sum(dim=1)
 
 
 def flow_gradient(image: torch.Tensor, grad_image: torch.Tensor, scheme: str,
@@ -293,16 +277,17 @@ def flow_gradient(image: torch.Tensor, grad_image: torch.Tensor, scheme: str,
     if image.numel() == 0:
         return out.zero_()
     grid, common = _launch(image, scheme)
-    _flow_gradient_kernel[grid](image, grad_image, out, c, h, w, float(scale[0]), float(scale[1]), **common)
+    launch(_flow_gradient_kernel, grid, image, image, grad_image, out, c, h, w,
+           float(scale[0]), float(scale[1]), **common)
     return out
 
 
 def flow_jvp(image: torch.Tensor, scheme: str, scale: tuple[float, float] = (1.0, 1.0), *,
              field: torch.Tensor | None = None, grad_image: torch.Tensor | None = None,
-             coef: torch.Tensor | None = None) -> torch.Tensor:
-    """(N, C, H, W) ``coef[n] * J(image, T)`` with ``T = field`` or, given ``grad_image`` instead,
-    ``T = B(image, grad_image)`` computed on the fly (then the result is the gradient of
-    ``sum_n coef[n] P_n / 2`` w.r.t. ``grad_image``)."""
+             coef: torch.Tensor | None = None, coef_scale: float = 1.0) -> torch.Tensor:
+    """(N, C, H, W) ``coef_scale * coef[n] * J(image, T)`` with ``T = field`` or, given
+    ``grad_image`` instead, ``T = B(image, grad_image)`` computed on the fly (then, with
+    ``coef_scale=2``, the result is the gradient of ``sum_n coef[n] P_n`` w.r.t. ``grad_image``)."""
     assert (field is None) != (grad_image is None), "give exactly one of field, grad_image"
     if grad_image is not None:
         _check_images(image, grad_image)
@@ -315,16 +300,18 @@ def flow_jvp(image: torch.Tensor, scheme: str, scale: tuple[float, float] = (1.0
         return out.zero_()
     grid, common = _launch(image, scheme)
     from_grad = grad_image is not None
-    _flow_jvp_kernel[grid](image, grad_image if from_grad else image, field if not from_grad else image,
-                           _coef_arg(coef, image), out, c, h, w, float(scale[0]), float(scale[1]),
-                           FIELD_FROM_GRAD=from_grad, HAS_COEF=coef is not None, **common)
+    coef_ptr, coef_stride = _coef_args(coef, image)
+    launch(_flow_jvp_kernel, grid, image, image, grad_image if from_grad else image,
+           field if not from_grad else image, coef_ptr, out, c, h, w, float(scale[0]), float(scale[1]),
+           coef_stride, float(coef_scale), FIELD_FROM_GRAD=from_grad, HAS_COEF=coef is not None, **common)
     return out
 
 
 def image_vjp(grad_image: torch.Tensor, field: torch.Tensor, scheme: str,
-              scale: tuple[float, float] = (1.0, 1.0), coef: torch.Tensor | None = None) -> torch.Tensor:
-    """(N, C, H, W) ``coef[n] * K(grad_image, field)``: the gradient of ``<B(x, grad_image), field>``
-    w.r.t. the image ``x``."""
+              scale: tuple[float, float] = (1.0, 1.0), coef: torch.Tensor | None = None,
+              coef_scale: float = 1.0) -> torch.Tensor:
+    """(N, C, H, W) ``coef_scale * coef[n] * K(grad_image, field)``: the gradient of
+    ``<B(x, grad_image), field>`` w.r.t. the image ``x``."""
     _check_images(grad_image)
     _check_field(field, grad_image)
     n, c, h, w = grad_image.shape
@@ -332,39 +319,8 @@ def image_vjp(grad_image: torch.Tensor, field: torch.Tensor, scheme: str,
     if grad_image.numel() == 0:
         return out.zero_()
     grid, common = _launch(grad_image, scheme)
-    _image_vjp_kernel[grid](grad_image, field, _coef_arg(coef, grad_image), out, c, h, w,
-                            float(scale[0]), float(scale[1]), HAS_COEF=coef is not None, **common)
+    coef_ptr, coef_stride = _coef_args(coef, grad_image)
+    launch(_image_vjp_kernel, grid, grad_image, grad_image, field, coef_ptr, out, c, h, w,
+           float(scale[0]), float(scale[1]), coef_stride, float(coef_scale),
+           HAS_COEF=coef is not None, **common)
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Compile checks
-# ----------------------------------------------------------------------------------------------
-
-def compile_specializations():
-    """Every specialization the launchers use on a GPU, as ``(kernel, signature, constexprs)``
-    ready for ``triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs)``.
-    ``signature`` maps each non-constexpr argument to its Triton type."""
-    specs = []
-    for dtype, name in _TRITON_DTYPES.items():
-        data = "*" + name
-        acc = "*fp64" if dtype == torch.float64 else "*fp32"
-        sizes = {"C": "i32", "H": "i32", "W": "i32", "scale_x": "fp32", "scale_y": "fp32"}
-        for central in (False, True):
-            base = dict(CENTRAL=central, IS_FP64=dtype == torch.float64, BLOCK=GPU_BLOCK)
-            specs.append((_penalty_partial_kernel,
-                          dict(x_ptr=data, g_ptr=data, partial_ptr=acc, C="i32", H="i32", W="i32",
-                               n_blocks="i32", scale_x="fp32", scale_y="fp32"), dict(base)))
-            specs.append((_flow_gradient_kernel, dict(x_ptr=data, g_ptr=data, out_ptr=data, **sizes), dict(base)))
-            for from_grad in (False, True):
-                for has_coef in (False, True):
-                    specs.append((_flow_jvp_kernel,
-                                  dict(x_ptr=data, g_ptr=data, field_ptr=data,
-                                       coef_ptr=acc if has_coef else data, out_ptr=data, **sizes),
-                                  dict(base, FIELD_FROM_GRAD=from_grad, HAS_COEF=has_coef)))
-            for has_coef in (False, True):
-                specs.append((_image_vjp_kernel,
-                              dict(g_ptr=data, field_ptr=data, coef_ptr=acc if has_coef else data,
-                                   out_ptr=data, **sizes),
-                              dict(base, HAS_COEF=has_coef)))
-    return specs

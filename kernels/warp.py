@@ -23,31 +23,19 @@ allocate outputs and pick the grid. No autograd, no dispatch, no GPU query at im
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from .utils import alert_nondeterministic, block_size, compute_dtype, grid_1d, launch, program_pixels
+
 PADDING_CODES = {"zeros": 0, "border": 1, "reflection": 2}
-GPU_BLOCK = 256
-GPU_NUM_WARPS = 4
 
 
 @triton.jit
 def _acc(x, IS_FP64: tl.constexpr):
     """Upcast to the accumulation precision: float64 for float64 kernels, float32 otherwise."""
     return x.to(tl.float64 if IS_FP64 else tl.float32)
-
-
-@triton.jit
-def _program_pixels(hw, BLOCK: tl.constexpr):
-    """1-D grid over (image, pixel block): no 65535 limit on the batch (grid axes 1 and 2)."""
-    blocks = tl.cdiv(hw, BLOCK)
-    pid = tl.program_id(0)
-    n64 = (pid // blocks).to(tl.int64)
-    offs = (pid % blocks) * BLOCK + tl.arange(0, BLOCK)
-    return n64, offs
 
 
 @triton.jit
@@ -139,7 +127,7 @@ def _warp_gather_kernel(val_ptr, tsrc_ptr, flow_ptr, tan_ptr, out_ptr,
                         PAD: tl.constexpr, HAS_VALUE: tl.constexpr, HAS_TANGENT: tl.constexpr,
                         IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
     hw = H * W
-    n64, offs = _program_pixels(hw, BLOCK)
+    n64, _, offs = program_pixels(hw, BLOCK)
     (mask, valid, wx, wy, sx, sy, o00, o01, o10, o11,
      m00, m01, m10, m11) = _setup(flow_ptr, n64, offs, H, W, inv_period_x, inv_period_y, PAD, IS_FP64)
     if HAS_TANGENT:
@@ -169,7 +157,7 @@ def _warp_grad_flow_kernel(src_ptr, csrc_ptr, flow_ptr, tan_ptr, go_ptr, out_ptr
                            PAD: tl.constexpr, HAS_FIRST: tl.constexpr, HAS_CROSS: tl.constexpr,
                            IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
     hw = H * W
-    n64, offs = _program_pixels(hw, BLOCK)
+    n64, _, offs = program_pixels(hw, BLOCK)
     (mask, valid, wx, wy, sx, sy, o00, o01, o10, o11,
      m00, m01, m10, m11) = _setup(flow_ptr, n64, offs, H, W, inv_period_x, inv_period_y, PAD, IS_FP64)
     gx = tl.zeros_like(wx)
@@ -205,7 +193,7 @@ def _warp_scatter_kernel(go_ptr, flow_ptr, tan_ptr, out_ptr,
                          PAD: tl.constexpr, USE_TANGENT: tl.constexpr,
                          IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
     hw = H * W
-    n64, offs = _program_pixels(hw, BLOCK)
+    n64, _, offs = program_pixels(hw, BLOCK)
     (mask, valid, wx, wy, sx, sy, o00, o01, o10, o11,
      m00, m01, m10, m11) = _setup(flow_ptr, n64, offs, H, W, inv_period_x, inv_period_y, PAD, IS_FP64)
     if USE_TANGENT:
@@ -226,27 +214,15 @@ def _warp_scatter_kernel(go_ptr, flow_ptr, tan_ptr, out_ptr,
         plane = (n64 * C + c) * hw
         go = _acc(tl.load(go_ptr + plane + offs, mask=mask, other=0.0), IS_FP64)
         base = out_ptr + plane
-        tl.atomic_add(base + o00, c00 * go, mask=m00)
-        tl.atomic_add(base + o01, c01 * go, mask=m01)
-        tl.atomic_add(base + o10, c10 * go, mask=m10)
-        tl.atomic_add(base + o11, c11 * go, mask=m11)
+        tl.atomic_add(base + o00, c00 * go, mask=m00, sem="relaxed")
+        tl.atomic_add(base + o01, c01 * go, mask=m01, sem="relaxed")
+        tl.atomic_add(base + o10, c10 * go, mask=m10, sem="relaxed")
+        tl.atomic_add(base + o11, c11 * go, mask=m11, sem="relaxed")
 
 
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
-
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def block_size(hw: int) -> int:
-    """Pixels per program: GPU_BLOCK on a GPU; one large block in the interpreter (fewer, vectorized
-    programs are what make it fast)."""
-    if _interpreted():
-        return max(16, min(triton.next_power_of_2(hw), 4096))
-    return GPU_BLOCK
-
 
 def _inv_period(size: int) -> float:
     """1 / (2 (size - 1)); Triton passes Python floats as float32, and the reference rounds alike."""
@@ -263,9 +239,8 @@ def _check(image: torch.Tensor, flow: torch.Tensor, name: str = "image") -> None
 def _launch_args(image_like: torch.Tensor, padding_mode: str):
     n, c, h, w = image_like.shape
     block = block_size(h * w)
-    grid = (triton.cdiv(h * w, block) * n,)
-    common = dict(PAD=PADDING_CODES[padding_mode], IS_FP64=image_like.dtype == torch.float64,
-                  BLOCK=block, num_warps=GPU_NUM_WARPS)
+    grid = grid_1d(n, h * w, block)
+    common = dict(PAD=PADDING_CODES[padding_mode], IS_FP64=image_like.dtype == torch.float64, BLOCK=block)
     return grid, (c, h, w, _inv_period(w), _inv_period(h)), common
 
 
@@ -284,7 +259,8 @@ def warp_gather(flow: torch.Tensor, padding_mode: str, value_src: torch.Tensor |
         return torch.zeros(ref.shape, dtype=out_dtype or ref.dtype, device=ref.device)
     out = torch.empty(ref.shape, dtype=out_dtype or ref.dtype, device=ref.device)
     grid, sizes, common = _launch_args(ref, padding_mode)
-    _warp_gather_kernel[grid](
+    launch(
+        _warp_gather_kernel, grid, out,
         value_src if value_src is not None else tangent_src,
         tangent_src if tangent_src is not None else value_src,
         flow, tangent if tangent is not None else flow, out, *sizes,
@@ -309,7 +285,8 @@ def warp_grad_flow(flow: torch.Tensor, grad_out: torch.Tensor, padding_mode: str
     if flow.numel() == 0:
         return out
     grid, sizes, common = _launch_args(grad_out, padding_mode)
-    _warp_grad_flow_kernel[grid](
+    launch(
+        _warp_grad_flow_kernel, grid, out,
         src if src is not None else cross_src, cross_src if cross_src is not None else src,
         flow, tangent if tangent is not None else flow, grad_out, out, *sizes,
         HAS_FIRST=src is not None, HAS_CROSS=cross_src is not None, **common)
@@ -323,51 +300,13 @@ def warp_scatter(flow: torch.Tensor, grad_out: torch.Tensor, padding_mode: str,
     _check(grad_out, flow, "grad_out")
     if tangent is not None:
         assert tangent.shape == flow.shape and tangent.is_contiguous()
-    acc_dtype = torch.float64 if grad_out.dtype == torch.float64 else torch.float32
-    acc = torch.zeros(grad_out.shape, dtype=acc_dtype, device=grad_out.device)
+    acc = torch.zeros(grad_out.shape, dtype=compute_dtype(grad_out.dtype), device=grad_out.device)
     if grad_out.numel() > 0:
+        alert_nondeterministic("flowtriton warp backward w.r.t. the image (atomic scatter)")
         grid, sizes, common = _launch_args(grad_out, padding_mode)
-        _warp_scatter_kernel[grid](
+        launch(
+            _warp_scatter_kernel, grid, acc,
             grad_out, flow, tangent if tangent is not None else flow, acc, *sizes,
             USE_TANGENT=tangent is not None, **common)
     want = out_dtype or grad_out.dtype
     return acc if acc.dtype == want else acc.to(want)
-
-
-def compile_specializations(dtypes=(torch.float32, torch.float64, torch.float16, torch.bfloat16)):
-    """Every (kernel, signature, constexprs) the launchers use on a GPU, for compile checks."""
-    specs = []
-    for dtype in dtypes:
-        for pad in PADDING_CODES.values():
-            base = dict(PAD=pad, IS_FP64=dtype == torch.float64, BLOCK=GPU_BLOCK)
-            for hv, ht in ((True, False), (False, True), (True, True)):
-                specs.append((_warp_gather_kernel, signature_for(_warp_gather_kernel, dtype),
-                              dict(base, HAS_VALUE=hv, HAS_TANGENT=ht)))
-            for hf, hc in ((True, False), (False, True), (True, True)):
-                specs.append((_warp_grad_flow_kernel, signature_for(_warp_grad_flow_kernel, dtype),
-                              dict(base, HAS_FIRST=hf, HAS_CROSS=hc)))
-            for ut in (False, True):
-                specs.append((_warp_scatter_kernel, signature_for(_warp_scatter_kernel, dtype, ("out_ptr",)),
-                              dict(base, USE_TANGENT=ut)))
-    return specs
-
-_TRITON_DTYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
-def signature_for(kernel, dtype: torch.dtype, accumulator_args=()) -> dict:
-    """Triton signature of ``kernel`` for ``dtype`` tensors: pointers ``*<dtype>`` (the names in
-    ``accumulator_args`` get the float32/float64 accumulator type), ints i32, floats fp32."""
-    elem = _TRITON_DTYPES[dtype]
-    acc = "fp64" if dtype == torch.float64 else "fp32"
-    sig = {}
-    for param in kernel.params:
-        name = param.name
-        if param.is_constexpr:
-            sig[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            sig[name] = "*" + (acc if name in accumulator_args else elem)
-        elif name.startswith("inv_"):
-            sig[name] = "fp32"
-        else:
-            sig[name] = "i32"
-    return sig
