@@ -66,3 +66,23 @@ def test_flow_to_grid_is_what_grid_sample_needs():
     flow = torch.full((1, 2, 6, 6), 0.5, dtype=torch.float64)
     out = F.grid_sample(image, flow_to_grid(flow), align_corners=True, padding_mode="border")
     torch.testing.assert_close(out, flowtriton.warp(image, flow, "border"))
+
+
+def test_pixels_to_normalized_on_a_one_pixel_axis_is_an_error():
+    with pytest.raises(ValueError, match=r"single pixel along W \(x\)"):
+        flowtriton.pixels_to_normalized(torch.ones(1, 2, 4, 1))
+    with pytest.raises(ValueError, match=r"single pixel along H \(y\)"):
+        flowtriton.pixels_to_normalized(torch.ones(1, 2, 1, 4))
+    grid = flow_to_grid(torch.ones(1, 2, 1, 4, dtype=torch.float64))  # grid_sample's layout still works
+    torch.testing.assert_close(grid[0, 0, :, 1], torch.zeros(4, dtype=torch.float64))
+
+
+def test_unit_scale_is_cached_and_built_without_a_host_copy():
+    from flowtriton.ops.units import unit_scale
+
+    like = torch.zeros(1)
+    a = unit_scale(5, 9, "normalized", like, factor=0.5)
+    assert a is unit_scale(5, 9, "normalized", like, factor=0.5)
+    torch.testing.assert_close(a.flatten(), torch.tensor([2.0, 1.0]))
+    with pytest.raises(ValueError, match="units must be one of"):
+        unit_scale(5, 9, "px", like)

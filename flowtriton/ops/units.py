@@ -7,6 +7,7 @@ H for channel 1 = y). An axis with a single pixel has no normalized extent: its 
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 
 UNITS = ("normalized", "pixels")
 
@@ -16,22 +17,41 @@ def pixel_scale(height: int, width: int) -> tuple[float, float]:
     return (width - 1) / 2.0, (height - 1) / 2.0
 
 
+_SCALES: dict = {}
+_MAX_CACHED_SCALES = 256
+
+
 def xy_scale(sx: float, sy: float, like: torch.Tensor) -> torch.Tensor:
-    """(1, 2, 1, 1) tensor (sx, sy) with ``like``'s dtype and device, built on the device with
-    two fills (no host-to-device copy, so it never syncs and can be captured in a CUDA graph)."""
-    scale = torch.empty((1, 2, 1, 1), dtype=like.dtype, device=like.device)
-    scale[:, 0].fill_(float(sx))
-    scale[:, 1].fill_(float(sy))
+    """(1, 2, 1, 1) tensor (sx, sy) with ``like``'s dtype and device.
+
+    Built once per (values, dtype, device) on the device itself (two fills, no host-to-device copy)
+    and cached, so a training step issues no kernel and no copy for it and CUDA graphs can capture
+    the ops that use it. The tensor is SHARED: never modify it in place."""
+    key = (float(sx), float(sy), like.dtype, like.device)
+    scale = _SCALES.get(key)
+    if scale is None:
+        scale = torch.empty((1, 2, 1, 1), dtype=like.dtype, device=like.device)
+        scale[:, 0].fill_(float(sx))
+        scale[:, 1].fill_(float(sy))
+        if len(_SCALES) >= _MAX_CACHED_SCALES:
+            _SCALES.clear()
+        _SCALES[key] = scale
     return scale
 
 
-def unit_scale(height: int, width: int, units: str, like: torch.Tensor) -> torch.Tensor:
-    """(1, 2, 1, 1) pixels per unit of ``units`` along (x, y): ones for 'pixels', ``pixel_scale``
-    for 'normalized'."""
+def unit_factors(height: int, width: int, units: str) -> tuple[float, float]:
+    """Pixels per unit of ``units`` along (x, y): (1, 1) for 'pixels', ``pixel_scale`` for 'normalized'."""
     if units not in UNITS:
         raise ValueError(f"units must be one of {UNITS}, got {units!r}")
-    sx, sy = pixel_scale(height, width) if units == "normalized" else (1.0, 1.0)
-    return xy_scale(sx, sy, like)
+    return pixel_scale(height, width) if units == "normalized" else (1.0, 1.0)
+
+
+def unit_scale(height: int, width: int, units: str, like: torch.Tensor, factor: float = 1.0) -> torch.Tensor:
+    """(1, 2, 1, 1) pixels per unit of ``units`` along (x, y), times ``factor`` (e.g. a step size
+    in ``units``): ones for 'pixels', ``pixel_scale`` for 'normalized'. Shared (see
+    :func:`xy_scale`): never modify it in place."""
+    sx, sy = unit_factors(height, width, units)
+    return xy_scale(sx * factor, sy * factor, like)
 
 
 def _scale_tensor(flow: torch.Tensor, name: str) -> torch.Tensor:
@@ -47,9 +67,22 @@ def normalized_to_pixels(flow: torch.Tensor) -> torch.Tensor:
 
 
 def pixels_to_normalized(flow: torch.Tensor) -> torch.Tensor:
-    """(N, 2, H, W) pixel flow -> normalized flow (components along a 1-pixel axis become 0)."""
+    """(N, 2, H, W) pixel flow -> normalized flow. An axis with a single pixel has no normalized
+    extent: a ValueError names it (its pixel flow cannot be expressed in normalized units)."""
     scale = _scale_tensor(flow, "flow")
-    return torch.where(scale > 0, flow / scale.clamp_min(1e-30), torch.zeros_like(flow))
+    for axis, size in (("W (x)", flow.shape[3]), ("H (y)", flow.shape[2])):
+        if size == 1:
+            raise ValueError(f"flow has a single pixel along {axis}: normalized units are undefined "
+                             f"there (1 unit = (size - 1) / 2 px = 0 px); use pixel units")
+    return flow / scale
+
+
+def _grid_offsets(flow: torch.Tensor) -> torch.Tensor:
+    """Pixel flow -> normalized offsets, 0 along a 1-pixel axis (``grid_sample`` maps every
+    coordinate there to the single pixel)."""
+    sx, sy = pixel_scale(flow.shape[2], flow.shape[3])
+    inv = xy_scale(1.0 / sx if sx > 0 else 0.0, 1.0 / sy if sy > 0 else 0.0, flow)
+    return flow * inv
 
 
 def identity_grid(n: int, height: int, width: int, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -64,8 +97,9 @@ def identity_grid(n: int, height: int, width: int, dtype=torch.float32, device=N
 
 def flow_to_grid(flow: torch.Tensor) -> torch.Tensor:
     """(N, 2, H, W) pixel flow -> (N, H, W, 2) normalized sampling grid for ``F.grid_sample``
-    with ``align_corners=True``. Inexact at integer positions in float32 (REFERENCE 1.2): use
-    float64 or non-integer flows when comparing."""
+    with ``align_corners=True``. Inexact at integer positions in float32 (the float32 grid lands
+    just off the integers for some widths, see docs/method.md): use float64 or non-integer flows
+    when comparing. Along a 1-pixel axis the offset is 0 (grid_sample samples that pixel)."""
     n, _, height, width = flow.shape
     base = identity_grid(n, height, width, dtype=flow.dtype, device=flow.device)
-    return base + pixels_to_normalized(flow).permute(0, 2, 3, 1)
+    return base + rearrange(_grid_offsets(flow), "n xy h w -> n h w xy")

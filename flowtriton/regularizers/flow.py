@@ -137,10 +137,10 @@ class FlowGradReg:
             penalty, squared, grad_image = fgr_finite_difference(
                 losses, z, loss_at, self.scheme, self.units, self.reduction, self.fd_step, self.fd_perturbation,
                 self.backend)
-        loss = ce + self.lam * penalty
+        loss = torch.add(ce, penalty, alpha=self.lam)  # ce + lam * penalty, one kernel
         batch = z.shape[0]
-        input_sq = grad_image.detach().flatten(1).square().sum(1)
-        return loss, self._parts(ce, penalty, mean_norm(squared, batch), mean_norm(input_sq, batch), loss, logits)
+        input_norms = torch.linalg.vector_norm(grad_image.detach().flatten(1), dim=1)
+        return loss, self._parts(ce, penalty, mean_norm(squared, batch), input_norms.sum(), loss, logits)
 
     @staticmethod
     def _parts(ce, penalty, flow_norm, input_norm, loss, logits):

@@ -84,7 +84,7 @@ def fgr_random_start(images: torch.Tensor, sigma: float = DEFAULT_SIGMA, units: 
         noise = torch.randn((n, 2, h, w), generator=generator, dtype=images.dtype, device=generator.device)
         noise = noise.to(images.device)
     with torch.no_grad():
-        flow = noise.mul_(unit_scale(h, w, units, noise).mul_(sigma))
+        flow = noise.mul_(unit_scale(h, w, units, noise, factor=sigma))  # one kernel
         return warp(images, flow, "zeros", backend=backend).clamp_(0.0, 1.0)
 
 
@@ -145,7 +145,7 @@ def fgr_finite_difference(losses, images, loss_at, scheme, units, reduction, fd_
         squared = field.flatten(1).square().sum(1)
         norms = squared.sqrt().view(-1, 1, 1, 1)
         direction = torch.where(norms > 0, field / norms.clamp_min(torch.finfo(field.dtype).tiny), 0.0)
-        step = direction.mul_(unit_scale(x.shape[2], x.shape[3], units, direction).mul_(fd_step))
+        step = direction.mul_(unit_scale(x.shape[2], x.shape[3], units, direction, factor=fd_step))
         if fd_perturbation == "warp":
             moved = warp(x, step, "border", backend=backend)
         else:
