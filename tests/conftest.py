@@ -1,11 +1,15 @@
-"""Test set-up: the Triton interpreter on CPU-only machines, hypothesis profiles, the gpu marker.
+"""Test set-up: the Triton interpreter on CPU-only machines, a private dataset cache, hypothesis
+profiles, the gpu marker.
 
 TRITON_INTERPRET must be set before any @triton.jit function is defined, i.e. before
 flowtriton.kernels is imported; flowtriton imports its kernels lazily, so setting it here is early
 enough.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -18,6 +22,12 @@ except Exception:  # pragma: no cover
 
 if not _HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Decoded dataset caches go to a folder of this test session, never into the user's
+# ~/.cache/flowtriton (tests that need a specific folder set their own).
+_SESSION_CACHE = tempfile.mkdtemp(prefix="flowtriton-test-cache-")
+os.environ["FLOWTRITON_CACHE"] = _SESSION_CACHE
+atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 

@@ -86,3 +86,13 @@ def test_unit_scale_is_cached_and_built_without_a_host_copy():
     torch.testing.assert_close(a.flatten(), torch.tensor([2.0, 1.0]))
     with pytest.raises(ValueError, match="units must be one of"):
         unit_scale(5, 9, "px", like)
+
+
+def test_tests_never_write_into_the_users_cache():
+    import os
+    from pathlib import Path
+
+    from flowtriton.data.paths import cache_dir
+
+    assert "flowtriton-test-cache-" in os.environ["FLOWTRITON_CACHE"]
+    assert Path(cache_dir()).resolve() != (Path.home() / ".cache" / "flowtriton").resolve()
