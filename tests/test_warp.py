@@ -99,7 +99,7 @@ def test_reference_matches_grid_sample_at_non_integer_flows(seed, n, c, h, w, mo
 
 
 def test_reference_is_the_authors_clamped_gather_sampler_in_border_mode():
-    """Border mode = bilinear with corner indices clamped to the image (REFERENCE.md 1.2), including
+    """Border mode = bilinear with corner indices clamped to the image (docs/method.md: the authors' sampler), including
     its derivative at zero flow: the forward difference, 0 in the last column/row."""
     gen = torch.Generator().manual_seed(0)
     image = torch.rand(2, 3, 5, 6, generator=gen, dtype=torch.float64)
