@@ -54,7 +54,8 @@ class ADef(FlowAttack):
       max_iter: iterations (>= 1). max_norm: T-norm cap in pixels (inf = none): candidates at or
         above it are dropped and an image with none left stops.
       overshoot: >= 1; at the end, fields of images never fooled, or fooled but lying on a
-        decision boundary (another logit within 1e-6 of the top), are multiplied by
+        decision boundary (another logit within 1e-6 of the top, plus 16 float ulps of it), are
+        multiplied by
         ``clamp(max_norm / ||tau||_T, 1, overshoot)``.
       smooth: Gaussian sigma in pixels (0 = none), kernel truncated at 4 sigma, zero padding.
       targeted: ``labels`` are target classes (the reference's ``targeting`` with one candidate per
@@ -124,8 +125,12 @@ class ADef(FlowAttack):
                 cand_labels = self._candidate_labels(logits.detach(), labels)
                 try_overshoot = ~reached
             else:
-                gap = logits.detach() - logits.detach().amax(dim=1, keepdim=True)
-                on_boundary = (gap > -1e-6).sum(dim=1) > 1
+                # "On the boundary": another logit within 1e-6 of the top (the reference), widened by
+                # a few float ulps of the top logit, since the final check runs the model on a
+                # batch of another size whose rounding may tip an exact tie back.
+                top = logits.detach().amax(dim=1, keepdim=True)
+                tol = 1e-6 + 16 * torch.finfo(top.dtype).eps * top.abs()
+                on_boundary = (logits.detach() - top > -tol).sum(dim=1) > 1
                 try_overshoot[idx] = torch.where(reached, on_boundary, try_overshoot[idx])
             iterations[idx] = step
             if step == self.max_iter:
