@@ -1,16 +1,19 @@
-"""Throughput (images per second) of every flowtriton attack, and stAdv against advertorch.
+"""Attacks side by side with their reference implementations, and every attack's throughput.
 
-Models: a small CNN on MNIST (flowtriton.models.SmallCNN, trained here for a few hundred steps so
-that success rates mean something) and a CIFAR VGG-11 with BatchNorm (random weights: its rows
-measure speed only). Each attack runs once on a batch after a warm-up; images/s = batch / seconds.
-Success rates count the examples the model classified correctly.
+Side by side, interleaved chunk by chunk in one run so that machine load hits both alike, on the
+same correctly classified MNIST test images of an undefended CNN (2 conv + 2 fc, trained here on
+40,000 images and cached under ~/.cache/flowtriton/bench_attacks, never in the repository):
+  * flowtriton ``StAdv(model)`` (its defaults) vs advertorch's SpatialTransformAttack
+    (scipy L-BFGS-B, ``--advertorch-iters``), run in a SEPARATE Python (``--advertorch-python``,
+    a throwaway venv: advertorch is no dependency of flowtriton) on the same traced model;
+  * flowtriton ``ADef`` vs the authors' reference ADef (Alaifari et al.'s ``deformation.py``,
+    imported unchanged from the folder given by ``--adef-reference``; never vendored) at the
+    reference's MNIST settings (candidates 1-9, max_iter 100, smooth 0.5, overshoot 1.2).
+Reported per implementation: images/s, success rate on correctly classified images, median
+T-norm of the successful flows (pixels), model evaluations per image, and the throughput ratio.
+``--throughput`` adds the older table: every flowtriton attack on the small CNN and a VGG-11.
 
-advertorch's SpatialTransformAttack (scipy L-BFGS-B, float64, a host round trip per function
-evaluation) runs side by side on the same traced model and images in a SEPARATE Python
-(``--advertorch-python``, default /tmp/advvenv/bin/python) because advertorch is no dependency of
-flowtriton; a row records why when it cannot run.
-
-    python benchmarks/bench_attacks.py [--device cuda] [--quick] [--batch 64]
+    python benchmarks/bench_attacks.py --adef-reference /tmp/adef_ref --images 200
 
 Writes benchmarks/results/attacks_<device>.json and .csv (with the device and versions).
 """
@@ -18,6 +21,8 @@ Writes benchmarks/results/attacks_<device>.json and .csv (with the device and ve
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import math
 import os
@@ -25,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -62,6 +68,7 @@ def advertorch_worker(path: str) -> None:
     from advertorch.attacks import SpatialTransformAttack
 
     blob = torch.load(path)
+    torch.set_num_threads(blob.get("threads", torch.get_num_threads()))  # the same as the main process
     model = torch.jit.load(blob["model_path"]).eval()
     images, labels = blob["images"], blob["labels"]
     calls = []
@@ -106,22 +113,43 @@ def load_mnist(n_train: int, n_test: int, data_dir: str | None):
     raise SystemExit("no MNIST data found: pass --data-dir")
 
 
-def small_cnn(device, steps: int, data_dir: str | None, n_test: int, seed: int = 0):
-    """SmallCNN trained for ``steps`` Adam steps (batch 64) on MNIST; -> (model, images, labels)."""
-    from flowtriton.models import SmallCNN
+def mnist_cnn(device, data_dir: str | None, n_train: int = 40000, n_test: int = 1000, epochs: int = 2,
+              seed: int = 0):
+    """An undefended MNIST CNN (2 conv + 2 fc, plain torch, independent of flowtriton.models),
+    trained with Adam on the first ``n_train`` training images and cached under
+    ``$FLOWTRITON_CACHE`` (default ~/.cache/flowtriton)/bench_attacks; -> (model, test images,
+    test labels, note)."""
+    from flowtriton.data.paths import cache_dir
 
+    x_train, y_train, x_test, y_test, source = load_mnist(n_train, n_test, data_dir)
     torch.manual_seed(seed)
-    x_train, y_train, x_test, y_test, source = load_mnist(steps * 64, n_test, data_dir)
-    model = SmallCNN(num_classes=10, in_channels=1).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    for step in range(steps):
-        index = torch.randint(0, x_train.shape[0], (64,))
-        loss = torch.nn.functional.cross_entropy(model(x_train[index].to(device)), y_train[index].to(device))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval(), x_test.to(device), y_test.to(device), f"{source}, {steps} Adam steps"
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 32, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(32, 64, 5, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(64 * 7 * 7, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
+    n_train = x_train.shape[0]
+    path = Path(cache_dir()) / "bench_attacks" / f"mnist_cnn_{source}_{n_train}_{epochs}ep_seed{seed}.pt"
+    if path.exists():
+        model.load_state_dict(torch.load(path, map_location="cpu"))
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        gen = torch.Generator().manual_seed(seed)
+        model.train()
+        for _ in range(epochs):
+            order = torch.randperm(n_train, generator=gen)
+            for start in range(0, n_train, 128):
+                index = order[start:start + 128]
+                loss = torch.nn.functional.cross_entropy(model(x_train[index]), y_train[index])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), path)
+    model = model.to(device).eval()
+    with torch.no_grad():
+        clean = float((model(x_test.to(device)).argmax(dim=1) == y_test.to(device)).float().mean())
+    note = f"{source}, 2 conv + 2 fc, Adam {epochs} epochs on {n_train} images, clean {clean:.4f} on {n_test}"
+    return model, x_test.to(device), y_test.to(device), note
 
 
 def vgg11(device, n: int, seed: int = 0):
@@ -164,9 +192,8 @@ def attacks_for(model, quick: bool):
         "FlowPGD(eps=0.01 norm., K=%d)" % (20 if quick else 100): FlowPGD(model, steps=20 if quick else 100),
         "ADef(cand=1..9, iter<=%d, smooth=0.5, os=1.2)" % (30 if quick else 100):
             ADef(model, candidates=range(1, 10), max_iter=30 if quick else 100, smooth=0.5, overshoot=1.2),
-        "StAdv(tau=0.05, Adam<=100)": StAdv(model, tau=0.05),
-        "StAdv(tau=0.01, Adam<=100)": StAdv(model, tau=0.01),
-        "StAdv(tau=0.01, L-BFGS<=100)": StAdv(model, tau=0.01, optimizer="lbfgs"),
+        "StAdv() defaults (Adam<=20, tau 0.05, 2 search steps)": StAdv(model),
+        "StAdv(optimizer='lbfgs')": StAdv(model, optimizer="lbfgs"),
         "RotationTranslation(5x5x5)": RotationTranslation(model),
     }
 
@@ -176,6 +203,19 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def summary(seconds: float, images: int, fooled: torch.Tensor, tnorm: torch.Tensor | None, evaluations=None) -> dict:
+    """Throughput and strength of one implementation over ``images`` correctly classified images."""
+    fooled = fooled.cpu()
+    row = {"seconds": seconds, "images": images, "images_per_s": images / seconds,
+           "success_rate": float(fooled.float().mean()), "load_avg_1min": os.getloadavg()[0]}
+    if tnorm is not None:
+        norms = tnorm.cpu()[fooled]
+        row["median_tnorm_px"] = float(norms.median()) if norms.numel() else math.nan
+    if evaluations is not None:
+        row["evaluations_per_image"] = float(evaluations)
+    return row
+
+
 def time_attack(attack, images, labels, device) -> dict:
     attack.run(images[:2], labels[:2])  # warm-up (allocations, kernel compilation)
     sync(device)
@@ -183,99 +223,198 @@ def time_attack(attack, images, labels, device) -> dict:
     result = attack.run(images, labels)
     sync(device)
     seconds = time.perf_counter() - start
-    load = os.getloadavg()[0]
     with torch.no_grad():
         correct = attack.model(images).argmax(dim=1) == labels
-    fooled = result.success & correct
-    tnorms = result.tnorm[fooled]
-    return {"seconds": seconds, "images_per_s": images.shape[0] / seconds,
-            "success_rate": float(fooled.sum()) / max(int(correct.sum()), 1),
-            "median_tnorm_px": float(tnorms.median()) if tnorms.numel() else math.nan,
-            "mean_iterations": float(result.iterations.float().mean()), "load_avg_1min": load,
-            "evaluations_per_image": float(result.info["evaluations"].float().mean())
-            if "evaluations" in result.info else None}
+    evaluations = result.info.get("evaluations")
+    row = summary(seconds, images.shape[0], (result.success & correct)[correct], result.tnorm[correct],
+                  None if evaluations is None else evaluations.float().mean())
+    row["mean_iterations"] = float(result.iterations.float().mean())
+    return row
 
 
 def run_advertorch(python: str, model, images, labels, tau: float, max_iter: int) -> dict:
-    """advertorch's stAdv in ``python`` (a separate venv) on the same traced model and images."""
+    """advertorch's stAdv in ``python`` (a separate venv) on the same traced model and images:
+    {'seconds', 'success' (list of bool), 'evaluations', ...} or {'error'}."""
     if not Path(python).exists():
-        return {"error": f"{python} not found: create it with python3 -m venv /tmp/advvenv && "
-                         "/tmp/advvenv/bin/pip install torch==<same> advertorch scipy"}
+        return {"error": f"{python} not found: create it with python3 -m venv /tmp/advenv, a .pth file "
+                         "pointing at this venv's site-packages (for torch), and "
+                         "/tmp/advenv/bin/pip install --no-deps advertorch==0.2.3 scipy"}
     with tempfile.TemporaryDirectory() as tmp:
         model_path = os.path.join(tmp, "model.pt")
         torch.jit.save(torch.jit.trace(model.cpu(), images[:2].cpu()), model_path)
         model.to(images.device)
         blob = os.path.join(tmp, "batch.pt")
         torch.save({"model_path": model_path, "images": images.cpu(), "labels": labels.cpu(),
-                    "classes": 10, "tau": tau, "max_iter": max_iter}, blob)
+                    "classes": 10, "tau": tau, "max_iter": max_iter,
+                    "threads": torch.get_num_threads()}, blob)
         done = subprocess.run([python, __file__, "--advertorch-worker", blob], capture_output=True, text=True,
                               timeout=3600)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    with torch.no_grad():
-        correct = (model(images).argmax(dim=1) == labels).cpu()
-    success = torch.tensor(out["success"]) & correct
-    return {"seconds": out["seconds"], "images_per_s": images.shape[0] / out["seconds"],
-            "load_avg_1min": os.getloadavg()[0],
-            "success_rate": float(success.sum()) / max(int(correct.sum()), 1),
-            "evaluations_per_image": out["evaluations"],
-            "advertorch": out["advertorch"], "notes": "; ".join(out["notes"])}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def torch04_grid_sample():
+    """The reference ADef was written for torch 0.4, whose grid_sample had align_corners=True
+    semantics (its grid is built for them); restore that default while it runs."""
+    import torch.nn.functional as F
+
+    original = F.grid_sample
+    F.grid_sample = functools.partial(original, align_corners=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.range deprecation, printed once per call
+            yield
+    finally:
+        F.grid_sample = original
+
+
+def load_reference_adef(path: str):
+    """The ``ADef`` function of the authors' ``deformation.py`` in folder (or file) ``path``."""
+    folder = Path(path)
+    if folder.is_file():
+        folder = folder.parent
+    if not (folder / "deformation.py").exists():
+        raise SystemExit(f"--adef-reference {path}: no deformation.py there (Alaifari et al.'s ADef code)")
+    sys.path.insert(0, str(folder))
+    import deformation
+
+    return deformation.ADef
+
+
+def side_by_side(model, images, labels, chunk: int, args, device) -> list[dict]:
+    """stAdv vs advertorch and ADef vs the reference, interleaved chunk by chunk."""
+    from flowtriton.attacks import ADef, StAdv
+
+    ours_stadv = StAdv(model)
+    ours_adef = ADef(model, candidates=range(1, 10), max_iter=100, smooth=0.5, overshoot=1.2)
+    reference = load_reference_adef(args.adef_reference) if args.adef_reference else None
+    totals = {key: {"seconds": 0.0, "fooled": [], "tnorm": [], "evaluations": []}
+              for key in ("stadv", "advertorch", "adef", "reference")}
+    ours_stadv.run(images[:2], labels[:2])
+    ours_adef.run(images[:2], labels[:2])
+    advertorch_info, errors = {}, {}
+    for number, start in enumerate(range(0, images.shape[0], chunk)):
+        x, y = images[start:start + chunk], labels[start:start + chunk]
+        jobs = ["stadv", "advertorch", "adef", "reference"]
+        if number % 2:  # alternate who goes first
+            jobs = ["advertorch", "stadv", "reference", "adef"]
+        for job in jobs:
+            record = totals[job]
+            if job in ("stadv", "adef"):
+                attack = ours_stadv if job == "stadv" else ours_adef
+                sync(device)
+                begin = time.perf_counter()
+                result = attack.run(x, y)
+                sync(device)
+                record["seconds"] += time.perf_counter() - begin
+                record["fooled"].append(result.success.cpu())
+                record["tnorm"].append(result.tnorm.cpu())
+                record["evaluations"].append(result.info["evaluations"].float().cpu())
+            elif job == "advertorch" and not args.no_advertorch and "advertorch" not in errors:
+                out = run_advertorch(args.advertorch_python, model, x, y, 0.05, args.advertorch_iters)
+                if "error" in out:
+                    errors["advertorch"] = out["error"]
+                    continue
+                record["seconds"] += out["seconds"]
+                record["fooled"].append(torch.tensor(out["success"]))
+                record["evaluations"].append(torch.full((x.shape[0],), float(out["evaluations"])))
+                advertorch_info = {k: out[k] for k in ("advertorch", "notes", "torch")}
+            elif job == "reference" and reference is not None:
+                with torch04_grid_sample():
+                    sync(device)
+                    begin = time.perf_counter()
+                    _, data = reference(x, model, ind_candidates=list(range(1, 10)), max_iter=100, max_norm="inf",
+                                        overshoot=1.2, smooth=0.5, verbose=False)
+                    sync(device)
+                record["seconds"] += time.perf_counter() - begin
+                record["fooled"].append((data["deformed_labels"] != y).cpu())
+                record["tnorm"].append(data["norms"].cpu())
+        print(f"[bench_attacks] chunk {number + 1}: {min(start + chunk, images.shape[0])} images done",
+              file=sys.stderr)
+
+    n = images.shape[0]
+    names = {"stadv": ("flowtriton", "StAdv() defaults: Adam<=20 (0.05 px), tau 0.05, 2 tau search steps"),
+             "advertorch": ("advertorch", f"SpatialTransformAttack(const=0.05, L-BFGS-B<={args.advertorch_iters})"),
+             "adef": ("flowtriton", "ADef(cand=1..9, iter<=100, smooth=0.5, os=1.2)"),
+             "reference": ("reference (Alaifari et al.)", "ADef(cand=1..9, iter<=100, smooth=0.5, os=1.2)")}
+    rows = {}
+    for key, record in totals.items():
+        implementation, attack = names[key]
+        row = {"comparison": "stadv" if key in ("stadv", "advertorch") else "adef",
+               "implementation": implementation, "attack": attack}
+        if not record["fooled"]:
+            row["error"] = errors.get(key, "not run (pass --adef-reference)" if key == "reference" else "not run")
+        else:
+            evaluations = torch.cat(record["evaluations"]).mean() if record["evaluations"] else None
+            row.update(summary(record["seconds"], n, torch.cat(record["fooled"]),
+                               torch.cat(record["tnorm"]) if record["tnorm"] else None, evaluations))
+            if key == "advertorch":
+                row.update(advertorch_info)
+                row["median_tnorm_px"] = None  # advertorch returns images only, not its flow
+        rows[key] = row
+    for ours, theirs in (("stadv", "advertorch"), ("adef", "reference")):
+        if "images_per_s" in rows[ours] and "images_per_s" in rows[theirs]:
+            rows[ours]["throughput_ratio"] = rows[ours]["images_per_s"] / rows[theirs]["images_per_s"]
+    if reference is not None:
+        rows["reference"]["notes"] = ("run unchanged, with torch 0.4's grid_sample default (align_corners=True) "
+                                      "restored for it: its sampling grid is built for those semantics")
+    return list(rows.values())
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="small batches and fewer iterations (CPU)")
-    parser.add_argument("--batch", type=int, default=None, help="images per attack run")
-    parser.add_argument("--train-steps", type=int, default=None, help="Adam steps for the small CNN")
+    parser.add_argument("--images", type=int, default=200, help="test images attacked (correctly classified ones)")
+    parser.add_argument("--chunk", type=int, default=50, help="images per interleaved chunk")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--data-dir", default=None, help="folder holding mnist/ (default: ../shared/datasets)")
-    parser.add_argument("--advertorch-python", default="/tmp/advvenv/bin/python")
-    parser.add_argument("--advertorch-iters", type=int, default=1000, help="advertorch max_iterations (its default)")
+    parser.add_argument("--advertorch-python", default="/tmp/advenv/bin/python")
+    parser.add_argument("--advertorch-iters", type=int, default=100, help="advertorch max_iterations")
     parser.add_argument("--no-advertorch", action="store_true")
+    parser.add_argument("--adef-reference", default=None,
+                        help="folder holding the authors' ADef deformation.py (Alaifari et al.)")
+    parser.add_argument("--throughput", action="store_true", help="also time every flowtriton attack")
+    parser.add_argument("--quick", action="store_true", help="with --throughput: small batches, fewer iterations")
     parser.add_argument("--advertorch-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.advertorch_worker:
         advertorch_worker(args.advertorch_worker)
         return
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     sys.path.insert(0, str(HERE))
     from common import environment, markdown_table, write_results
 
     device = torch.device(args.device)
-    batch = args.batch or (32 if args.quick else 256)
-    steps = args.train_steps or (300 if args.quick else 1500)
     env = environment(device)
-    env.update({"quick": args.quick, "batch": batch})
-    rows = []
-    setups = [("small-cnn (MNIST 1x28x28)", small_cnn(device, steps, args.data_dir, batch)),
-              ("vgg11 (3x32x32)", vgg11(device, max(batch // 2, 2) if args.quick else batch))]
-    for model_name, (model, images, labels, note) in setups:
-        with torch.no_grad():
-            clean = float((model(images).argmax(dim=1) == labels).float().mean())
-        print(f"[bench_attacks] {model_name}: {note}, clean accuracy {clean:.3f}", file=sys.stderr)
-        for attack_name, attack in attacks_for(model, args.quick).items():
-            row = {"model": model_name, "model_note": note, "attack": attack_name, "implementation": "flowtriton",
-                   "batch": images.shape[0], "clean_accuracy": clean}
-            row.update(time_attack(attack, images, labels, device))
-            rows.append(row)
-            print(f"  {attack_name}: {row['images_per_s']:.1f} img/s, success {row['success_rate']:.3f}",
-                  file=sys.stderr)
-        if model_name.startswith("small-cnn") and not args.no_advertorch:
-            row = {"model": model_name, "model_note": note, "attack": "SpatialTransformAttack(const=0.05, "
-                   f"L-BFGS-B<={args.advertorch_iters})", "implementation": "advertorch", "batch": images.shape[0],
-                   "clean_accuracy": clean}
-            row.update(run_advertorch(args.advertorch_python, model, images, labels, 0.05, args.advertorch_iters))
-            rows.append(row)
-            print(f"  advertorch: {row}", file=sys.stderr)
-            if "images_per_s" in row:
-                for ours in rows:
-                    if ours["model"] == model_name and ours["attack"].startswith("StAdv"):
-                        ours["speedup_vs_advertorch"] = ours["images_per_s"] / row["images_per_s"]
+    model, x_test, y_test, note = mnist_cnn(device, args.data_dir, n_test=max(args.images * 2, 1000))
+    with torch.no_grad():
+        correct = model(x_test).argmax(dim=1) == y_test
+    images, labels = x_test[correct][:args.images], y_test[correct][:args.images]
+    env.update({"model": note, "images": int(images.shape[0]), "chunk": args.chunk,
+                "selection": "the first correctly classified MNIST test images"})
+    print(f"[bench_attacks] {note}; attacking {images.shape[0]} correctly classified test images", file=sys.stderr)
+    rows = side_by_side(model, images, labels, args.chunk, args, device)
+    columns = ["comparison", "implementation", "attack", "images", "images_per_s", "success_rate",
+               "median_tnorm_px", "evaluations_per_image", "throughput_ratio", "error"]
+    print(markdown_table(rows, columns))
+    if args.throughput:
+        batch = 32 if args.quick else 256
+        extra = [("mnist-cnn (1x28x28)", (model, images[:batch], labels[:batch], note)),
+                 ("vgg11 (3x32x32)", vgg11(device, max(batch // 2, 2)))]
+        for model_name, (net, x, y, model_note) in extra:
+            for attack_name, attack in attacks_for(net, args.quick).items():
+                row = {"comparison": "throughput", "model": model_name, "model_note": model_note,
+                       "implementation": "flowtriton", "attack": attack_name}
+                row.update(time_attack(attack, x, y, device))
+                rows.append(row)
+        print(markdown_table([r for r in rows if r["comparison"] == "throughput"],
+                             ["model", "attack", "images", "images_per_s", "success_rate", "median_tnorm_px",
+                              "evaluations_per_image"]))
     path = write_results(f"attacks_{device.type}", env, rows)
-    print(markdown_table(rows, ["model", "attack", "implementation", "batch", "images_per_s", "success_rate",
-                                "median_tnorm_px", "mean_iterations", "evaluations_per_image",
-                                "speedup_vs_advertorch"]))
     print(f"wrote {path}")
 
 
