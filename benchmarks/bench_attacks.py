@@ -36,7 +36,6 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-SHARED_MNIST = HERE.parent.parent / "shared" / "datasets"
 
 
 # -- advertorch worker (runs in the throwaway venv: imports nothing from flowtriton) ---------------
@@ -102,7 +101,7 @@ def advertorch_worker(path: str) -> None:
 def load_mnist(n_train: int, n_test: int, data_dir: str | None):
     from flowtriton.data import load_dataset
 
-    for name, root in (("mnist", data_dir or SHARED_MNIST), ("mnist-subset", None)):
+    for name, root in (("mnist", data_dir), ("mnist-subset", None)):
         try:
             train = load_dataset(name, "train", root)
             test = load_dataset(name, "test", root)
@@ -369,7 +368,7 @@ def main(argv=None) -> None:
     parser.add_argument("--images", type=int, default=200, help="test images attacked (correctly classified ones)")
     parser.add_argument("--chunk", type=int, default=50, help="images per interleaved chunk")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--data-dir", default=None, help="folder holding mnist/ (default: ../shared/datasets)")
+    parser.add_argument("--data-dir", default=None, help="folder holding mnist/ (default: $FLOWTRITON_DATA, else the embedded subset)")
     parser.add_argument("--advertorch-python", default="/tmp/advenv/bin/python")
     parser.add_argument("--advertorch-iters", type=int, default=100, help="advertorch max_iterations")
     parser.add_argument("--no-advertorch", action="store_true")
