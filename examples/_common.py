@@ -49,17 +49,36 @@ def versions() -> dict:
     return out
 
 
+def portable(value):
+    """``value`` with absolute paths made machine-independent (recursively through lists and
+    dicts): relative to the repository when inside it, else ``<outside>/<last part>``."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        path = Path(value)
+        try:
+            return path.resolve().relative_to(REPO).as_posix() or "."
+        except ValueError:
+            return f"<outside>/{path.name}"
+    return value
+
+
 class RunRecord:
     """``run.json`` in the output folder: the exact command, seed, versions, device, and the wall
-    time of every session (a resumed run appends a session, so the total covers interruptions)."""
+    time of every session (a resumed run appends a session, so the total covers interruptions).
+    Paths are recorded relative to the repository (see :func:`portable`), never as this machine's
+    absolute paths."""
 
     def __init__(self, out_dir: Path, seed: int, settings: dict):
         self.path = Path(out_dir) / "run.json"
         self.started = time.perf_counter()
         old = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        command = [Path(sys.executable).name, *(portable(a) for a in sys.argv)]
         self.data = {
-            "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
-            "cwd": os.getcwd(), "seed": seed, "settings": settings, "versions": versions(),
+            "command": " ".join(shlex.quote(a) for a in command),
+            "cwd": portable(os.getcwd()), "seed": seed, "settings": portable(settings), "versions": versions(),
             "cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "sessions": old.get("sessions", []),
         }

@@ -113,3 +113,19 @@ def test_reproduce_cifar10_vgg11_reduced(tmp_path):
     assert (out / "robustness_vs_lambda.png").read_bytes()[:4] == b"\x89PNG"
     _check_record(out, "reproduce_cifar10_vgg11.py", 1)
 
+
+
+def test_run_records_hold_no_absolute_paths(tmp_path):
+    """run.json is portable: paths relative to the repository, others reduced to their last part."""
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "examples"))
+    try:
+        from _common import portable
+    finally:
+        sys.path.remove(str(root / "examples"))
+    assert portable(str(root / "runs" / "x")) == "runs/x"
+    assert portable({"data": "/somewhere/else/datasets", "n": 3, "l": ["rel/path", str(root)]}) == \
+        {"data": "<outside>/datasets", "n": 3, "l": ["rel/path", "."]}
+    for record in (root / "examples" / "results").glob("*/run.json"):
+        text = record.read_text()
+        assert '"/' not in text, f"{record} holds an absolute path"
