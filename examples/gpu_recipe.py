@@ -102,8 +102,11 @@ class Stage:
         return time.perf_counter() - self.start
 
     def done(self, unit_seconds: float) -> None:
+        """Count one unit of work; the longest unit is tracked from the second on (the first one
+        also pays for kernel compilation and cuDNN's algorithm search)."""
+        if self.units:
+            self.longest_unit = max(self.longest_unit, unit_seconds)
         self.units += 1
-        self.longest_unit = max(self.longest_unit, unit_seconds)
 
     def should_stop(self) -> bool:
         """True on a signal, or when the next unit (as long as the longest so far) would run into the
@@ -219,6 +222,7 @@ def train_phase(args, state, data, device, stage: Stage, out: Path) -> bool:
             models[0].train()
         for images, labels in train:
             if stage.should_stop():
+                state["train_s"] = state.get("train_s", 0.0) + time.perf_counter() - started
                 save()
                 return False
             unit = time.perf_counter()
@@ -335,6 +339,8 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
     if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("[gpu-recipe] --device cuda, but torch sees no CUDA device; use --device cpu or auto")
         torch.backends.cudnn.benchmark = True
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,8 @@ held-out VALIDATION split, evaluated with their multi-step attack.
 
     # the full recipe (a GPU; about the authors' budget): lambda 0, 100, 200, 300
     python examples/reproduce_cifar10_vgg11.py --out-dir runs/repro-vgg11
+    # the same recipe in stages of at most 8.5 minutes, all lambdas at once on one GPU:
+    python examples/gpu_recipe.py --out-dir runs/gpu-recipe     # repeat while it exits 75
     # a reduced CPU run (say so when you report it):
     python examples/reproduce_cifar10_vgg11.py --lams 0 300 --epochs 3 --width 0.25 \
         --train-subset 10000 --eval-subset 500 --device cpu --out-dir runs/repro-cpu
