@@ -4,6 +4,8 @@ held-out VALIDATION split, evaluated with their multi-step attack.
 
     # the full recipe (a GPU; about the authors' budget): lambda 0, 100, 200, 300
     python examples/reproduce_cifar10_vgg11.py --out-dir runs/repro-vgg11
+    # the same recipe in stages of at most 8.5 minutes, all lambdas at once on one GPU:
+    python examples/gpu_recipe.py --out-dir runs/gpu-recipe     # repeat while it exits 75
     # a reduced CPU run (say so when you report it):
     python examples/reproduce_cifar10_vgg11.py --lams 0 300 --epochs 3 --width 0.25 \
         --train-subset 10000 --eval-subset 500 --device cpu --out-dir runs/repro-cpu
@@ -51,32 +53,57 @@ from _common import RunRecord, default_data_dir, eval_batch, load_best, load_spl
 PAPER = {0.0: (0.9027, 0.0641), 100.0: (0.8724, 0.4795), 200.0: (0.8602, 0.5306), 300.0: (0.8536, 0.5515)}
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="See the module docstring for the recipe and the departure from it.")
+RESULT_COLUMNS = ["lambda", "best val acc", "test acc", "acc under attack", "authors: clean", "authors: attack"]
+
+
+def write_results(out: Path, header: str, rows: list, results: dict) -> str:
+    """OUT/results.md (``header`` and the table of ``rows`` under RESULT_COLUMNS) and
+    OUT/results.json (``results``); returns the markdown."""
+    text = header + md_table(RESULT_COLUMNS, rows)
+    (out / "results.md").write_text(text)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    return text
+
+
+def add_recipe_arguments(p: argparse.ArgumentParser, eval_batch_size: int) -> None:
+    """The recipe's options, shared with examples/gpu_recipe.py (defaults: the authors' setting)."""
     p.add_argument("--lams", type=float, nargs="+", default=[0.0, 100.0, 200.0, 300.0])
     p.add_argument("--data-dir", default=default_data_dir())
-    p.add_argument("--out-dir", default="runs/repro-cifar10-vgg11")
     p.add_argument("--epochs", type=int, default=80)
     p.add_argument("--milestones", type=int, nargs="*", default=None, help="default [40, 60] scaled to --epochs")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--sigma", type=float, default=0.01, help="FGR random start, normalized units")
     p.add_argument("--width", type=float, default=1.0, help="VGG channel multiplier (1 = the paper's VGG-11)")
-    p.add_argument("--depth", default="vgg11", choices=("vgg11", "vgg13", "vgg16", "vgg19"))
     p.add_argument("--val-size", type=int, default=5000, help="validation images held out from train")
     p.add_argument("--train-subset", type=int, default=None, help="train on a seeded subset (CPU runs)")
     p.add_argument("--max-per-class", type=int, default=None, help="load only the first N files per class")
-    p.add_argument("--max-steps-per-epoch", type=int, default=None)
     p.add_argument("--eval-subset", type=int, default=None, help="first N test images attacked (default all)")
     p.add_argument("--eps", type=float, default=0.01, help="attack budget, normalized units")
     p.add_argument("--attack-steps", type=int, default=100)
-    p.add_argument("--eval-batch-size", type=int, default=500)
+    p.add_argument("--eval-batch-size", type=int, default=eval_batch_size)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+
+
+def recipe_milestones(epochs: int, milestones: list | None) -> list:
+    """The learning-rate milestones: ``milestones``, else the authors' [40, 60] of 80 scaled to
+    ``epochs``; only those inside (0, epochs), sorted, each once."""
+    if milestones is None:
+        milestones = [epochs * 40 // 80, epochs * 60 // 80]
+    return sorted({m for m in milestones if 0 < m < epochs})
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="See the module docstring for the recipe and the departure from it.")
+    add_recipe_arguments(p, eval_batch_size=500)
+    p.add_argument("--out-dir", default="runs/repro-cifar10-vgg11")
+    p.add_argument("--depth", default="vgg11", choices=("vgg11", "vgg13", "vgg16", "vgg19"))
+    p.add_argument("--max-steps-per-epoch", type=int, default=None)
     p.add_argument("--amp", default="off", choices=("off", "auto", "bf16"),
                    help="off (default: float32 as the authors); auto = bf16 autocast on CUDA")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
@@ -88,8 +115,7 @@ def main(argv=None) -> int:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     record = RunRecord(out, args.seed, vars(args))
-    milestones = args.milestones if args.milestones is not None else [args.epochs * 40 // 80, args.epochs * 60 // 80]
-    milestones = [m for m in milestones if 0 < m < args.epochs]
+    milestones = recipe_milestones(args.epochs, args.milestones)
     model_name = register_vgg(args.width, args.depth)
     data = load_splits("cifar10", args.data_dir, args.val_size, 0, args.train_subset, args.seed, args.max_per_class)
     n_eval = min(args.eval_subset or len(data.test), len(data.test))
@@ -175,14 +201,12 @@ def main(argv=None) -> int:
               f"{n_eval} test images (JPEG CIFAR-10). 'test acc' = clean accuracy on those images. Authors' numbers: "
               f"docs/method.md (VGG-11, 80 epochs, original CIFAR-10, full test set). Seed {args.seed}; "
               f"wall time {wall:.0f} s (all sessions), device {trainer.ctx.device}.\n\n")
-    table = md_table(["lambda", "best val acc", "test acc", "acc under attack", "authors: clean", "authors: attack"], rows)
-    (out / "results.md").write_text(header + table)
-    (out / "results.json").write_text(json.dumps(
-        {"dataset": "cifar10", "model": model_name, "width": args.width, "epochs": args.epochs,
-         "milestones": milestones, "train_images": len(data.train), "val_images": len(data.val),
-         "eval_images": n_eval, "eps_normalized": args.eps, "attack_steps": args.attack_steps,
-         "full_recipe": full, "runs": payload, "seed": args.seed, "wall_s": wall}, indent=2))
-    print(header + table, flush=True)
+    text = write_results(out, header, rows, {
+        "dataset": "cifar10", "model": model_name, "width": args.width, "epochs": args.epochs,
+        "milestones": milestones, "train_images": len(data.train), "val_images": len(data.val),
+        "eval_images": n_eval, "eps_normalized": args.eps, "attack_steps": args.attack_steps,
+        "full_recipe": full, "runs": payload, "seed": args.seed, "wall_s": wall})
+    print(text, flush=True)
     return 0
 
 

@@ -129,3 +129,99 @@ def test_run_records_hold_no_absolute_paths(tmp_path):
     for record in (root / "examples" / "results").glob("*/run.json"):
         text = record.read_text()
         assert '"/' not in text, f"{record} holds an absolute path"
+
+
+def _recipe(out: Path, *extra: str, cwd: Path) -> subprocess.CompletedProcess:
+    """One stage of examples/gpu_recipe.py, tiny: VGG-11 at width 0.125, 2 epochs, 4 lambdas, on CPU."""
+    data = (["--dataset", "cifar10", "--data-dir", str(DATA), "--max-per-class", "30", "--val-size", "60"]
+            if DATA is not None and (DATA / "cifar10-jpeg").is_dir() else
+            ["--dataset", "synthetic", "--train-subset", "256", "--val-size", "100"])
+    args = [*data, "--width", "0.125", "--epochs", "2", "--batch-size", "32", "--eval-subset", "64",
+            "--attack-steps", "3", "--eval-batch-size", "32", "--device", "cpu", "--threads", "1",
+            "--out-dir", str(out), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(EXAMPLES / "gpu_recipe.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_gpu_recipe_runs_in_stages_and_resumes_exactly(tmp_path):
+    """Stage budgets stop the run (exit 75, state saved): by time, mid-epoch, and inside the attack
+    phase; the same command resumes, and the staged run ends with the same weights and table as an
+    unbroken run. 24 units of work: 2 epochs x 8 steps (4 lambdas each), then 4 x 2 attack chunks."""
+    import torch
+
+    staged = tmp_path / "staged"
+    # a time budget shorter than one step: the stage still does one unit, then stops
+    procs = [_recipe(staged, "--stage-seconds", "0.1", "--reserve-seconds", "0", cwd=tmp_path)]
+    for _ in range(3):  # then 8 units per stage: 1 -> 9 (epoch 2, step 2) -> 17 (first attack chunk) -> 24
+        procs.append(_recipe(staged, "--stage-units", "8", cwd=tmp_path))
+    codes = [p.returncode for p in procs]
+    assert codes == [75, 75, 75, 0], [codes, procs[-1].stdout[-3000:], procs[-1].stderr[-3000:]]
+    ends = [p.stdout.split("STAGE END")[-1] for p in procs[:-1]]
+    assert "stage budget 0.1 s" in ends[0] and "phase train, epoch 0, step 1:" in ends[0]
+    assert "8 units" in ends[1] and "phase train, epoch 1, step 1:" in ends[1]
+    assert "phase attack" in ends[2] and "lam0: attacked 64" not in procs[2].stdout
+    assert all("run the same command again" in end for end in ends)
+
+    results = json.loads((staged / "results.json").read_text())
+    assert set(results["runs"]) == {"lam0", "lam100", "lam200", "lam300"}
+    assert results["stages"] == 4 and results["full_recipe"] is False
+    assert results["epochs"] == 2 and results["eval_images"] == 64
+    for tag, run in results["runs"].items():
+        assert run["lam"] == float(tag[3:]) and run["examples"] == 64
+        assert 0.0 <= run["robust_acc"] <= run["clean_acc"] <= 1.0
+        assert [h["epoch"] for h in run["history"]] == [1, 2] and run["best_epoch"] in (1, 2)
+    table = (staged / "results.md").read_text()
+    assert "REDUCED" in table and "VALIDATION" in table
+    assert all(f"| {lam} |" in table for lam in (0, 100, 200, 300))
+    _check_record(staged, "gpu_recipe.py", 4)
+    assert json.loads((staged / "run.json").read_text())["status"] == "finished"
+
+    # the same command once more: nothing runs again, exit 0, the table is printed again
+    again = _recipe(staged, cwd=tmp_path)
+    assert again.returncode == 0 and "| 300 |" in again.stdout and "epoch 1/2" not in again.stdout
+
+    # an unbroken run gives the same best weights (bit for bit) and the same table
+    whole = tmp_path / "whole"
+    proc = _recipe(whole, "--stage-seconds", "600", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((whole / "results.json").read_text())["stages"] == 1
+    for tag in results["runs"]:
+        a = torch.load(staged / "models" / f"{tag}.pt", weights_only=False)["state_dict"]
+        b = torch.load(whole / "models" / f"{tag}.pt", weights_only=False)["state_dict"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), tag
+    assert json.loads((whole / "results.json").read_text())["runs"]["lam300"]["robust_acc"] == \
+        results["runs"]["lam300"]["robust_acc"]
+
+    # resuming with other settings is refused, naming the setting
+    changed = _recipe(whole, "--epochs", "3", cwd=tmp_path)
+    assert changed.returncode != 0 and "epochs" in changed.stderr
+
+
+def test_device_loader_batches_are_seeded_resumable_and_match_the_test_transform():
+    import torch
+
+    from flowtriton.data import Augmentation, DeviceLoader, ImageData
+
+    images = torch.randint(0, 256, (70, 3, 32, 32), dtype=torch.uint8)
+    data = ImageData(images, torch.arange(70) % 10)
+    paper = Augmentation("paper", 32)
+    loader = DeviceLoader(data, 16, "cpu", paper, train=True, seed=3)
+    loader.set_epoch(2)
+    first = list(loader)
+    assert len(first) == 5 and [b[0].shape[0] for b in first] == [16, 16, 16, 16, 6]
+    assert all(b[0].dtype == torch.float32 and b[0].shape[1:] == (3, 32, 32) for b in first)
+    assert all(0 <= b[0].min() and b[0].max() <= 1 for b in first)
+    assert sorted(torch.cat([b[1] for b in first]).tolist()) == sorted(data.labels.tolist())  # each example once
+    loader.set_epoch(2, start_step=3)  # resume: the same batches from step 3 on
+    resumed = list(loader)
+    assert len(resumed) == 2 and all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+                                     for a, b in zip(first[3:], resumed))
+    loader.set_epoch(3)
+    assert not torch.equal(next(iter(loader))[1], first[0][1])  # a new order each epoch
+    test = DeviceLoader(data, 70, "cpu", paper, train=False)
+    assert torch.equal(next(iter(test))[0], paper.test(data.float_images()))
+    with pytest.raises(TypeError, match="uint8"):
+        DeviceLoader(ImageData(images.float(), data.labels), 16, "cpu")
+    with pytest.raises(ValueError, match="batch_size"):
+        DeviceLoader(data, 0, "cpu")
