@@ -762,3 +762,26 @@ def test_stadv_search_lowers_tau_for_failures_until_they_break():
     assert searched.success.all()
     assert torch.all(searched.info["tau"] < 50.0)
     assert torch.all(searched.iterations > stuck.iterations)
+
+
+class _NoVmap(torch.autograd.Function):
+    """Identity-times-two whose backward reads a value on the host: it cannot run under vmap."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        float(g.abs().sum().item())
+        return g * 2
+
+
+def test_adef_falls_back_to_one_backward_per_candidate_when_vmap_fails():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(49, 10)
+    model = lambda x: linear(_NoVmap.apply(x).flatten(1))  # noqa: E731
+    x = torch.rand(3, 1, 7, 7)
+    labels = model(x).argmax(1)
+    result = ADef(model, candidates=[1, 2], max_iter=5).run(x, labels)
+    assert result.success.any() and torch.isfinite(result.flow).all()

@@ -96,3 +96,14 @@ def test_tests_never_write_into_the_users_cache():
 
     assert "flowtriton-test-cache-" in os.environ["FLOWTRITON_CACHE"]
     assert Path(cache_dir()).resolve() != (Path.home() / ".cache" / "flowtriton").resolve()
+
+
+def test_scale_cache_first_filled_under_inference_mode_still_serves_autograd():
+    from flowtriton.ops import units
+
+    units._SCALES.clear()
+    with torch.inference_mode():
+        flowtriton.normalized_to_pixels(torch.zeros(1, 2, 7, 9))
+    flow = torch.zeros(1, 2, 7, 9, requires_grad=True)
+    flowtriton.normalized_to_pixels(flow).sum().backward()
+    torch.testing.assert_close(flow.grad[0, 0], torch.full((7, 9), 4.0))

@@ -509,3 +509,23 @@ def test_one_default_lambda_everywhere():
     assert flowtriton.InputGradReg().lam == flowtriton.DEFAULT_IGR_LAM
     assert DEFAULT_LAM == {"igr": flowtriton.DEFAULT_IGR_LAM, "fgr": flowtriton.DEFAULT_FGR_LAM,
                            "fgr-fd": flowtriton.DEFAULT_FGR_LAM, "fgr+at": flowtriton.DEFAULT_FGR_LAM}
+
+
+def test_fgr_penalty_differentiates_through_images_computed_by_trainable_layers():
+    """images = a * base with a trainable a: d penalty / d a matches a central difference."""
+    torch.manual_seed(0)
+    base = torch.rand(2, 1, 6, 6, dtype=torch.float64) * 0.9
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 3)).double()
+    labels = torch.tensor([0, 2])
+
+    def penalty(a):
+        images = base * a
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        return flowtriton.fgr_penalty(loss, images, backend="torch")
+
+    a = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(penalty(a), a)
+    h = 1e-5
+    numeric = (penalty(torch.tensor(0.8 + h, dtype=torch.float64, requires_grad=True)).detach()
+               - penalty(torch.tensor(0.8 - h, dtype=torch.float64, requires_grad=True)).detach()) / (2 * h)
+    torch.testing.assert_close(grad, numeric, rtol=1e-5, atol=1e-10)

@@ -382,3 +382,14 @@ def test_cuda_training_step_never_waits_for_the_device(small_splits, tmp_path, m
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert result.status == "finished" and len(calls) == 4
+
+
+def test_configs_saved_with_an_ignored_lam_still_load():
+    import warnings as _warnings
+
+    from flowtriton.train.config import TrainConfig
+
+    with _warnings.catch_warnings(record=True) as caught:
+        _warnings.simplefilter("always")
+        cfg = TrainConfig.from_dict({"method": "standard", "lam": 1.0}, saved=True)
+    assert cfg.lam is None and any("ignoring lam" in str(w.message) for w in caught)

@@ -167,8 +167,12 @@ class ADef(FlowAttack):
         grad_out = logits.new_zeros((cand_labels.shape[1],) + tuple(logits.shape))
         grad_out[:, keep] = weights.transpose(0, 1).to(logits.dtype)
         try:
-            (grads,) = torch.autograd.grad(logits, x_n, grad_out, is_grads_batched=True)
-        except RuntimeError:  # a model without vmap support: one backward per candidate
+            # retain_graph: a batched backward that fails part-way must leave the graph usable for
+            # the fallback (the graph is dropped when this function returns anyway).
+            (grads,) = torch.autograd.grad(logits, x_n, grad_out, is_grads_batched=True, retain_graph=True)
+        except RuntimeError as error:  # a model without vmap support: one backward per candidate
+            if "out of memory" in str(error):
+                raise
             grads = torch.stack([torch.autograd.grad(logits, x_n, g, retain_graph=True)[0] for g in grad_out])
         return grads[:, keep], f
 

@@ -29,13 +29,22 @@ def xy_scale(sx: float, sy: float, like: torch.Tensor) -> torch.Tensor:
     the ops that use it. The tensor is SHARED: never modify it in place."""
     key = (float(sx), float(sy), like.dtype, like.device)
     scale = _SCALES.get(key)
-    if scale is None:
+    if scale is not None:
+        return scale
+    # A normal tensor even under inference_mode (an inference tensor in the cache would break
+    # every later autograd use), built eagerly: never cached while a CUDA graph is being captured
+    # (the fills would only be recorded) and synchronized once so other streams see its values.
+    with torch.inference_mode(False):
         scale = torch.empty((1, 2, 1, 1), dtype=like.dtype, device=like.device)
         scale[:, 0].fill_(float(sx))
         scale[:, 1].fill_(float(sy))
-        if len(_SCALES) >= _MAX_CACHED_SCALES:
-            _SCALES.clear()
-        _SCALES[key] = scale
+    if like.device.type == "cuda":
+        if torch.cuda.is_current_stream_capturing():
+            return scale
+        torch.cuda.current_stream(like.device).synchronize()
+    if len(_SCALES) >= _MAX_CACHED_SCALES:
+        _SCALES.clear()
+    _SCALES[key] = scale
     return scale
 
 

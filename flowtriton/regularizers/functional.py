@@ -129,7 +129,10 @@ def fgr_exact(mean_loss, images, scheme, units, reduction, backend):
     """(penalty, per-example squared flow-gradient norms (N,), input gradient (N, C, H, W)); no checks."""
     (grad_image,) = torch.autograd.grad(mean_loss, images, create_graph=True)
     with torch.autocast(images.device.type, enabled=False):
-        squared = flow_gradient_penalty(images.detach(), grad_image.to(images.dtype), scheme, backend=backend,
+        # A leaf image gets no gradient from the penalty (skip that work); images computed by
+        # trainable layers keep their path, so those layers see the penalty's full gradient.
+        x = images if images.grad_fn is not None else images.detach()
+        squared = flow_gradient_penalty(x, grad_image.to(images.dtype), scheme, backend=backend,
                                         units=units)
         penalty = reduce_squared_norms(squared, reduction, images.shape[0])
     return penalty, squared, grad_image

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -79,11 +80,19 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: dict, saved: bool = False) -> "TrainConfig":
+        """A config from a dict. ``saved=True`` for configs read back from a run (checkpoints,
+        config.json): those written before ``lam`` was checked may carry an ignored ``lam``."""
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown TrainConfig fields {sorted(unknown)}")
+        values = dict(values)
+        if saved and values.get("lam") is not None and values.get("method", "standard") not in REGULARIZED:
+            # Runs saved before lam was checked kept an ignored lam: load them (the value never acted).
+            warnings.warn(f"ignoring lam={values['lam']!r} saved with method {values.get('method')!r}, "
+                          "which has no regularizer", UserWarning, stacklevel=2)
+            values["lam"] = None
         return cls(**values)
 
     def save(self, path: Path) -> None:

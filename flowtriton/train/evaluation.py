@@ -60,7 +60,7 @@ def load_trained_model(checkpoint: str | Path, device="cpu"):
     for key in ("model", "config"):
         if key not in state:
             raise ValueError(f"checkpoint {checkpoint} has no {key!r} entry: not written by flowtriton train")
-    cfg = TrainConfig.from_dict(state["config"])
+    cfg = TrainConfig.from_dict(state["config"], saved=True)
     classes = state.get("classes") or []
     num_classes = len(classes) or state["model"][[k for k in state["model"] if k.endswith("weight")][-1]].shape[0]
     model = build_model(cfg.model, num_classes, state.get("in_channels", 3))
