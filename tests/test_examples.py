@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -129,6 +130,11 @@ def test_run_records_hold_no_absolute_paths(tmp_path):
     for record in (root / "examples" / "results").glob("*/run.json"):
         text = record.read_text()
         assert '"/' not in text, f"{record} holds an absolute path"
+    machine_path = re.compile(r"(?<![\w.])/(?:tmp|work|root|home)/")
+    for folder in ("examples/results", "benchmarks/results"):
+        for path in (root / folder).rglob("*"):
+            if path.suffix in (".json", ".md", ".csv", ".log") and path.is_file():
+                assert not machine_path.search(path.read_text(errors="replace")), f"{path} holds a machine path"
 
 
 def _recipe(out: Path, *extra: str, cwd: Path) -> subprocess.CompletedProcess:
