@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from ..ops.units import UNITS, unit_scale  # noqa: F401 - re-exported for attack modules
 from ..ops.validation import check_choice, check_unit_range
+from ..reference import PADDING_MODES  # noqa: F401 - re-exported for attack modules
 
-PADDING_MODES = ("zeros", "border", "reflection")
 
 
 @dataclass

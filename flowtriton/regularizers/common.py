@@ -67,12 +67,17 @@ def per_example_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tor
     return F.cross_entropy(logits, labels, reduction="none")
 
 
-def check_batch(images, labels) -> None:
+def check_images(images) -> None:
+    """ValueError/TypeError unless ``images`` is a floating (N, C, H, W) tensor."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images must be a (N, C, H, W) tensor, got {shape}")
     if not images.is_floating_point():
         raise TypeError(f"images must be a floating tensor in [0, 1], got {images.dtype}")
+
+
+def check_batch(images, labels) -> None:
+    check_images(images)
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
     if labels.shape[:1] != images.shape[:1]:

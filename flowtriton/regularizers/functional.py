@@ -33,7 +33,7 @@ from ..ops import flow_gradient, flow_gradient_penalty, flow_jvp, warp
 from ..ops.units import UNITS, unit_scale
 from ..ops.validation import check_choice
 from ..reference import SCHEMES
-from .common import REDUCTIONS, check_images_in_range, check_nonnegative, check_positive, reduce_squared_norms
+from .common import REDUCTIONS, check_images, check_images_in_range, check_nonnegative, check_positive, reduce_squared_norms
 
 MODES = ("exact", "finite_difference")
 FD_PERTURBATIONS = ("linear", "warp")
@@ -43,11 +43,7 @@ DEFAULT_FD_STEP = 0.01    # finite-difference step, in ``units``
 
 def _check_loss_and_images(loss, images, per_example: bool) -> torch.Tensor:
     """The scalar loss to differentiate (the mean of per-example losses)."""
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must be a (N, C, H, W) tensor, got {shape}")
-    if not images.is_floating_point():
-        raise TypeError(f"images must be a floating tensor in [0, 1], got {images.dtype}")
+    check_images(images)
     if not images.requires_grad:
         raise ValueError("images must require grad and be the tensor loss was computed from "
                          "(x = images.requires_grad_(True); loss = f(model(x)))")
