@@ -16,6 +16,7 @@ import flowtriton
 from flowtriton.attacks import (ADef, EvaluationResult, FlowPGD, RotationTranslation, StAdv, evaluate,
                                 flow_norms, flow_smoothness, rigid_flow)
 from flowtriton.attacks.adef import gaussian_kernel
+from flowtriton.attacks.evaluate import row_key
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -564,6 +565,41 @@ def test_evaluate_table_json_markdown():
     lines = markdown.splitlines()
     assert lines[0].startswith("| attack | budget") and len([l for l in lines if l.startswith("| pgd")]) == 2
     assert "median successful T-norm" in markdown
+
+
+def test_evaluate_masks_worst_case_and_merge():
+    """Per-example masks reproduce every row, the union row and any worst case; evaluating one
+    attack at a time and merging gives the same table as one call with all attacks."""
+    x = smooth_images(8)
+    model = TinyConv(classes=3).eval()
+    labels = predictions(model, x)
+    labels[:2] = (labels[:2] + 1) % 3
+    result = _evaluation((x, labels), batch_size=3)
+    assert sorted(result.masks) == sorted(["clean", "pgd@0.01", "pgd@0.05", "adef@0.1", "adef@0.5", "rt"])
+    for row in result.rows[:-1]:
+        assert result.masks[row_key(row.attack, row.budget)].float().mean().item() == pytest.approx(row.accuracy)
+    everything = {"pgd": [0.01, 0.05], "adef": [0.1, 0.5], "rt": None}
+    assert result.worst_case(everything) == pytest.approx(result.accuracy("union"))
+    pair = result.masks["clean"] & result.masks["pgd@0.05"] & result.masks["adef@0.5"]
+    assert result.worst_case({"pgd": 0.05, "adef": 0.5}) == pytest.approx(pair.float().mean().item())
+    with pytest.raises(KeyError, match="pgd@0.02"):
+        result.worst_case({"pgd": 0.02})
+    back = EvaluationResult.from_json(json.dumps(result.to_dict(masks=True)))
+    assert all(torch.equal(back.masks[k], result.masks[k]) for k in result.masks)
+    assert "masks" not in result.to_dict()
+    attacks = {"pgd": FlowPGD(model, steps=3), "adef": ADef(model, candidates=[1, 2], max_iter=8),
+               "rt": RotationTranslation(model, num_rotations=3, num_translations=3)}
+    budgets = {"pgd": [0.05, 0.01], "adef": [0.1, 0.5]}
+    parts = [evaluate(model, (x, labels), {name: attack}, {name: budgets[name]} if name in budgets else None,
+                      batch_size=3) for name, attack in attacks.items()]
+    merged = EvaluationResult.merge(parts)
+    assert [(r.attack, r.budget, r.accuracy) for r in merged.rows] == \
+        [(r.attack, r.budget, r.accuracy) for r in result.rows]
+    with pytest.raises(ValueError, match="more than one"):
+        EvaluationResult.merge(parts + parts[:1])
+    other = evaluate(model, (x, predictions(model, x)), {"rt": attacks["rt"]}, batch_size=3)
+    with pytest.raises(ValueError, match="different examples"):
+        EvaluationResult.merge(parts[:1] + [other])
 
 
 def test_evaluate_accepts_a_dataloader_and_checks_arguments():

@@ -231,3 +231,51 @@ def test_device_loader_batches_are_seeded_resumable_and_match_the_test_transform
         DeviceLoader(ImageData(images.float(), data.labels), 16, "cpu")
     with pytest.raises(ValueError, match="batch_size"):
         DeviceLoader(data, 0, "cpu")
+
+
+def test_frontier_runs_points_resumes_per_attack_and_reports(tmp_path):
+    """The frontier runner on the embedded digits: every point trained, attacked one attack at a
+    time with masks, a report with curves, claims and the cost table; a second run reads
+    everything back; a point whose evaluation was cut short redoes only the missing attack."""
+    out = tmp_path / "fr"
+    args = ["--dataset", "mnist-subset", "--methods", "standard", "fgr", "igr", "--seeds", "0", "1",
+            "--epochs", "2", "--milestones", "1", "--max-steps-per-epoch", "2", "--val-size", "100",
+            "--eval-subset", "16", "--attack-size", "small", "--no-progress", "--out-dir", str(out)]
+    _run("frontier.py", *args, cwd=tmp_path)
+    points = sorted(p.name for p in (out / "points").glob("*.json"))
+    assert points == sorted(f"{t}-s{s}.json" for t in ("standard", "fgr-lam300", "igr-lam10000") for s in (0, 1))
+    record = json.loads((out / "points" / "fgr-lam300-s1.json").read_text())
+    assert record["seed"] == 1 and record["lam"] == 300.0 and record["method"] == "fgr"
+    assert record["fit_wall_s"] > 0 and record["train_step_s"] > 0 and set(record["eval_s"]) == {
+        "flowpgd", "adef", "stadv", "rt"}
+    assert len(record["val_acc_by_epoch"]) == 2
+    featured = record["featured_accuracy"]
+    assert set(featured) == {"clean", "flowpgd", "adef", "stadv", "rt", "worst case"}
+    assert featured["worst case"] <= min(featured[k] for k in ("flowpgd", "adef", "stadv", "rt"))
+    masks = record["evaluation"]["masks"]
+    assert len(masks["clean"]) == 16 and "flowpgd@0.05" in masks and "adef@1" in masks
+    text = (out / "frontier.md").read_text()
+    assert "robustness frontiers" in text and "FGR above IGR" in text and "worst case >=" in text
+    assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    summary = json.loads((out / "frontier.json").read_text())
+    assert len(summary["points"]) == 6 and summary["claims"]
+    _check_record(out, "frontier.py", 1)
+
+    # evaluation cut short after three attacks: only the missing attack runs again
+    (out / "points" / "fgr-lam300-s1.json").unlink()
+    cache = out / "ckpt" / "fgr-lam300-s1" / "eval"
+    (cache / "rt.json").unlink()
+    kept = (cache / "adef.json").stat().st_mtime_ns
+    steps = (out / "ckpt" / "fgr-lam300-s1" / "log.jsonl").read_text().count('"event": "step"')
+    _run("frontier.py", *args, cwd=tmp_path)
+    assert (cache / "rt.json").is_file() and (cache / "adef.json").stat().st_mtime_ns == kept
+    assert (out / "ckpt" / "fgr-lam300-s1" / "log.jsonl").read_text().count('"event": "step"') == steps
+    again = json.loads((out / "points" / "fgr-lam300-s1.json").read_text())
+    assert again["evaluation"]["rows"] == record["evaluation"]["rows"]
+    _check_record(out, "frontier.py", 2)
+
+    # a time limit that is already spent stops before the next point, with exit status 75
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "frontier.py"), *args, "--stop-after-min", "0"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 75 and "--stop-after-min" in proc.stdout

@@ -32,11 +32,16 @@ class EvaluationRow:
 @dataclass
 class EvaluationResult:
     """``rows`` (clean first; 'union' rows last: the worst case per example over the attacks, see
-    :func:`evaluate`), and per minimum-norm attack the median T-norm (pixels) of the successful
-    deformations of correctly classified examples (NaN when there is none)."""
+    :func:`evaluate`), per minimum-norm attack the median T-norm (pixels) of the successful
+    deformations of correctly classified examples (NaN when there is none), and ``masks``: per
+    row except the union rows, a bool (N,) CPU tensor, True where that example is classified
+    correctly and survives the attack, keyed by :func:`row_key` ('clean', 'flowpgd@0.02',
+    'adef@1', 'rt'). The masks give the worst case over ANY choice of attacks and budgets
+    (:meth:`worst_case`) and let evaluations run one attack at a time be joined (:meth:`merge`)."""
 
     rows: list[EvaluationRow]
     median_tnorm: dict[str, float] = field(default_factory=dict)
+    masks: dict[str, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def clean_accuracy(self) -> float:
@@ -49,9 +54,61 @@ class EvaluationResult:
                 return row.accuracy
         raise KeyError(f"no row for attack {attack!r} at budget {budget!r}")
 
-    def to_dict(self) -> dict:
-        return {"rows": [asdict(row) for row in self.rows],
-                "median_tnorm": {k: (None if math.isnan(v) else v) for k, v in self.median_tnorm.items()}}
+    def worst_case(self, selection: dict) -> float:
+        """Accuracy against the worst case per example over ``selection`` = {attack: budget or
+        None (its budget-less row), or a list of budgets}: an example counts when it is correct
+        clean and survives every selected row. KeyError names a row without a mask."""
+        if not isinstance(selection, dict) or not selection:
+            raise ValueError("selection must be a non-empty {attack: budget(s)} dict")
+        survived = self._mask("clean").clone()
+        for name, budgets in selection.items():
+            for budget in (budgets if isinstance(budgets, (list, tuple)) else [budgets]):
+                survived &= self._mask(row_key(name, budget))
+        return float(survived.float().mean())
+
+    def _mask(self, key: str) -> torch.Tensor:
+        if key not in self.masks:
+            raise KeyError(f"no per-example mask for row {key!r}; rows with masks: {sorted(self.masks)}")
+        return self.masks[key]
+
+    @classmethod
+    def merge(cls, results: list) -> "EvaluationResult":
+        """One result from evaluations of the SAME examples by different attacks (say, one attack
+        per call, so a long evaluation resumes attack by attack): the clean row once, every
+        attack's rows in order, and the budget-less union row over all of them. ValueError when the
+        clean masks differ (other examples, or another model) or an attack appears twice."""
+        if not results:
+            raise ValueError("merge needs at least one EvaluationResult")
+        clean = results[0]._mask("clean")
+        rows, masks, medians = [results[0].rows[0]], {"clean": clean}, {}
+        for result in results:
+            if not torch.equal(result._mask("clean"), clean):
+                raise ValueError("merge: the results were computed on different examples or models (clean rows differ)")
+            for row in result.rows[1:]:
+                if row.attack == UNION:
+                    continue
+                key = row_key(row.attack, row.budget)
+                if key in masks:
+                    raise ValueError(f"merge: row {key!r} appears in more than one result")
+                rows.append(row)
+                masks[key] = result._mask(key)
+            medians.update(result.median_tnorm)
+        merged = cls(rows=rows, median_tnorm=medians, masks=masks)
+        names = list(dict.fromkeys(row.attack for row in rows[1:]))
+        if len(names) >= 2:
+            everything = clean.clone()
+            for key, mask in masks.items():
+                everything &= mask
+            merged.rows.append(EvaluationRow(UNION, None, None, float(everything.float().mean()), int(clean.numel())))
+        return merged
+
+    def to_dict(self, masks: bool = False) -> dict:
+        """JSON-ready dict; ``masks=True`` adds the per-example masks as strings of '0'/'1'."""
+        out = {"rows": [asdict(row) for row in self.rows],
+               "median_tnorm": {k: (None if math.isnan(v) else v) for k, v in self.median_tnorm.items()}}
+        if masks:
+            out["masks"] = {k: "".join("1" if v else "0" for v in m.tolist()) for k, m in self.masks.items()}
+        return out
 
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), **kwargs)
@@ -60,7 +117,8 @@ class EvaluationResult:
     def from_dict(cls, data: dict) -> "EvaluationResult":
         rows = [EvaluationRow(**row) for row in data["rows"]]
         medians = {k: (math.nan if v is None else float(v)) for k, v in data.get("median_tnorm", {}).items()}
-        return cls(rows=rows, median_tnorm=medians)
+        masks = {k: torch.tensor([c == "1" for c in v], dtype=torch.bool) for k, v in data.get("masks", {}).items()}
+        return cls(rows=rows, median_tnorm=medians, masks=masks)
 
     @classmethod
     def from_json(cls, text: str) -> "EvaluationResult":
@@ -75,6 +133,11 @@ class EvaluationResult:
             lines += ["", "| attack | median successful T-norm (px) |", "|---|---|"]
             lines += [f"| {name} | {value:.4f} |" for name, value in self.median_tnorm.items()]
         return "\n".join(lines) + "\n"
+
+
+def row_key(attack: str, budget: float | None) -> str:
+    """The key of a row's mask: ``'<attack>'`` without a budget, else ``'<attack>@<budget:g>'``."""
+    return attack if budget is None else f"{attack}@{budget:g}"
 
 
 def _batches(data, batch_size: int):
@@ -136,11 +199,13 @@ def _table(correct, attacks, robust, needed, tnorms) -> EvaluationResult:
     """The result for the attacks finished so far (``robust`` holds only those)."""
     total = int(correct.numel())
     rows = [EvaluationRow("clean", None, None, float(correct.float().mean()), total)]
+    row_masks = {"clean": correct}
     for name, masks in robust.items():
         attack = attacks[name]
         units = "pixels" if attack.minimum_norm else getattr(attack, "units", None)
         for b, mask in masks.items():
             rows.append(EvaluationRow(name, b, units if b is not None else None, float(mask.float().mean()), total))
+            row_masks[row_key(name, b)] = mask
     if len(robust) >= 2:
         everything = correct.clone()
         for masks in robust.values():
@@ -165,7 +230,7 @@ def _table(correct, attacks, robust, needed, tnorms) -> EvaluationResult:
     for name, values in tnorms.items():
         values = values[~torch.isnan(values)]
         medians[name] = float(values.median()) if values.numel() else math.nan
-    return EvaluationResult(rows=rows, median_tnorm=medians)
+    return EvaluationResult(rows=rows, median_tnorm=medians, masks=row_masks)
 
 
 def evaluate(model, data, attacks, budgets=None, batch_size: int = 256, device=None,
