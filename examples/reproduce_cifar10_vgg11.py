@@ -104,8 +104,58 @@ def parse_args(argv=None):
     p.add_argument("--max-steps-per-epoch", type=int, default=None)
     p.add_argument("--amp", default="off", choices=("off", "auto", "bf16"),
                    help="off (default: float32 as the authors); auto = bf16 autocast on CUDA")
+    p.add_argument("--other-attacks", nargs="*", default=[], choices=("adef", "stadv", "rt"),
+                   help="also attack with these at full strength (ADef, stAdv: minimum-norm, judged at "
+                        "--tnorm-budgets; rt: +-30 degrees x +-3 px grid), and report the worst case")
+    p.add_argument("--tnorm-budgets", type=float, nargs="+", default=[0.1, 0.25, 0.5, 1.0], help="pixels")
+    p.add_argument("--worst-case-tnorm", type=float, default=0.25,
+                   help="pixels: ADef/stAdv budget in the worst case (one of --tnorm-budgets)")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
+
+
+def other_attacks(args, model, images, labels, cache_dir: Path, multi_step) -> dict:
+    """The --other-attacks at full strength, one at a time, each cached (with per-example masks)
+    under cache_dir; returns {'rows': [...], 'worst_case': accuracy against the multi-step attack and
+    ADef/stAdv at --worst-case-tnorm and rt, 'worst_case_budget_px', 'eval_s': {...}}."""
+    from flowtriton.attacks import EvaluationResult, evaluate
+    from flowtriton.train.evaluation import build_attacks
+
+    suite, budgets = build_attacks(model, args.other_attacks, "full", 10, tnorm_budgets=args.tnorm_budgets)
+    parts, seconds = [multi_step], {}
+    for name, attack in suite.items():
+        path = cache_dir / f"attack_{name}.json"
+        if not path.is_file():
+            t0 = time.perf_counter()
+            result = evaluate(model, (images, labels), {name: attack}, {name: budgets[name]} if name in budgets else None,
+                              batch_size=args.eval_batch_size, progress=not args.no_progress)
+            path.write_text(json.dumps({**result.to_dict(masks=True), "eval_s": time.perf_counter() - t0}))
+        saved = json.loads(path.read_text())
+        seconds[name] = saved["eval_s"]
+        parts.append(EvaluationResult.from_dict(saved))
+    merged = EvaluationResult.merge(parts)
+    selection = {"multi-step": None, **{n: (None if n == "rt" else args.worst_case_tnorm) for n in suite}}
+    return {"rows": merged.to_dict()["rows"], "worst_case": merged.worst_case(selection),
+            "worst_case_budget_px": args.worst_case_tnorm, "eval_s": seconds}
+
+
+def other_attacks_table(payload: dict) -> str:
+    """Markdown: per lambda, clean and multi-step accuracy, every other attack's rows, the worst case."""
+    runs = [r for r in payload.values() if r.get("other_attacks")]
+    if not runs:
+        return ""
+    keys = [(row["attack"], row["budget"]) for row in runs[0]["other_attacks"]["rows"]
+            if row["attack"] not in ("clean", "multi-step", "union")]
+    budget = runs[0]["other_attacks"]["worst_case_budget_px"]
+    header = ["lambda", "training s", "clean", "multi-step"] + [f"{a}" + ("" if b is None else f" @{b:g} px") for a, b in keys] \
+        + [f"worst case (multi-step, ADef/stAdv @{budget:g} px, rt)"]
+    rows = []
+    for run in runs:
+        acc = {(row["attack"], row["budget"]): row["accuracy"] for row in run["other_attacks"]["rows"]}
+        rows.append([f"{run['lam']:g}", f"{run['train_step_s']:.0f}", f"{run['clean_acc']:.4f}", f"{run['robust_acc']:.4f}"]
+                    + [f"{acc[k]:.4f}" for k in keys] + [f"{run['other_attacks']['worst_case']:.4f}"])
+    return ("\n## Other attacks (full strength: ADef 100 iterations over every candidate label, stAdv at its "
+            "defaults, rotation +-30 degrees x translation +-3 px grid)\n\n" + md_table(header, rows))
 
 
 def main(argv=None) -> int:
@@ -147,23 +197,38 @@ def main(argv=None) -> int:
         print(f"[repro] {tag}: best val acc {res.best_val_acc:.4f} (epoch {res.best_epoch}), test acc "
               f"{res.test_acc:.4f} ({time.perf_counter() - started:.0f} s this session)", flush=True)
         cache = out / "ckpt" / tag / "attack.json"
-        if cache.is_file():
-            ev = json.loads(cache.read_text())
-        else:
+        ev = json.loads(cache.read_text()) if cache.is_file() else None
+        if ev is None or (args.other_attacks and "masks" not in ev):
             model = load_best(trainer)
             images, labels = eval_batch(cfg, data, n_eval, trainer.ctx.device)
             attack = FlowPGD(model, eps=args.eps, steps=args.attack_steps, units="normalized", padding_mode="zeros")
             t0 = time.perf_counter()
             result = evaluate(model, (images, labels), {"multi-step": attack}, batch_size=args.eval_batch_size)
             ev = {"clean_acc": result.clean_accuracy, "robust_acc": result.accuracy("multi-step"),
-                  "examples": int(labels.numel()), "eval_s": time.perf_counter() - t0}
+                  "examples": int(labels.numel()), "eval_s": time.perf_counter() - t0,
+                  "masks": result.to_dict(masks=True)["masks"]}
             cache.write_text(json.dumps(ev, indent=2))
+            record.save()
+        others = None
+        if args.other_attacks:
+            from flowtriton.attacks import EvaluationResult
+
+            model = load_best(trainer)
+            images, labels = eval_batch(cfg, data, n_eval, trainer.ctx.device)
+            multi = EvaluationResult.from_dict({"rows": [
+                {"attack": "clean", "budget": None, "units": None, "accuracy": ev["clean_acc"], "examples": ev["examples"]},
+                {"attack": "multi-step", "budget": None, "units": None, "accuracy": ev["robust_acc"],
+                 "examples": ev["examples"]}], "masks": ev["masks"]})
+            others = other_attacks(args, model, images, labels, out / "ckpt" / tag, multi)
             record.save()
         print(f"[repro] {tag}: clean {ev['clean_acc']:.4f}, multi-step eps {args.eps:g}: {ev['robust_acc']:.4f} "
               f"on {ev['examples']} test images", flush=True)
         paper = PAPER.get(float(lam))
         payload[tag] = {"lam": lam, "method": method, "best_val_acc": res.best_val_acc, "best_epoch": res.best_epoch,
-                        "test_acc_full_test_set": res.test_acc, **ev, "history": res.history,
+                        "test_acc_full_test_set": res.test_acc, **{k: v for k, v in ev.items() if k != "masks"},
+                        "other_attacks": others, "history": res.history,
+                        "train_step_s": round(sum(len(data.train) / h["images_per_s"] for h in res.history
+                                                  if h.get("images_per_s")), 1),
                         "paper": {"clean_acc": paper[0], "robust_acc": paper[1]} if paper else None}
         rows.append([f"{lam:g}", f"{res.best_val_acc:.4f}", f"{ev['clean_acc']:.4f}", f"{ev['robust_acc']:.4f}",
                      f"{paper[0]:.4f}" if paper else "-", f"{paper[1]:.4f}" if paper else "-"])
@@ -206,6 +271,10 @@ def main(argv=None) -> int:
         "milestones": milestones, "train_images": len(data.train), "val_images": len(data.val),
         "eval_images": n_eval, "eps_normalized": args.eps, "attack_steps": args.attack_steps,
         "full_recipe": full, "runs": payload, "seed": args.seed, "wall_s": wall})
+    extra = other_attacks_table(payload)
+    if extra:
+        text += extra
+        (out / "results.md").write_text(text)
     print(text, flush=True)
     return 0
 

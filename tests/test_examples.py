@@ -98,6 +98,13 @@ def test_reproduce_cifar10_vgg11_reduced(tmp_path):
          "--width", "0.125", "--max-per-class", "20", "--val-size", "50", "--max-steps-per-epoch", "2",
          "--batch-size", "32", "--eval-subset", "16", "--attack-steps", "3", "--device", "cpu", "--threads", "1",
          "--no-progress", "--out-dir", str(out), cwd=tmp_path)
+    first = json.loads((out / "results.json").read_text())
+    assert first["runs"]["lam0"]["other_attacks"] is None
+    # the same run again with the other attacks: training and the multi-step attack are read back
+    _run("reproduce_cifar10_vgg11.py", "--data-dir", str(DATA), "--lams", "0", "300", "--epochs", "1",
+         "--width", "0.125", "--max-per-class", "20", "--val-size", "50", "--max-steps-per-epoch", "2",
+         "--batch-size", "32", "--eval-subset", "16", "--attack-steps", "3", "--device", "cpu", "--threads", "1",
+         "--other-attacks", "adef", "stadv", "rt", "--no-progress", "--out-dir", str(out), cwd=tmp_path)
     results = json.loads((out / "results.json").read_text())
     for key in ("dataset", "model", "epochs", "milestones", "runs", "eval_images", "eps_normalized", "attack_steps",
                 "full_recipe", "seed", "wall_s"):
@@ -108,11 +115,19 @@ def test_reproduce_cifar10_vgg11_reduced(tmp_path):
     assert results["runs"]["lam300"]["paper"] == {"clean_acc": 0.8536, "robust_acc": 0.5515}
     for run in results["runs"].values():
         assert run["examples"] == 16 and 0.0 <= run["robust_acc"] <= run["clean_acc"] <= 1.0
+        assert run["robust_acc"] == first["runs"][f"lam{run['lam']:g}"]["robust_acc"] and run["train_step_s"] > 0
+        others = run["other_attacks"]
+        accuracy = {(r["attack"], r["budget"]): r["accuracy"] for r in others["rows"]}
+        assert {("adef", 0.25), ("stadv", 1.0), ("rt", None), ("multi-step", None)} <= set(accuracy)
+        assert others["worst_case"] <= min(accuracy[("multi-step", None)], accuracy[("adef", 0.25)],
+                                           accuracy[("stadv", 0.25)], accuracy[("rt", None)])
+        assert set(others["eval_s"]) == {"adef", "stadv", "rt"}
     # the eval subset of the class-sorted JPEG folder is not all one class
     table = (out / "results.md").read_text()
     assert "REDUCED schedule" in table and "| 300 |" in table and "VALIDATION" in table
+    assert "## Other attacks" in table and "worst case (multi-step" in table
     assert (out / "robustness_vs_lambda.png").read_bytes()[:4] == b"\x89PNG"
-    _check_record(out, "reproduce_cifar10_vgg11.py", 1)
+    _check_record(out, "reproduce_cifar10_vgg11.py", 2)
 
 
 
