@@ -294,3 +294,23 @@ def test_frontier_runs_points_resumes_per_attack_and_reports(tmp_path):
     proc = subprocess.run([sys.executable, str(EXAMPLES / "frontier.py"), *args, "--stop-after-min", "0"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 75 and "--stop-after-min" in proc.stdout
+
+
+def test_frontier_gap_at_equal_clean_accuracy():
+    """The claims' measure: a challenger's points against the baseline curve, interpolated at the
+    same clean accuracy; the reverse direction when only the baseline's points overlap."""
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        from frontier import gap_at_equal_clean
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    baseline = [(0.99, 0.2), (0.97, 0.4)]
+    gap, compared = gap_at_equal_clean([(0.98, 0.5)], baseline)
+    assert gap == pytest.approx(0.2) and compared == 1
+    assert gap_at_equal_clean([(0.90, 0.5)], baseline) is None
+    gap, compared = gap_at_equal_clean([(0.99, 0.1), (0.95, 0.5)], [(0.97, 0.2)])
+    assert gap == pytest.approx(0.1) and compared == 1
+    # the shared standard point is skipped: only the challenger's own point counts
+    standard = (0.99, 0.2)
+    gap, compared = gap_at_equal_clean([standard, (0.97, 0.1)], baseline, skip=(standard,))
+    assert gap == pytest.approx(-0.3) and compared == 1
