@@ -264,22 +264,21 @@ def summarize(records: list, key) -> tuple:
 
 
 def curves(points: list, metric: str, seed=None) -> dict:
-    """{method: [(clean_acc_full_test, robust)]} sorted by clean accuracy; the standard model
-    opens the IGR, FGR and AT curves (strength 0). seed None: means over the seeds each setting has."""
+    """{method: [(clean_acc_full_test, robust)]} in order of strength (lambda, then AT eps); the
+    standard model opens the IGR, FGR and AT curves (strength 0). seed None: means over the
+    seeds each setting has."""
     groups = group_points([r for r in points if seed is None or r["seed"] == seed])
     out = {}
-    standard = groups.get(("standard", None, None))
     for (method, lam, eps), records in groups.items():
         x = statistics.fmean(r["test_acc_full_test_set"] for r in records)
         y = statistics.fmean(r["featured_accuracy"][metric] for r in records)
-        out.setdefault(method, []).append((x, y))
+        out.setdefault(method, []).append(((lam or 0.0, eps or 0.0), (x, y)))
+    standard = out.get("standard")
     if standard:
-        base = (statistics.fmean(r["test_acc_full_test_set"] for r in standard),
-                statistics.fmean(r["featured_accuracy"][metric] for r in standard))
         for method in out:
             if method not in ("standard", "fgr+at"):
-                out[method].append(base)
-    return {m: sorted(set(v), reverse=True) for m, v in out.items()}
+                out[method] += standard
+    return {m: [xy for _, xy in sorted(v)] for m, v in out.items()}
 
 
 def _interp(curve: list, x: float):
