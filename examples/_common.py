@@ -152,6 +152,16 @@ def register_vgg(width: float, depth: str = "vgg11") -> str:
     return depth if width == 1.0 else f"{depth}-w{width:g}"
 
 
+def write_json(path: Path, value, indent: int | None = None) -> None:
+    """Write ``value`` as JSON atomically (a temporary file, then a rename): a kill mid-write
+    leaves the old file or none, never a truncated one that a resumed run would read back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=indent))
+    os.replace(tmp, path)
+
+
 def md_table(header: list, rows: list) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -47,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from _common import RunRecord, default_data_dir, eval_batch, load_best, load_splits, md_table  # noqa: E402
+from _common import (RunRecord, default_data_dir, eval_batch, load_best, load_splits, md_table,  # noqa: E402
+                     write_json)
 
 # (method, lam, at_eps): lam in the 'paper' scale, at_eps in normalized units.
 POINTS_28 = [
@@ -149,8 +149,7 @@ def train_point(args, data, out: Path, method, lam, at_eps, seed):
         result = trainer.fit()
     finally:
         sessions.append(round(time.perf_counter() - started, 1))
-        timing_path.parent.mkdir(parents=True, exist_ok=True)
-        timing_path.write_text(json.dumps(sessions))
+        write_json(timing_path, sessions)
     return trainer, result, {"fit_wall_s": round(sum(sessions), 1), "fit_sessions": len(sessions)}
 
 
@@ -172,9 +171,7 @@ def evaluate_point(args, model, images, labels, cache_dir: Path, num_classes: in
             result = evaluate(model, (images, labels), {name: attack}, {name: budgets[name]} if name in budgets else None,
                               batch_size=args.eval_batch_size, progress=not args.no_progress)
             saved = {**result.to_dict(masks=True), "eval_s": round(time.perf_counter() - started, 1)}
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(saved))
-            os.replace(tmp, path)
+            write_json(path, saved)
         seconds[name] = saved["eval_s"]
         parts.append(EvaluationResult.from_dict(saved))
     return EvaluationResult.merge(parts), seconds
@@ -209,10 +206,7 @@ def run_point(args, data, out: Path, point, images_cache: dict) -> dict:
         "featured": featured, "featured_accuracy": featured_accuracy(ev, featured),
         "evaluation": ev.to_dict(masks=True),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, path)
+    write_json(path, record)
     fa = record["featured_accuracy"]
     print(f"[frontier] {tag}: clean {fa['clean']:.3f}, " + ", ".join(f"{k} {v:.3f}" for k, v in fa.items()
                                                                        if k != "clean")
@@ -244,7 +238,11 @@ def load_points(out: Path, featured: dict) -> list:
     points = []
     for path in sorted((out / "points").glob("*.json")):
         record = json.loads(path.read_text())
-        record["featured_accuracy"] = featured_accuracy(EvaluationResult.from_dict(record["evaluation"]), featured)
+        try:
+            record["featured_accuracy"] = featured_accuracy(EvaluationResult.from_dict(record["evaluation"]), featured)
+        except KeyError as err:
+            print(f"[frontier] {path.name} left out of the report: {err}", flush=True)
+            continue
         points.append(record)
     return points
 
@@ -321,10 +319,13 @@ CLAIMS = [
 
 def judge_claims(points: list, seeds: list, n_eval: int) -> list:
     """Per claim and attack: the challenger's points against the baseline's curve at equal clean
-    accuracy (:func:`gap_at_equal_clean`), on the seed-mean curves and per seed. 'above' / 'below' when every
-    seed's gap has that sign and the mean gap exceeds twice the binomial standard error of one
-    accuracy on n_eval images at 0.5 (a conservative sampling error); else 'no clear difference'."""
-    se = 0.5 / math.sqrt(max(n_eval, 1))
+    accuracy (:func:`gap_at_equal_clean`), on the seed-mean curves and per seed. A descriptive
+    rule, not a significance test: 'above' / 'below' when every seed's gap has that sign and the
+    mean gap exceeds twice the largest standard error of a difference of two accuracies measured
+    on n_eval images each (sqrt(2) * 0.5 / sqrt(n_eval); paired images make the true error
+    smaller); else 'no clear difference'. Two seeds agree in sign by chance half the time when
+    there is no effect, so the size of the gap carries the weight."""
+    se = math.sqrt(2) * 0.5 / math.sqrt(max(n_eval, 1))
     rows = []
     for claim, challenger, baseline, attacks in CLAIMS:
         for metric in attacks:
@@ -357,8 +358,9 @@ def judge_claims(points: list, seeds: list, n_eval: int) -> list:
 
 
 def cost_table(points: list, targets: list, metric: str = WORST) -> list:
-    """Per method and target robust accuracy: the least mean training time (fit wall time, s) of
-    a setting whose seed-mean ``metric`` reaches the target, with that setting."""
+    """Per method and target robust accuracy: the least mean training step time (s, the engine's
+    time in training steps summed over epochs; validation passes and restarts not counted) of a
+    setting whose seed-mean ``metric`` reaches the target, with that setting."""
     groups = group_points(points)
     rows = []
     for method in METHOD_ORDER:
@@ -367,7 +369,7 @@ def cost_table(points: list, targets: list, metric: str = WORST) -> list:
             continue
         row = [method]
         for target in targets:
-            ok = [(statistics.fmean(r["fit_wall_s"] for r in v), k,
+            ok = [(statistics.fmean(r["train_step_s"] for r in v), k,
                    statistics.fmean(r["test_acc_full_test_set"] for r in v)) for k, v in settings
                   if statistics.fmean(r["featured_accuracy"][metric] for r in v) >= target]
             if ok:
@@ -428,10 +430,11 @@ def report(args, out: Path) -> str:
 
     table = md_table(
         ["setting", "seeds", "clean (10k test)"] + [f"{m}" + ("" if featured.get(m) is None else f" @{featured[m]:g}")
-                                                     for m in metrics[1:]] + ["training s", "best epoch", "val acc last 3 epochs"],
+                                                     for m in metrics[1:]] + ["training s (steps s)", "best epoch", "val acc last 3 epochs"],
         [[setting_label(*k), len(groups[k]), cell(groups[k], lambda r: r["test_acc_full_test_set"])]
          + [cell(groups[k], lambda r, m=m: r["featured_accuracy"][m]) for m in metrics[1:]]
-         + [f"{statistics.fmean(r['fit_wall_s'] for r in groups[k]):.0f}",
+         + [f"{statistics.fmean(r['fit_wall_s'] for r in groups[k]):.0f} "
+            f"({statistics.fmean(r['train_step_s'] for r in groups[k]):.0f})",
             "/".join(str(r["best_epoch"]) for r in groups[k]),
             "; ".join("/".join(f"{v:.3f}" for v in r["val_acc_by_epoch"][-3:]) for r in groups[k])]
          for k in keys])
@@ -453,15 +456,20 @@ def report(args, out: Path) -> str:
             f"Cells: mean over seeds (min-max). Featured budgets: FlowPGD in normalized units (L-inf per flow "
             f"component, 100 steps), ADef/stAdv as T-norm in pixels, rt the full rotation + translation grid; "
             f"'{WORST}': correct under each of {', '.join(WORST_OVER)} at its featured budget (rt has its own column: "
-            f"its full grid fools nearly every model). Training s: wall time of the fit (both cores "
-            f"shared with one other job).\n\n" + table +
+            f"its full grid fools nearly every model). Training s: wall time of the fit (including "
+            f"validation passes; the machine and its load are in run.json), then the step time alone.\n\n" + table +
             "\n## The paper's claims on the frontiers\n\nGap: the challenger's robust accuracy minus the baseline curve's at the "
             "same clean accuracy (piecewise linear between the baseline's points; the standard model opens the IGR, FGR "
             "and AT curves), averaged over the challenger's points inside the baseline's clean-accuracy range (else the "
             "baseline's points against the challenger's curve). "
-            f"Verdict 'above'/'below' needs every seed's gap to agree in sign and the mean gap to exceed "
-            f"{2 * 0.5 / math.sqrt(n_eval):.3f} (twice the largest binomial standard error on {n_eval} images).\n\n"
-            + claims + "\n## Training time to reach a robustness (worst case over FlowPGD, ADef and stAdv at the featured budgets)\n\n" + cost)
+            f"Verdict (descriptive, not a significance test) 'above'/'below' needs every seed's gap to agree in sign "
+            f"and the mean gap to exceed {2 * math.sqrt(2) * 0.5 / math.sqrt(n_eval):.3f} (twice the largest standard "
+            f"error of a difference of two accuracies on {n_eval} images); with two seeds, sign agreement alone is "
+            f"weak evidence. The gap interpolates the baseline curve in clean-accuracy order, which can differ from "
+            f"the strength order the plot draws when a curve is not monotone.\n\n"
+            + claims + "\n## Training time to reach a robustness (worst case over FlowPGD, ADef and stAdv at the featured budgets)\n\n"
+            "Training step time (s) of the cheapest setting whose seed-mean worst case reaches the target, with its "
+            "clean accuracy.\n\n" + cost)
     (out / "frontier.md").write_text(text)
     (out / "frontier.json").write_text(json.dumps({
         "dataset": args.dataset, "featured": featured, "seeds": seeds, "eval_images": n_eval,
@@ -470,6 +478,32 @@ def report(args, out: Path) -> str:
         "claims": judge_claims(points, seeds, n_eval)}, indent=1))
     print(text, flush=True)
     return text
+
+
+# Settings every finished point and cached attack of an output folder depends on: a resumed run
+# must use the same ones (else its caches would mix two protocols).
+MUST_MATCH = ("dataset", "epochs", "milestones", "batch_size", "lr", "at_steps", "val_size", "train_subset",
+              "max_steps_per_epoch", "eval_subset", "attack_size", "pgd_budgets", "tnorm_budgets")
+
+
+def check_settings(args, out: Path) -> None:
+    """Record MUST_MATCH in OUT/settings.json on the first run; refuse a later run that differs."""
+    path = out / "settings.json"
+    mine = {k: getattr(args, k) for k in MUST_MATCH}
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        differ = {k: (saved.get(k), mine[k]) for k in MUST_MATCH if saved.get(k) != mine[k]}
+        if differ:
+            raise SystemExit(f"[frontier] {out} was run with other settings {differ} (saved, now): its points and "
+                             "cached attacks belong to those; use the same settings or a new --out-dir")
+    else:
+        write_json(path, mine, indent=2)
+    featured = PLANS[args.dataset]["featured"]
+    allowed = {"flowpgd": args.pgd_budgets, "adef": args.tnorm_budgets, "stadv": args.tnorm_budgets, "rt": [None]}
+    for name, budget in featured.items():
+        if budget not in allowed[name]:
+            raise SystemExit(f"[frontier] the plan features {name} at {budget}, which is not among its budgets "
+                             f"{allowed[name]}: add it to --pgd-budgets / --tnorm-budgets")
 
 
 def main(argv=None) -> int:
@@ -481,6 +515,7 @@ def main(argv=None) -> int:
     if args.report:
         report(args, out)
         return 0
+    check_settings(args, out)
     record = RunRecord(out, args.seeds[0], vars(args))
     data = load_splits(args.dataset, args.data_dir, args.val_size, 0, args.train_subset, 0)
     plan = plan_points(args)

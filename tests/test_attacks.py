@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 import flowtriton
-from flowtriton.attacks import (ADef, EvaluationResult, FlowPGD, RotationTranslation, StAdv, evaluate,
-                                flow_norms, flow_smoothness, rigid_flow)
+from flowtriton.attacks import (ADef, EvaluationResult, EvaluationRow, FlowPGD, RotationTranslation, StAdv,
+                                evaluate, flow_norms, flow_smoothness, rigid_flow)
 from flowtriton.attacks.adef import gaussian_kernel
 from flowtriton.attacks.evaluate import row_key
 
@@ -600,6 +600,26 @@ def test_evaluate_masks_worst_case_and_merge():
     other = evaluate(model, (x, predictions(model, x)), {"rt": attacks["rt"]}, batch_size=3)
     with pytest.raises(ValueError, match="different examples"):
         EvaluationResult.merge(parts[:1] + [other])
+
+
+def test_worst_case_on_hand_built_masks():
+    """worst_case ANDs exactly the selected rows with the clean row (every example known)."""
+    rows = [EvaluationRow("clean", None, None, 0.75, 4), EvaluationRow("a", 0.1, "pixels", 0.5, 4),
+            EvaluationRow("a", 0.5, "pixels", 0.25, 4), EvaluationRow("b", None, None, 0.5, 4)]
+    flags = {"clean": [1, 1, 1, 0], "a@0.1": [1, 1, 0, 0], "a@0.5": [0, 1, 0, 0], "b": [1, 0, 1, 0]}
+    result = EvaluationResult(rows=rows, masks={k: torch.tensor(v, dtype=torch.bool) for k, v in flags.items()})
+    assert result.worst_case({"a": 0.1}) == 0.5
+    assert result.worst_case({"a": 0.1, "b": None}) == 0.25
+    assert result.worst_case({"a": [0.1, 0.5], "b": None}) == 0.0
+    assert result.worst_case({"b": None}) == 0.5
+    with pytest.raises(ValueError, match="non-empty"):
+        result.worst_case({})
+    back = EvaluationResult.from_json(result.to_json(masks=True))
+    assert back.worst_case({"a": 0.1, "b": None}) == 0.25
+    broken = json.loads(result.to_json(masks=True))
+    broken["masks"]["b"] = "101"
+    with pytest.raises(ValueError, match="one flag per example"):
+        EvaluationResult.from_dict(broken)
 
 
 def test_evaluate_accepts_a_dataloader_and_checks_arguments():

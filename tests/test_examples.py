@@ -295,6 +295,12 @@ def test_frontier_runs_points_resumes_per_attack_and_reports(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 75 and "--stop-after-min" in proc.stdout
 
+    # another protocol in the same folder is refused (its caches belong to the first one)
+    changed = [a if a != "16" else "32" for a in args]
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "frontier.py"), *changed], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "eval_subset" in proc.stderr and "new --out-dir" in proc.stderr
+
 
 def test_frontier_gap_at_equal_clean_accuracy():
     """The claims' measure: a challenger's points against the baseline curve, interpolated at the

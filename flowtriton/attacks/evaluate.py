@@ -75,14 +75,17 @@ class EvaluationResult:
     def merge(cls, results: list) -> "EvaluationResult":
         """One result from evaluations of the SAME examples by different attacks (say, one attack
         per call, so a long evaluation resumes attack by attack): the clean row once, every
-        attack's rows in order, and the budget-less union row over all of them. ValueError when the
-        clean masks differ (other examples, or another model) or an attack appears twice."""
+        attack's rows in order, and the budget-less union row over all of them (the per-T-norm
+        union rows of :func:`evaluate` are not rebuilt: use :meth:`worst_case`). ValueError when
+        the clean masks differ (other examples, or another model) or a row (attack, budget)
+        appears twice. Clean predictions must agree bit for bit, so merge results from the same
+        device and model."""
         if not results:
             raise ValueError("merge needs at least one EvaluationResult")
         clean = results[0]._mask("clean")
         rows, masks, medians = [results[0].rows[0]], {"clean": clean}, {}
         for result in results:
-            if not torch.equal(result._mask("clean"), clean):
+            if result._mask("clean").shape != clean.shape or not torch.equal(result._mask("clean"), clean):
                 raise ValueError("merge: the results were computed on different examples or models (clean rows differ)")
             for row in result.rows[1:]:
                 if row.attack == UNION:
@@ -110,14 +113,20 @@ class EvaluationResult:
             out["masks"] = {k: "".join("1" if v else "0" for v in m.tolist()) for k, m in self.masks.items()}
         return out
 
-    def to_json(self, **kwargs) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
+    def to_json(self, masks: bool = False, **kwargs) -> str:
+        """``json.dumps`` of :meth:`to_dict` (``masks`` as there; other arguments go to json)."""
+        return json.dumps(self.to_dict(masks=masks), **kwargs)
 
     @classmethod
     def from_dict(cls, data: dict) -> "EvaluationResult":
         rows = [EvaluationRow(**row) for row in data["rows"]]
         medians = {k: (math.nan if v is None else float(v)) for k, v in data.get("median_tnorm", {}).items()}
         masks = {k: torch.tensor([c == "1" for c in v], dtype=torch.bool) for k, v in data.get("masks", {}).items()}
+        if masks and rows:
+            total = rows[0].examples
+            wrong = sorted(k for k, m in masks.items() if m.numel() != total)
+            if wrong:
+                raise ValueError(f"masks {wrong} do not hold one flag per example ({total})")
         return cls(rows=rows, median_tnorm=medians, masks=masks)
 
     @classmethod
