@@ -358,9 +358,10 @@ def judge_claims(points: list, seeds: list, n_eval: int) -> list:
 
 
 def cost_table(points: list, targets: list, metric: str = WORST) -> list:
-    """Per method and target robust accuracy: the least mean training step time (s, the engine's
-    time in training steps summed over epochs; validation passes and restarts not counted) of a
-    setting whose seed-mean ``metric`` reaches the target, with that setting."""
+    """Per method and target robust accuracy: among the settings whose seed-mean ``metric``
+    reaches the target, the one with the best clean accuracy, with its mean training step time
+    (s, the engine's time in training steps summed over epochs; validation passes and restarts
+    not counted). Strength barely changes a method's cost; the method does."""
     groups = group_points(points)
     rows = []
     for method in METHOD_ORDER:
@@ -373,7 +374,7 @@ def cost_table(points: list, targets: list, metric: str = WORST) -> list:
                    statistics.fmean(r["test_acc_full_test_set"] for r in v)) for k, v in settings
                   if statistics.fmean(r["featured_accuracy"][metric] for r in v) >= target]
             if ok:
-                seconds, key, clean = min(ok)
+                seconds, key, clean = max(ok, key=lambda item: item[2])
                 row.append(f"{seconds:.0f} s ({setting_label(*key)}, clean {clean:.3f})")
             else:
                 row.append("not reached")
@@ -468,8 +469,8 @@ def report(args, out: Path) -> str:
             f"weak evidence. The gap interpolates the baseline curve in clean-accuracy order, which can differ from "
             f"the strength order the plot draws when a curve is not monotone.\n\n"
             + claims + "\n## Training time to reach a robustness (worst case over FlowPGD, ADef and stAdv at the featured budgets)\n\n"
-            "Training step time (s) of the cheapest setting whose seed-mean worst case reaches the target, with its "
-            "clean accuracy.\n\n" + cost)
+            "Training step time (s) of the setting that reaches the target (seed-mean worst case) with the best "
+            "clean accuracy, and that accuracy. Within a method the strength barely changes the cost.\n\n" + cost)
     (out / "frontier.md").write_text(text)
     (out / "frontier.json").write_text(json.dumps({
         "dataset": args.dataset, "featured": featured, "seeds": seeds, "eval_images": n_eval,
