@@ -535,7 +535,8 @@ def main(argv=None) -> int:
             record.save()
     except KeyboardInterrupt as err:
         status = "interrupted"
-        print(f"[frontier] {err or 'interrupted'}; run the same command again to resume", flush=True)
+        print(f"[frontier] {err}" if str(err) else "[frontier] interrupted; run the same command again to resume",
+              flush=True)
     record.finish(status=status)
     report(args, out)
     return 0 if status == "finished" else 75
