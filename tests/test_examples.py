@@ -309,20 +309,26 @@ def test_frontier_runs_points_resumes_per_attack_and_reports(tmp_path):
 
 
 def test_frontier_gap_at_equal_clean_accuracy():
-    """The claims' measure: a challenger's points against the baseline curve, interpolated at the
-    same clean accuracy; the reverse direction when only the baseline's points overlap."""
+    """The claims' measure: each challenger point against the best baseline point that is at
+    least as accurate clean (within two standard errors on 10,000 images, 0.002 near 0.99)."""
     sys.path.insert(0, str(EXAMPLES))
     try:
-        from frontier import gap_at_equal_clean
+        from frontier import clean_tolerance, gap_at_equal_clean
     finally:
         sys.path.remove(str(EXAMPLES))
-    baseline = [(0.99, 0.2), (0.97, 0.4)]
-    gap, compared = gap_at_equal_clean([(0.98, 0.5)], baseline)
-    assert gap == pytest.approx(0.2) and compared == 1
-    assert gap_at_equal_clean([(0.90, 0.5)], baseline) is None
-    gap, compared = gap_at_equal_clean([(0.99, 0.1), (0.95, 0.5)], [(0.97, 0.2)])
-    assert gap == pytest.approx(0.1) and compared == 1
-    # the shared standard point is skipped: only the challenger's own point counts
+    assert clean_tolerance(0.99) == pytest.approx(0.00199, abs=1e-5)
+    baseline = [(0.990, 0.2), (0.980, 0.6)]
+    # 0.985: only (0.990, 0.2) is as accurate; 0.975: both are, the best is 0.6
+    gap, compared = gap_at_equal_clean([(0.985, 0.5), (0.975, 0.5)], baseline)
+    assert gap == pytest.approx(((0.5 - 0.2) + (0.5 - 0.6)) / 2) and compared == 2
+    # within noise counts as equally accurate: 0.9885 vs 0.990 (tolerance ~0.002)
+    gap, _ = gap_at_equal_clean([(0.9915, 0.5)], [(0.990, 0.2), (0.9905, 0.9)])
+    assert gap == pytest.approx(0.5 - 0.9)
+    # a challenger point more accurate than every baseline point is left out ...
+    gap, compared = gap_at_equal_clean([(0.999, 0.3), (0.95, 0.9)], [(0.97, 0.4)])
+    assert compared == 1 and gap == pytest.approx(0.9 - 0.4)
+    # ... and when all are, the baseline's points are compared against the challenger's (sign flipped)
+    assert gap_at_equal_clean([(0.999, 0.3)], [(0.95, 0.4)]) == (pytest.approx(-(0.4 - 0.3)), 1)
+    # the shared standard point is skipped
     standard = (0.99, 0.2)
-    gap, compared = gap_at_equal_clean([standard, (0.97, 0.1)], baseline, skip=(standard,))
-    assert gap == pytest.approx(-0.3) and compared == 1
+    assert gap_at_equal_clean([standard], [standard], skip=(standard,)) is None
