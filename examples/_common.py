@@ -162,6 +162,36 @@ def write_json(path: Path, value, indent: int | None = None) -> None:
     os.replace(tmp, path)
 
 
+def train_step_seconds(history: list, n_train: int) -> float:
+    """Seconds spent in training steps over a run: each epoch's ``n_train / images_per_s`` from
+    the engine's history (validation passes and restarts not counted)."""
+    return round(sum(n_train / h["images_per_s"] for h in history if h.get("images_per_s")), 1)
+
+
+def evaluate_one_by_one(model, images, labels, suite: dict, budgets: dict, cache_path, batch_size: int,
+                        progress: bool = False):
+    """Each attack of ``suite`` evaluated on its own and cached at ``cache_path(name)`` with its
+    per-example masks, its budgets and the number of examples (a cache made for other budgets or
+    examples is attacked again); returns ([EvaluationResult per attack], {name: seconds}), to
+    join with ``EvaluationResult.merge``. An interrupted evaluation resumes at the next attack."""
+    from flowtriton.attacks import EvaluationResult, evaluate
+
+    parts, seconds = [], {}
+    for name, attack in suite.items():
+        path = Path(cache_path(name))
+        saved = json.loads(path.read_text()) if path.is_file() else None
+        wanted = {"budgets": budgets.get(name), "examples": int(labels.numel())}
+        if saved is None or saved.get("settings") != wanted:
+            started = time.perf_counter()
+            result = evaluate(model, (images, labels), {name: attack}, {name: budgets[name]} if name in budgets else None,
+                              batch_size=batch_size, progress=progress)
+            saved = {**result.to_dict(masks=True), "eval_s": round(time.perf_counter() - started, 1), "settings": wanted}
+            write_json(path, saved)
+        seconds[name] = saved["eval_s"]
+        parts.append(EvaluationResult.from_dict(saved))
+    return parts, seconds
+
+
 def md_table(header: list, rows: list) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -46,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from _common import RunRecord, default_data_dir, eval_batch, load_best, load_splits, md_table  # noqa: E402
+from _common import (RunRecord, default_data_dir, eval_batch, load_best, load_splits, md_table,  # noqa: E402
+                     train_step_seconds)
 
 METHODS = ("standard", "igr", "fgr", "at", "fgr+at")
 DEFAULTS = {  # per image size: FlowPGD budgets (normalized), AT budget (normalized)
@@ -274,8 +275,7 @@ def main(argv=None) -> int:
         models[method] = model
         train_info[method] = {"lam": lams[method], "best_val_acc": res.best_val_acc, "best_epoch": res.best_epoch,
                               "test_acc_full_test_set": res.test_acc,
-                              "train_s": sum(h.get("images_per_s") and len(data.train) / h["images_per_s"] or 0
-                                             for h in res.history),
+                              "train_s": train_step_seconds(res.history, len(data.train)),
                               "history": res.history}
         if images is None:
             images, labels = eval_batch(trainer.cfg, data, args.eval_subset, trainer.ctx.device)

@@ -46,8 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from _common import (RunRecord, default_data_dir, eval_batch, load_best, load_splits, md_table,  # noqa: E402
-                     write_json)
+from _common import (RunRecord, default_data_dir, eval_batch, evaluate_one_by_one, load_best,  # noqa: E402
+                     load_splits, md_table, train_step_seconds, write_json)
 
 # (method, lam, at_eps): lam in the 'paper' scale, at_eps in normalized units.
 POINTS_28 = [
@@ -155,25 +155,13 @@ def train_point(args, data, out: Path, method, lam, at_eps, seed):
 
 def evaluate_point(args, model, images, labels, cache_dir: Path, num_classes: int):
     """EvaluationResult of every attack, one attack at a time, each cached with its masks."""
-    from flowtriton.attacks import EvaluationResult, evaluate
+    from flowtriton.attacks import EvaluationResult
     from flowtriton.train.evaluation import build_attacks
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
     suite, budgets = build_attacks(model, ATTACKS, args.attack_size, num_classes, pgd_budgets=args.pgd_budgets,
                                    tnorm_budgets=args.tnorm_budgets)
-    parts, seconds = [], {}
-    for name, attack in suite.items():
-        path = cache_dir / f"{name}.json"
-        if path.is_file():
-            saved = json.loads(path.read_text())
-        else:
-            started = time.perf_counter()
-            result = evaluate(model, (images, labels), {name: attack}, {name: budgets[name]} if name in budgets else None,
-                              batch_size=args.eval_batch_size, progress=not args.no_progress)
-            saved = {**result.to_dict(masks=True), "eval_s": round(time.perf_counter() - started, 1)}
-            write_json(path, saved)
-        seconds[name] = saved["eval_s"]
-        parts.append(EvaluationResult.from_dict(saved))
+    parts, seconds = evaluate_one_by_one(model, images, labels, suite, budgets, lambda name: cache_dir / f"{name}.json",
+                                         args.eval_batch_size, progress=not args.no_progress)
     return EvaluationResult.merge(parts), seconds
 
 
@@ -195,14 +183,13 @@ def run_point(args, data, out: Path, point, images_cache: dict) -> dict:
           f"{res.test_acc:.4f}; attacking {len(labels)} test images", flush=True)
     ev, eval_s = evaluate_point(args, model, images, labels, out / "ckpt" / tag / "eval", data.train.num_classes)
     n_train = len(data.train)
-    step_s = sum(n_train / h["images_per_s"] for h in res.history if h.get("images_per_s"))
     featured = PLANS[args.dataset]["featured"]
     record = {
         "tag": tag, "method": method, "lam": lam, "at_eps": at_eps, "seed": seed, "dataset": args.dataset,
         "epochs": args.epochs, "best_epoch": res.best_epoch, "best_val_acc": res.best_val_acc,
         "val_acc_by_epoch": [h.get("val_acc") for h in res.history],
         "test_acc_full_test_set": res.test_acc, "train_images": n_train,
-        "train_step_s": round(step_s, 1), **timing, "eval_s": eval_s,
+        "train_step_s": train_step_seconds(res.history, n_train), **timing, "eval_s": eval_s,
         "featured": featured, "featured_accuracy": featured_accuracy(ev, featured),
         "evaluation": ev.to_dict(masks=True),
     }

@@ -46,8 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from _common import (RunRecord, default_data_dir, eval_batch, load_best, load_splits, md_table,  # noqa: E402
-                     register_vgg, write_json)
+from _common import (RunRecord, default_data_dir, eval_batch, evaluate_one_by_one, load_best,  # noqa: E402
+                     load_splits, md_table, register_vgg, train_step_seconds, write_json)
 
 # docs/method.md: the authors' result files (CIFAR-10, VGG-11, multi-step eps 0.01, K 100,
 # checkpoint chosen on the TEST set, original CIFAR-10 binaries).
@@ -57,10 +57,10 @@ PAPER = {0.0: (0.9027, 0.0641), 100.0: (0.8724, 0.4795), 200.0: (0.8602, 0.5306)
 RESULT_COLUMNS = ["lambda", "best val acc", "test acc", "acc under attack", "authors: clean", "authors: attack"]
 
 
-def write_results(out: Path, header: str, rows: list, results: dict) -> str:
-    """OUT/results.md (``header`` and the table of ``rows`` under RESULT_COLUMNS) and
+def write_results(out: Path, header: str, rows: list, results: dict, extra: str = "") -> str:
+    """OUT/results.md (``header``, the table of ``rows`` under RESULT_COLUMNS, then ``extra``) and
     OUT/results.json (``results``); returns the markdown."""
-    text = header + md_table(RESULT_COLUMNS, rows)
+    text = header + md_table(RESULT_COLUMNS, rows) + extra
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return text
@@ -119,23 +119,14 @@ def other_attacks(args, model, images, labels, cache_dir: Path, multi_step) -> d
     """The --other-attacks at full strength, one at a time, each cached (with per-example masks)
     under cache_dir; returns {'rows': [...], 'worst_case': accuracy against the multi-step attack and
     ADef/stAdv at --worst-case-tnorm together (rt not included), 'worst_case_budget_px', 'eval_s'}."""
-    from flowtriton.attacks import EvaluationResult, evaluate
+    from flowtriton.attacks import EvaluationResult
     from flowtriton.train.evaluation import build_attacks
 
     suite, budgets = build_attacks(model, args.other_attacks, "full", 10, tnorm_budgets=args.tnorm_budgets)
-    parts, seconds = [multi_step], {}
-    for name, attack in suite.items():
-        path = cache_dir / f"attack_{name}.json"
-        saved = json.loads(path.read_text()) if path.is_file() else None
-        wanted = {"budgets": budgets.get(name), "examples": int(labels.numel())}
-        if saved is None or saved.get("settings") != wanted:  # none yet, or another protocol: attack again
-            t0 = time.perf_counter()
-            result = evaluate(model, (images, labels), {name: attack}, {name: budgets[name]} if name in budgets else None,
-                              batch_size=args.eval_batch_size, progress=not args.no_progress)
-            saved = {**result.to_dict(masks=True), "eval_s": time.perf_counter() - t0, "settings": wanted}
-            write_json(path, saved)
-        seconds[name] = saved["eval_s"]
-        parts.append(EvaluationResult.from_dict(saved))
+    parts, seconds = evaluate_one_by_one(model, images, labels, suite, budgets,
+                                         lambda name: cache_dir / f"attack_{name}.json", args.eval_batch_size,
+                                         progress=not args.no_progress)
+    parts.insert(0, multi_step)
     merged = EvaluationResult.merge(parts)
     # rotation + translation stays out of the worst case (its full grid fools nearly every model,
     # which would hide the flow attacks' differences); it has its own column
@@ -207,9 +198,10 @@ def main(argv=None) -> int:
               f"{res.test_acc:.4f} ({time.perf_counter() - started:.0f} s this session)", flush=True)
         cache = out / "ckpt" / tag / "attack.json"
         ev = json.loads(cache.read_text()) if cache.is_file() else None
-        if ev is None or (args.other_attacks and "masks" not in ev):
+        if ev is None or args.other_attacks:  # the best model and the attacked images, loaded once
             model = load_best(trainer)
             images, labels = eval_batch(cfg, data, n_eval, trainer.ctx.device)
+        if ev is None or (args.other_attacks and "masks" not in ev):
             attack = FlowPGD(model, eps=args.eps, steps=args.attack_steps, units="normalized", padding_mode="zeros")
             t0 = time.perf_counter()
             result = evaluate(model, (images, labels), {"multi-step": attack}, batch_size=args.eval_batch_size)
@@ -222,8 +214,6 @@ def main(argv=None) -> int:
         if args.other_attacks:
             from flowtriton.attacks import EvaluationResult
 
-            model = load_best(trainer)
-            images, labels = eval_batch(cfg, data, n_eval, trainer.ctx.device)
             multi = EvaluationResult.from_dict({"rows": [
                 {"attack": "clean", "budget": None, "units": None, "accuracy": ev["clean_acc"], "examples": ev["examples"]},
                 {"attack": "multi-step", "budget": None, "units": None, "accuracy": ev["robust_acc"],
@@ -236,8 +226,7 @@ def main(argv=None) -> int:
         payload[tag] = {"lam": lam, "method": method, "best_val_acc": res.best_val_acc, "best_epoch": res.best_epoch,
                         "test_acc_full_test_set": res.test_acc, **{k: v for k, v in ev.items() if k != "masks"},
                         "other_attacks": others, "history": res.history,
-                        "train_step_s": round(sum(len(data.train) / h["images_per_s"] for h in res.history
-                                                  if h.get("images_per_s")), 1),
+                        "train_step_s": train_step_seconds(res.history, len(data.train)),
                         "paper": {"clean_acc": paper[0], "robust_acc": paper[1]} if paper else None}
         rows.append([f"{lam:g}", f"{res.best_val_acc:.4f}", f"{ev['clean_acc']:.4f}", f"{ev['robust_acc']:.4f}",
                      f"{paper[0]:.4f}" if paper else "-", f"{paper[1]:.4f}" if paper else "-"])
@@ -275,15 +264,11 @@ def main(argv=None) -> int:
               f"{n_eval} test images (JPEG CIFAR-10). 'test acc' = clean accuracy on those images. Authors' numbers: "
               f"docs/method.md (VGG-11, 80 epochs, original CIFAR-10, full test set). Seed {args.seed}; "
               f"wall time {wall:.0f} s (all sessions), device {trainer.ctx.device}.\n\n")
-    text = write_results(out, header, rows, {
+    text = write_results(out, header, rows, extra=other_attacks_table(payload), results={
         "dataset": "cifar10", "model": model_name, "width": args.width, "epochs": args.epochs,
         "milestones": milestones, "train_images": len(data.train), "val_images": len(data.val),
         "eval_images": n_eval, "eps_normalized": args.eps, "attack_steps": args.attack_steps,
         "full_recipe": full, "runs": payload, "seed": args.seed, "wall_s": wall})
-    extra = other_attacks_table(payload)
-    if extra:
-        text += extra
-        (out / "results.md").write_text(text)
     print(text, flush=True)
     return 0
 
