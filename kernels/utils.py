@@ -24,7 +24,10 @@ MIN_BLOCK = 16
 #: torch dtype -> Triton type name, for every dtype the kernels accept.
 TRITON_DTYPES = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
-_state = threading.local()
+_state = threading.local()  # the launch recorder: per thread
+# The forced block size is process-wide: on CUDA, autograd runs backward in a thread of its own,
+# which must see the size the test forced around forward and backward alike.
+_forced_block = None
 
 
 @triton.jit
@@ -56,8 +59,9 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 @contextlib.contextmanager
 def forced_block_size(block):
-    """Make every launcher in this thread use ``block`` pixels per program (a power of two >= 16),
-    or, with ``block='gpu'``, the block sizes a GPU uses, also in the interpreter.
+    """Make every launcher, in every thread (CUDA runs backward in autograd's own), use ``block``
+    pixels per program (a power of two >= 16), or, with ``block='gpu'``, the block sizes a GPU
+    uses, also in the interpreter.
 
     For tests: the interpreter otherwise covers a small image with one program, so the multi-block
     paths a GPU runs (masks on a ragged last block, per-block partial sums, stencil reads across
@@ -66,19 +70,19 @@ def forced_block_size(block):
     if block != "gpu" and (isinstance(block, bool) or not isinstance(block, int)
                            or block < MIN_BLOCK or block & (block - 1)):
         raise ValueError(f"block must be 'gpu' or a power of two >= {MIN_BLOCK}, got {block!r}")
-    previous = getattr(_state, "block", None)
-    _state.block = block
+    global _forced_block
+    previous, _forced_block = _forced_block, block
     try:
         yield
     finally:
-        _state.block = previous
+        _forced_block = previous
 
 
 def block_size(hw: int, gpu_block: int = GPU_BLOCK) -> int:
     """Pixels per program for an image of ``hw`` pixels: the forced size if any; on a GPU
     ``gpu_block``; in the interpreter one block up to 4096 pixels (few, wide programs are what make
     it fast)."""
-    forced = getattr(_state, "block", None)
+    forced = _forced_block
     if forced == "gpu":
         return gpu_block
     if forced is not None:

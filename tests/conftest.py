@@ -23,6 +23,13 @@ except Exception:  # pragma: no cover
 if not _HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Where tests put the tensors they hand to backend="triton": the GPU when there is one (the
+# interpreter is off there), else the CPU (the interpreter). ``from conftest import DEVICE``.
+DEVICE = torch.device("cuda" if _HAS_CUDA else "cpu")
+# gradcheck's reentrancy tolerance: float atomics (the warp's image gradient) add in any order on
+# CUDA, so two identical backward passes may differ in the last bits there; never on CPU.
+NONDET_TOL = 1e-12 if _HAS_CUDA else 0.0
+
 # Decoded dataset caches go to a folder of this test session, never into the user's
 # ~/.cache/flowtriton (tests that need a specific folder set their own).
 _SESSION_CACHE = tempfile.mkdtemp(prefix="flowtriton-test-cache-")
@@ -63,4 +70,4 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def device():
     """The device the kernels run on: CUDA when present, else CPU through the interpreter."""
-    return torch.device("cuda" if _HAS_CUDA else "cpu")
+    return DEVICE

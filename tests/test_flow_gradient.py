@@ -2,7 +2,8 @@
 clamped gather sampler, Triton kernels vs the reference (values, first, second and third
 derivatives), gradcheck / gradgradcheck, bad input.
 
-Kernels run in the Triton interpreter on CPU: shapes stay tiny (one program per image)."""
+Tensors live on conftest's DEVICE: the GPU when there is one, else the CPU, where the kernels run in
+the Triton interpreter: shapes stay tiny (one program per image)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from flowtriton.ops.flow_gradient import flow_jvp
 from flowtriton.ops.units import pixel_scale
 from flowtriton.reference.flow_gradient import flow_gradient_penalty as ref_penalty
 
+from conftest import DEVICE, NONDET_TOL
+
 BACKENDS = ("torch", "triton")
 SCHEMES = ("forward", "central")
 
@@ -24,8 +27,8 @@ def gather_sampler(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """The authors' bilinear sampler, in pixels: coordinates clamped to the image (border), the 4
     corners gathered at floor / floor + 1 (clamped). Written independently of flowtriton."""
     n, c, h, w = image.shape
-    rows = torch.arange(h, dtype=image.dtype).view(1, h, 1)
-    cols = torch.arange(w, dtype=image.dtype).view(1, 1, w)
+    rows = torch.arange(h, dtype=image.dtype, device=image.device).view(1, h, 1)
+    cols = torch.arange(w, dtype=image.dtype, device=image.device).view(1, 1, w)
     y = (rows + flow[:, 1]).clamp(0, h - 1)
     x = (cols + flow[:, 0]).clamp(0, w - 1)
     y0 = torch.floor(y.detach()).long()
@@ -48,14 +51,15 @@ def _tensors(n, c, h, w, dtype=torch.float64, seed=0):
     gen = torch.Generator().manual_seed(seed)
     image = torch.rand((n, c, h, w), generator=gen, dtype=dtype)
     grad = torch.randn((n, c, h, w), generator=gen, dtype=dtype)
-    return image, grad
+    return image.to(DEVICE), grad.to(DEVICE)  # drawn on the CPU: the same values on every device
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", [(2, 3, 5, 6), (1, 2, 1, 4), (1, 1, 3, 1), (1, 2, 2, 2)])
 def test_closed_form_equals_autograd_through_gather_sampler(backend, shape):
     image, grad = _tensors(*shape)
-    flow = torch.zeros((shape[0], 2, shape[2], shape[3]), dtype=torch.float64, requires_grad=True)
+    flow = torch.zeros((shape[0], 2, shape[2], shape[3]), dtype=torch.float64, device=DEVICE,
+                       requires_grad=True)
     (expected,) = torch.autograd.grad((grad * gather_sampler(image, flow)).sum(), flow)
     got = flowtriton.flow_gradient(image, grad, "forward", backend=backend)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
@@ -83,7 +87,7 @@ def test_normalized_units_scale_each_component(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_flow_jvp_is_adjoint_of_flow_gradient_and_first_order_warp(backend):
     image, grad = _tensors(2, 3, 4, 5)
-    tangent = torch.randn(2, 2, 4, 5, dtype=torch.float64)
+    tangent = torch.randn(2, 2, 4, 5, dtype=torch.float64).to(DEVICE)
     lhs = (flowtriton.flow_gradient(image, grad, "central", backend=backend) * tangent).sum()
     rhs = (grad * flow_jvp(image, tangent, "central", backend=backend)).sum()
     torch.testing.assert_close(lhs, rhs)
@@ -136,8 +140,8 @@ def test_triton_penalty_matches_reference_through_third_order(problem):
     n, c, h, w, dtype, scheme, units, seed = problem
     image, grad = _tensors(n, c, h, w, dtype, seed)
     gen = torch.Generator().manual_seed(seed + 1)
-    weights = torch.randn(n, generator=gen, dtype=dtype)
-    probe = torch.randn(image.shape, generator=gen, dtype=dtype)
+    weights = torch.randn(n, generator=gen, dtype=dtype).to(image.device)
+    probe = torch.randn(image.shape, generator=gen, dtype=dtype).to(image.device)
     tol = _tolerance(dtype)
     results = {}
     for backend in BACKENDS:
@@ -159,6 +163,7 @@ def test_triton_flow_gradient_and_jvp_match_reference(problem):
     n, c, h, w, dtype, scheme, units, seed = problem
     image, grad = _tensors(n, c, h, w, dtype, seed)
     tangent = torch.randn((n, 2, h, w), generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    tangent = tangent.to(image.device)
     tol = _tolerance(dtype)
     field = {b: flowtriton.flow_gradient(image, grad, scheme, backend=b, units=units) for b in BACKENDS}
     torch.testing.assert_close(field["triton"], field["torch"], **tol)
@@ -177,24 +182,26 @@ def test_penalty_gradcheck_and_gradgradcheck(backend, scheme):
         return flowtriton.flow_gradient_penalty(x, g, scheme, backend=backend, units="normalized")
 
     fast = backend == "triton"
-    assert torch.autograd.gradcheck(fn, (image, grad), fast_mode=fast)
-    assert torch.autograd.gradgradcheck(fn, (image, grad), fast_mode=fast)
+    assert torch.autograd.gradcheck(fn, (image, grad), fast_mode=fast, nondet_tol=NONDET_TOL)
+    assert torch.autograd.gradgradcheck(fn, (image, grad), fast_mode=fast, nondet_tol=NONDET_TOL)
 
 
 def test_flow_gradient_and_jvp_gradcheck_triton():
     image, grad = _tensors(1, 2, 3, 4, seed=4)
-    tangent = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    tangent = torch.randn(1, 2, 3, 4, dtype=torch.float64).to(DEVICE).requires_grad_(True)
     image.requires_grad_(True)
     grad.requires_grad_(True)
     assert torch.autograd.gradgradcheck(
-        lambda x, g: flowtriton.flow_gradient(x, g, "central", backend="triton"), (image, grad), fast_mode=True)
+        lambda x, g: flowtriton.flow_gradient(x, g, "central", backend="triton"), (image, grad), fast_mode=True,
+        nondet_tol=NONDET_TOL)
     assert torch.autograd.gradgradcheck(
-        lambda x, t: flow_jvp(x, t, "forward", backend="triton"), (image, tangent), fast_mode=True)
+        lambda x, t: flow_jvp(x, t, "forward", backend="triton"), (image, tangent), fast_mode=True,
+        nondet_tol=NONDET_TOL)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_batch(backend):
-    image = torch.zeros(0, 3, 4, 4)
+    image = torch.zeros(0, 3, 4, 4, device=DEVICE)
     assert flowtriton.flow_gradient_penalty(image, image, backend=backend).shape == (0,)
     assert flowtriton.flow_gradient(image, image, backend=backend).shape == (0, 2, 4, 4)
 

@@ -16,6 +16,8 @@ import triton
 import flowtriton
 from flowtriton.kernels.utils import GPU_BLOCK, PENALTY_MAX_BLOCK, block_size, forced_block_size, penalty_block_size
 
+from conftest import DEVICE
+
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 MODES = ("zeros", "border", "reflection")
@@ -52,6 +54,7 @@ def _inputs(shape, seed, requires_grad=True):
     image = torch.rand(shape, generator=gen, dtype=torch.float64)
     flow = torch.rand(n, 2, h, w, generator=gen, dtype=torch.float64) * 6 - 3
     flow[0, :, 0, 0] = torch.tensor([-0.5, 2.0], dtype=torch.float64)
+    image, flow = image.to(DEVICE), flow.to(DEVICE)
     return image.requires_grad_(requires_grad), flow.requires_grad_(requires_grad), gen
 
 
@@ -59,9 +62,9 @@ def _warp_derivatives(backend, image, flow, mode, gen_seed):
     """Output, first derivatives (create_graph) and a second derivative of each input."""
     gen = torch.Generator().manual_seed(gen_seed)
     out = flowtriton.warp(image, flow, mode, backend=backend)
-    go = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    go = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.device)
     g_image, g_flow = torch.autograd.grad(out, (image, flow), go, create_graph=True)
-    w_image = torch.randn(g_image.shape, generator=gen, dtype=torch.float64)
+    w_image = torch.randn(g_image.shape, generator=gen, dtype=torch.float64).to(g_image.device)
     scalar = g_flow.square().sum() + (g_image * w_image).sum()
     gg_image, gg_flow = torch.autograd.grad(scalar, (image, flow))
     return out, g_image, g_flow, gg_image, gg_flow
@@ -88,8 +91,8 @@ def test_penalty_reduction_and_fused_backward_across_blocks(layout, scheme):
     (``2 grad_out`` folded in, grad_out expanded with stride 0)."""
     block, _, shape = LAYOUTS[layout]
     gen = torch.Generator().manual_seed(5)
-    image = torch.rand(shape, generator=gen, dtype=torch.float64).requires_grad_(True)
-    grad = torch.randn(shape, generator=gen, dtype=torch.float64).requires_grad_(True)
+    image = torch.rand(shape, generator=gen, dtype=torch.float64).to(DEVICE).requires_grad_(True)
+    grad = torch.randn(shape, generator=gen, dtype=torch.float64).to(DEVICE).requires_grad_(True)
     results = {}
     for backend in ("torch", "triton"):
         with forced_block_size(block):
@@ -107,10 +110,10 @@ def test_flow_gradient_jvp_and_image_vjp_across_blocks(layout, scheme):
     reads that cross block boundaries, through second order."""
     block, shape, _ = LAYOUTS[layout]
     gen = torch.Generator().manual_seed(11)
-    image = torch.rand(shape, generator=gen, dtype=torch.float64).requires_grad_(True)
-    grad = torch.randn(shape, generator=gen, dtype=torch.float64).requires_grad_(True)
-    field = torch.randn(shape[0], 2, *shape[2:], generator=gen, dtype=torch.float64).requires_grad_(True)
-    weights = torch.randn(shape[0], 2, *shape[2:], generator=gen, dtype=torch.float64)
+    image = torch.rand(shape, generator=gen, dtype=torch.float64).to(DEVICE).requires_grad_(True)
+    grad = torch.randn(shape, generator=gen, dtype=torch.float64).to(DEVICE).requires_grad_(True)
+    field = torch.randn(shape[0], 2, *shape[2:], generator=gen, dtype=torch.float64).to(DEVICE).requires_grad_(True)
+    weights = torch.randn(shape[0], 2, *shape[2:], generator=gen, dtype=torch.float64).to(DEVICE)
     results = {}
     for backend in ("torch", "triton"):
         with forced_block_size(block):
