@@ -414,7 +414,7 @@ def main(argv=None) -> None:
                              ["model", "attack", "images", "images_per_s", "success_rate", "median_tnorm_px",
                               "evaluations_per_image"]))
     path = write_results(f"attacks_{device.type}", env, rows)
-    print(f"wrote {path}")
+    print(f"wrote benchmarks/results/{path.name}")
 
 
 if __name__ == "__main__":

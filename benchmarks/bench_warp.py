@@ -123,7 +123,7 @@ def main(argv=None):
     if device.type == "cuda":
         cols += ["gbps", "roofline_frac"]
     print(markdown_table(rows, cols))
-    print(f"\nwrote {path}")
+    print(f"\nwrote benchmarks/results/{path.name}")
 
 
 if __name__ == "__main__":

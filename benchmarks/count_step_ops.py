@@ -2,8 +2,8 @@
 
 One step = ``loss = reg(model, images, labels)`` (or plain cross-entropy), ``zero_grad``,
 ``backward``, ``optimizer.step`` of the small MNIST CNN, batch 8, after one warm-up step. Triton
-launches are counted in the interpreter (on CPU: run with TRITON_INTERPRET=1 and
-``--backend triton``) by wrapping the interpreter's launch entry, so the count does not depend on
+launches are counted by wrapping the launch entry of the interpreter (on CPU: run with
+TRITON_INTERPRET=1 and ``--backend triton``) or of the JIT (on a GPU: ``--device cuda``), so the count does not depend on
 flowtriton's own bookkeeping; torch ops are the profiler's top-level ``aten::`` events (one per op
 the code issues, forward and backward; ops nested inside another aten op are not counted again). The difference between
 the FGR and the plain step is what the regularizer adds, the model's double backward included.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import sys
 
 import torch
@@ -23,11 +24,12 @@ import torch.nn.functional as F
 
 
 def _count_triton_launches():
-    """Patch the launch entry of Triton's interpreter (or JIT); return the live counter."""
+    """Patch the launch entry of Triton's interpreter (TRITON_INTERPRET=1) or of its JIT (a GPU);
+    return the live counter."""
     counts = collections.Counter()
-    try:
+    if os.environ.get("TRITON_INTERPRET") == "1":
         from triton.runtime.interpreter import InterpretedFunction as Launched
-    except ImportError:  # pragma: no cover
+    else:
         from triton.runtime.jit import JITFunction as Launched
     original = Launched.run
 
