@@ -219,17 +219,21 @@ def featured_accuracy(ev, featured: dict) -> dict:
 
 def load_points(out: Path, featured: dict) -> list:
     """The finished points, their featured accuracies recomputed from the stored masks (so a
-    change of featured budgets needs no new attack)."""
+    change of featured budgets needs no new attack). A point file whose stored summary differs
+    (written under an older definition of the worst case, say) is rewritten with the new one."""
     from flowtriton.attacks import EvaluationResult
 
     points = []
     for path in sorted((out / "points").glob("*.json")):
         record = json.loads(path.read_text())
         try:
-            record["featured_accuracy"] = featured_accuracy(EvaluationResult.from_dict(record["evaluation"]), featured)
+            summary = featured_accuracy(EvaluationResult.from_dict(record["evaluation"]), featured)
         except KeyError as err:
             print(f"[frontier] {path.name} left out of the report: {err}", flush=True)
             continue
+        if record.get("featured_accuracy") != summary or record.get("featured") != featured:
+            record["featured"], record["featured_accuracy"] = featured, summary
+            write_json(path, record)
         points.append(record)
     return points
 
