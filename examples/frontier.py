@@ -62,8 +62,9 @@ PLANS = {
     # targets: worst-case robust accuracies of the cost table (training time to reach them).
     "mnist": dict(points=POINTS_28, featured={"flowpgd": 0.05, "adef": 1.0, "stadv": 1.0, "rt": None},
                   targets=[0.1, 0.2, 0.3, 0.5]),
+    # Fashion-MNIST's standard model already holds 0.375 in the worst case: higher targets
     "fashion-mnist": dict(points=POINTS_28, featured={"flowpgd": 0.02, "adef": 0.5, "stadv": 0.5, "rt": None},
-                          targets=[0.1, 0.2, 0.3, 0.5]),
+                          targets=[0.4, 0.5, 0.6, 0.7]),
     # a seconds-long plan for the tests (mnist-subset: the embedded digits)
     "mnist-subset": dict(points=[("standard", None, None), ("fgr", 300.0, None), ("igr", 1e4, None),
                                  ("at", None, 0.05), ("fgr+at", 300.0, 0.05)],
@@ -276,12 +277,14 @@ def clean_tolerance(x: float, n_test: int = 10000) -> float:
 
 
 def gap_at_equal_clean(challenger: list, baseline: list, skip: tuple = ()):
-    """Mean over the challenger's own points (not those in ``skip``, e.g. the shared standard
-    point) of: its robust accuracy minus the BEST robust accuracy of the baseline's points that
-    are at least as accurate clean, within two standard errors of the clean accuracy
-    (:func:`clean_tolerance`). A challenger point more accurate than every baseline point is
-    left out; when all are, the baseline's points are compared the same way against the
-    challenger's (sign flipped). Returns (gap, number of points compared) or None.
+    """Mean over the challenger's own points of: its robust accuracy minus the BEST robust
+    accuracy of the baseline's points that are at least as accurate clean, within two standard
+    errors of the clean accuracy (:func:`clean_tolerance`). Points in ``skip`` (the standard
+    model both curves share) are neither compared nor rivals: a challenger point more accurate
+    than every point the baseline method reached is outside the baseline's sampled range (a
+    weaker baseline setting would sit between it and the standard model) and is left out; when
+    all are, the baseline's points are compared the same way against the challenger's (sign
+    flipped). Returns (gap, number of points compared) or None.
 
     Not an interpolation: clean accuracies of these models often differ by less than their
     noise, and curves are not monotone, so a line between two points says little."""
@@ -290,7 +293,7 @@ def gap_at_equal_clean(challenger: list, baseline: list, skip: tuple = ()):
         for x, y in mine:
             if (x, y) in skip:
                 continue
-            rivals = [oy for ox, oy in other if ox >= x - clean_tolerance(x)]
+            rivals = [oy for ox, oy in other if ox >= x - clean_tolerance(x) and (ox, oy) not in skip]
             if rivals:
                 gaps.append(sign * (y - max(rivals)))
         if gaps:
@@ -308,7 +311,7 @@ CLAIMS = [
 
 def judge_claims(points: list, seeds: list, n_eval: int) -> list:
     """Per claim and attack: the challenger's points against the baseline's points at least as
-    accurate clean (:func:`gap_at_equal_clean`), on the seed-mean curves and per seed. A descriptive
+    accurate clean, the standard model left out of both (:func:`gap_at_equal_clean`), on the seed-mean curves and per seed. A descriptive
     rule, not a significance test: 'above' / 'below' when every seed's gap has that sign and the
     mean gap exceeds twice the largest standard error of a difference of two accuracies measured
     on n_eval images each (sqrt(2) * 0.5 / sqrt(n_eval); paired images make the true error

@@ -329,6 +329,10 @@ def test_frontier_gap_at_equal_clean_accuracy():
     assert compared == 1 and gap == pytest.approx(0.9 - 0.4)
     # ... and when all are, the baseline's points are compared against the challenger's (sign flipped)
     assert gap_at_equal_clean([(0.999, 0.3)], [(0.95, 0.4)]) == (pytest.approx(-(0.4 - 0.3)), 1)
-    # the shared standard point is skipped
+    # the shared standard point is skipped, and is no rival: a challenger point more accurate
+    # than every baseline setting but the standard model is outside the baseline's range
     standard = (0.99, 0.2)
     assert gap_at_equal_clean([standard], [standard], skip=(standard,)) is None
+    gap, compared = gap_at_equal_clean([(0.985, 0.6), (0.96, 0.7), standard], [(0.97, 0.65), standard],
+                                       skip=(standard,))
+    assert compared == 1 and gap == pytest.approx(0.7 - 0.65)
