@@ -57,7 +57,7 @@ POINTS_28 = [
     ("at", None, 0.02), ("at", None, 0.05), ("at", None, 0.1),
     ("fgr+at", 300.0, 0.05), ("fgr+at", 1000.0, 0.05),
 ]
-# Fashion-MNIST: FGR and IGR cost more clean accuracy there (the weakest strengths above lose 2.6
+# Fashion-MNIST: FGR and IGR cost more clean accuracy there (the weakest strengths above lose 2.5
 # and 3.5 points), so one weaker strength each covers the range next to the standard model.
 POINTS_FASHION = POINTS_28 + [("fgr", 100.0, None), ("igr", 3e3, None)]
 PLANS = {
