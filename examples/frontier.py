@@ -314,10 +314,10 @@ CLAIMS = [
 
 def judge_claims(points: list, seeds: list, n_eval: int) -> list:
     """Per claim and attack: the challenger's points against the baseline's points at least as
-    accurate clean, the standard model left out of both (:func:`gap_at_equal_clean`), on the seed-mean curves and per seed. A descriptive
-    rule, not a significance test: 'above' / 'below' when every seed's gap has that sign and the
-    mean gap exceeds twice the largest standard error of a difference of two accuracies measured
-    on n_eval images each (sqrt(2) * 0.5 / sqrt(n_eval); paired images make the true error
+    accurate clean, the standard model left out of both (:func:`gap_at_equal_clean`), on the
+    seed-mean curves and per seed. A descriptive rule, not a significance test: 'above' / 'below'
+    when every seed's gap has that sign and the mean gap exceeds twice the largest standard error
+    of a difference of two accuracies measured on n_eval images each (sqrt(2) * 0.5 / sqrt(n_eval); paired images make the true error
     smaller); else 'no clear difference'. Two seeds agree in sign by chance half the time when
     there is no effect, so the size of the gap carries the weight."""
     se = math.sqrt(2) * 0.5 / math.sqrt(max(n_eval, 1))
@@ -455,10 +455,11 @@ def report(args, out: Path) -> str:
             f"its full grid fools nearly every model). Training s: wall time of the fit (including "
             f"validation passes; the machine and its load are in run.json), then the step time alone.\n\n" + table +
             "\n## The paper's claims on the frontiers\n\nGap: for each of the challenger's points, its robust accuracy minus "
-            "the best robust accuracy among the baseline's points (the standard model included for IGR, FGR and AT) that "
-            "are at least as accurate clean, within two standard errors of the clean accuracy on 10,000 test images; "
-            "averaged over the challenger's points that have such a rival (else the baseline's points against the "
-            "challenger's). "
+            "the best robust accuracy among the baseline's points that are at least as accurate clean, within two "
+            "standard errors of the clean accuracy on 10,000 test images; averaged over the challenger's points that "
+            "have such a rival (else the baseline's points against the challenger's). The standard model both curves "
+            "start from is neither compared nor a rival: a point more accurate than every setting of the other method "
+            "is outside its sampled range. "
             f"Verdict (descriptive, not a significance test) 'above'/'below' needs every seed's gap to agree in sign "
             f"and the mean gap to exceed {2 * math.sqrt(2) * 0.5 / math.sqrt(n_eval):.3f} (twice the largest standard "
             f"error of a difference of two accuracies on {n_eval} images); with two seeds, sign agreement alone is "
