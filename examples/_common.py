@@ -1,19 +1,27 @@
 """Shared helpers of the example scripts: data splits with a training subset, the run record
-(command, seed, versions, wall time), a narrower VGG for CPU runs, and small table helpers.
+(command, seed, versions, wall time), a narrower VGG for CPU runs, file locks that let several
+processes share one output folder, and small table helpers.
 
 Nothing here is library API; the scripts stay thin on top of ``flowtriton.train``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import shlex
 import sys
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locks, one process per output folder
+    fcntl = None
 
 import torch
 
@@ -65,39 +73,72 @@ def portable(value):
     return value
 
 
+@contextlib.contextmanager
+def exclusive_lock(path: Path, wait: bool = True):
+    """Hold an advisory lock on the file ``path`` (created if missing) for the ``with`` block;
+    yields True when held. ``wait=False``: yields False at once when another process holds it.
+    The operating system drops the lock when its process dies, so a killed run never leaves a
+    stale lock behind. Without ``fcntl`` (not POSIX) every lock is granted."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield True
+        return
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class RunRecord:
     """``run.json`` in the output folder: the exact command, seed, versions, device, and the wall
     time of every session (a resumed run appends a session, so the total covers interruptions).
     Paths are recorded relative to the repository (see :func:`portable`), never as this machine's
-    absolute paths."""
+    absolute paths. Several processes may share one folder (each its own session): every save
+    re-reads the file under a lock and writes only its own session back, atomically; then
+    ``wall_s_total`` counts overlapping sessions once each (process time, not elapsed time)."""
 
     def __init__(self, out_dir: Path, seed: int, settings: dict):
         self.path = Path(out_dir) / "run.json"
         self.started = time.perf_counter()
-        old = json.loads(self.path.read_text()) if self.path.is_file() else {}
         command = [Path(sys.executable).name, *(portable(a) for a in sys.argv)]
         self.data = {
             "command": " ".join(shlex.quote(a) for a in command),
             "cwd": portable(os.getcwd()), "seed": seed, "settings": portable(settings), "versions": versions(),
             "cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "sessions": old.get("sessions", []),
         }
-        self.data["sessions"].append({"started_utc": _now(), "finished_utc": None, "wall_s": None,
-                                      "command": self.data["command"]})
+        self.session = {"id": uuid.uuid4().hex[:12], "started_utc": _now(), "finished_utc": None, "wall_s": None,
+                        "pid": os.getpid(), "command": self.data["command"]}
         self.save()
 
     def save(self) -> None:
         """Write run.json; the current session's wall time so far is kept, so a run killed
         between stages still accounts for the time it spent up to its last save."""
-        if self.data["sessions"][-1]["finished_utc"] is None:
-            self.data["sessions"][-1]["wall_s"] = round(time.perf_counter() - self.started, 1)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.data["wall_s_total"] = sum(s["wall_s"] or 0.0 for s in self.data["sessions"])
-        self.path.write_text(json.dumps(self.data, indent=2))
+        if self.session["finished_utc"] is None:
+            self.session["wall_s"] = round(time.perf_counter() - self.started, 1)
+        with exclusive_lock(self.path.with_name("." + self.path.name + ".lock")):
+            old = json.loads(self.path.read_text()) if self.path.is_file() else {}
+            sessions = old.get("sessions", [])
+            ids = [s.get("id") for s in sessions]
+            if self.session["id"] in ids:
+                sessions[ids.index(self.session["id"])] = self.session
+            else:
+                sessions.append(self.session)
+            extra = {k: v for k, v in old.items() if k not in self.data and k not in ("sessions", "wall_s_total")}
+            data = {**extra, **self.data, "sessions": sessions,
+                    "wall_s_total": sum(s["wall_s"] or 0.0 for s in sessions)}
+            write_json(self.path, data, indent=2)
+        self.data["sessions"], self.data["wall_s_total"] = sessions, data["wall_s_total"]
 
     def finish(self, **extra) -> float:
         wall = time.perf_counter() - self.started
-        self.data["sessions"][-1].update(finished_utc=_now(), wall_s=round(wall, 1))
+        self.session.update(finished_utc=_now(), wall_s=round(wall, 1))
         self.data.update(extra)
         self.save()
         return self.data["wall_s_total"]
@@ -152,14 +193,20 @@ def register_vgg(width: float, depth: str = "vgg11") -> str:
     return depth if width == 1.0 else f"{depth}-w{width:g}"
 
 
-def write_json(path: Path, value, indent: int | None = None) -> None:
-    """Write ``value`` as JSON atomically (a temporary file, then a rename): a kill mid-write
-    leaves the old file or none, never a truncated one that a resumed run would read back."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` atomically (a temporary file of this process, then a rename): a kill
+    mid-write leaves the old file or none, never a truncated one that a resumed run would read
+    back, and two processes writing the same file leave one whole version."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=indent))
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, value, indent: int | None = None) -> None:
+    """Write ``value`` as JSON atomically (:func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(value, indent=indent))
 
 
 def train_step_seconds(history: list, n_train: int) -> float:

@@ -27,7 +27,9 @@ first), so a partial run already holds one whole frontier. Each point:
    sessions), evaluation time, the table and the masks.
 
 Everything resumes: an interrupted training continues from its ``last.pt``, an interrupted
-evaluation from its last finished attack. ``--report`` (also run at the end) writes
+evaluation from its last finished attack. Several processes may work on one output folder: each
+point is locked while a process trains or attacks it (``ckpt/.<tag>.lock``), others skip it and
+take the next, so the same command started twice uses two cores (give each ``--threads 1``). ``--report`` (also run at the end) writes
 ``frontier.md``, ``frontier.json`` and ``frontier.png`` from whatever points are finished.
 Checkpoints go under ``<out-dir>/ckpt/`` (not for version control).
 """
@@ -37,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -46,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from _common import (RunRecord, default_data_dir, eval_batch, evaluate_one_by_one, load_best,  # noqa: E402
-                     load_splits, md_table, train_step_seconds, write_json)
+from _common import (RunRecord, default_data_dir, eval_batch, evaluate_one_by_one, exclusive_lock,  # noqa: E402
+                     load_best, load_splits, md_table, train_step_seconds, write_json, write_text_atomic)
 
 # (method, lam, at_eps): lam in the 'paper' scale, at_eps in normalized units.
 POINTS_28 = [
@@ -169,12 +172,26 @@ def evaluate_point(args, model, images, labels, cache_dir: Path, num_classes: in
     return EvaluationResult.merge(parts), seconds
 
 
-def run_point(args, data, out: Path, point, images_cache: dict) -> dict:
-    method, lam, at_eps, seed = point
+def run_point(args, data, out: Path, point, images_cache: dict) -> dict | None:
+    """The point's record: read back when finished, else trained and attacked (resuming what an
+    earlier run left). None when another process holds the point's lock."""
     tag = point_tag(*point)
     path = out / "points" / f"{tag}.json"
     if path.is_file():
         return json.loads(path.read_text())
+    with exclusive_lock(out / "ckpt" / f".{tag}.lock", wait=False) as mine:
+        if not mine:
+            print(f"[frontier] {tag}: another process is on it; next point", flush=True)
+            return None
+        if path.is_file():  # finished by another process since the check above
+            return json.loads(path.read_text())
+        return _train_and_attack(args, data, out, point, images_cache)
+
+
+def _train_and_attack(args, data, out: Path, point, images_cache: dict) -> dict:
+    method, lam, at_eps, seed = point
+    tag = point_tag(*point)
+    path = out / "points" / f"{tag}.json"
     torch.manual_seed(seed)
     trainer, res, timing = train_point(args, data, out, method, lam, at_eps, seed)
     if res.status != "finished":
@@ -403,8 +420,10 @@ def plot_frontiers(points: list, path: Path, title: str, featured: dict) -> None
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # atomic: another process may write it too
+    fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+    os.replace(tmp, path)
 
 
 def report(args, out: Path) -> str:
@@ -467,8 +486,8 @@ def report(args, out: Path) -> str:
             + claims + "\n## Training time to reach a robustness (worst case over FlowPGD, ADef and stAdv at the featured budgets)\n\n"
             "Training step time (s) of the setting that reaches the target (seed-mean worst case) with the best "
             "clean accuracy, and that accuracy. Within a method the strength barely changes the cost.\n\n" + cost)
-    (out / "frontier.md").write_text(text)
-    (out / "frontier.json").write_text(json.dumps({
+    write_text_atomic(out / "frontier.md", text)
+    write_text_atomic(out / "frontier.json", json.dumps({
         "dataset": args.dataset, "featured": featured, "seeds": seeds, "eval_images": n_eval,
         "points": [{k: v for k, v in r.items() if k != "evaluation"} | {"rows": r["evaluation"]["rows"]}
                    for r in points],
@@ -519,7 +538,7 @@ def main(argv=None) -> int:
     print(f"[frontier] {args.dataset}: train {len(data.train)}, val {len(data.val)}, test {len(data.test)}; "
           f"{len(plan)} points", flush=True)
     started, images = time.perf_counter(), {}
-    status = "finished"
+    status, elsewhere = "finished", []
     try:
         for i, point in enumerate(plan):
             if args.stop_after_min is not None and (time.perf_counter() - started) / 60 > args.stop_after_min:
@@ -527,15 +546,20 @@ def main(argv=None) -> int:
                 print(f"[frontier] --stop-after-min reached before point {i + 1}/{len(plan)}; run again to go on",
                       flush=True)
                 break
-            run_point(args, data, out, point, images)
+            if run_point(args, data, out, point, images) is None:
+                elsewhere.append(point_tag(*point))
             record.save()
+        if status == "finished" and elsewhere:
+            status = "finished; other processes were on " + ", ".join(elsewhere)
+            print(f"[frontier] {len(elsewhere)} point(s) were left to other processes: {', '.join(elsewhere)}; "
+                  "the last process to finish writes the full report (or run --report)", flush=True)
     except KeyboardInterrupt as err:
         status = "interrupted"
         print(f"[frontier] {err}" if str(err) else "[frontier] interrupted; run the same command again to resume",
               flush=True)
     record.finish(status=status)
     report(args, out)
-    return 0 if status == "finished" else 75
+    return 0 if status.startswith("finished") else 75
 
 
 if __name__ == "__main__":

@@ -308,6 +308,55 @@ def test_frontier_runs_points_resumes_per_attack_and_reports(tmp_path):
     assert proc.returncode != 0 and "eval_subset" in proc.stderr and "new --out-dir" in proc.stderr
 
 
+def test_frontier_skips_a_point_another_process_holds(tmp_path):
+    """Two processes may share one output folder: a point whose lock another process holds is
+    skipped (exit 0, the report from what is finished), and taken up once the lock is free."""
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        from _common import exclusive_lock
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    out = tmp_path / "fr"
+    args = ["--dataset", "mnist-subset", "--methods", "standard", "fgr", "--seeds", "0", "--epochs", "1",
+            "--max-steps-per-epoch", "2", "--val-size", "100", "--eval-subset", "8", "--attack-size", "small",
+            "--no-progress", "--out-dir", str(out)]
+    with exclusive_lock(out / "ckpt" / ".fgr-lam300-s0.lock", wait=False) as held:
+        assert held
+        text = _run("frontier.py", *args, cwd=tmp_path)
+    assert "fgr-lam300-s0: another process is on it" in text
+    assert sorted(p.name for p in (out / "points").glob("*.json")) == ["standard-s0.json"]
+    assert not (out / "ckpt" / "fgr-lam300-s0" / "last.pt").exists()
+    assert "other processes were on fgr-lam300-s0" in json.loads((out / "run.json").read_text())["status"]
+    _run("frontier.py", *args, cwd=tmp_path)
+    assert sorted(p.name for p in (out / "points").glob("*.json")) == ["fgr-lam300-s0.json", "standard-s0.json"]
+    _check_record(out, "frontier.py", 2)
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+
+
+def test_run_record_keeps_every_process_session(tmp_path, monkeypatch):
+    """Records of processes sharing a folder each keep their own session; a save never drops
+    another's, and the file is whole after every save."""
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        from _common import RunRecord
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    monkeypatch.setattr(sys, "argv", ["frontier.py", "--out-dir", str(tmp_path)])
+    first = RunRecord(tmp_path, 0, {"out_dir": str(tmp_path)})
+    second = RunRecord(tmp_path, 0, {"out_dir": str(tmp_path)})
+    first.save()
+    first.finish(status="finished")
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert [s["id"] for s in record["sessions"]] == [first.session["id"], second.session["id"]]
+    assert record["sessions"][0]["finished_utc"] and record["sessions"][1]["finished_utc"] is None
+    second.finish(status="stopped")
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert len(record["sessions"]) == 2 and all(s["finished_utc"] for s in record["sessions"])
+    assert record["wall_s_total"] == pytest.approx(sum(s["wall_s"] for s in record["sessions"]))
+    assert str(tmp_path) not in (tmp_path / "run.json").read_text()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 def test_frontier_gap_at_equal_clean_accuracy():
     """The claims' measure: each challenger point against the best baseline point that is at
     least as accurate clean (within two standard errors on 10,000 images, 0.002 near 0.99)."""
