@@ -185,13 +185,12 @@ def run_point(args, data, out: Path, point, images_cache: dict) -> dict | None:
             return None
         if path.is_file():  # finished by another process since the check above
             return json.loads(path.read_text())
-        return _train_and_attack(args, data, out, point, images_cache)
+        return _train_and_attack(args, data, out, point, tag, path, images_cache)
 
 
-def _train_and_attack(args, data, out: Path, point, images_cache: dict) -> dict:
+def _train_and_attack(args, data, out: Path, point, tag: str, path: Path, images_cache: dict) -> dict:
+    """Train and attack one point (``tag``), write its record to ``path``; the caller holds its lock."""
     method, lam, at_eps, seed = point
-    tag = point_tag(*point)
-    path = out / "points" / f"{tag}.json"
     torch.manual_seed(seed)
     trainer, res, timing = train_point(args, data, out, method, lam, at_eps, seed)
     if res.status != "finished":
