@@ -320,6 +320,16 @@ def gap_at_equal_clean(challenger: list, baseline: list, skip: tuple = ()):
     return None
 
 
+def below_clean_range(challenger: list, baseline: list, skip: tuple = ()) -> bool:
+    """True when every challenger point is less accurate clean than every baseline point, beyond
+    :func:`clean_tolerance`. :func:`gap_at_equal_clean` then compares the challenger with the
+    baseline's most robust point, which it beats at no equal clean accuracy: a gap there reads
+    "more robust than anything the baseline was tried at, and less accurate", not "better"."""
+    mine = [x for x, y in challenger if (x, y) not in skip]
+    other = [x for x, y in baseline if (x, y) not in skip]
+    return bool(mine and other) and max(mine) < min(other) - clean_tolerance(max(mine))
+
+
 CLAIMS = [
     ("FGR above IGR at equal clean accuracy", "fgr", "igr", ATTACKS + (WORST,)),
     ("FGR above AT on the attacks AT did not train on", "fgr", "at", ("adef", "stadv", "rt")),
@@ -333,9 +343,11 @@ def judge_claims(points: list, seeds: list, n_eval: int) -> list:
     accurate clean, the standard model left out of both (:func:`gap_at_equal_clean`), on the
     seed-mean curves and per seed. A descriptive rule, not a significance test: 'above' / 'below'
     when every seed's gap has that sign and the mean gap exceeds twice the largest standard error
-    of a difference of two accuracies measured on n_eval images each (sqrt(2) * 0.5 / sqrt(n_eval); paired images make the true error
-    smaller); else 'no clear difference'. Two seeds agree in sign by chance half the time when
-    there is no effect, so the size of the gap carries the weight."""
+    of a difference of two accuracies measured on n_eval images each (sqrt(2) * 0.5 /
+    sqrt(n_eval); paired images make the true error smaller); else 'no clear difference'. Two
+    seeds agree in sign by chance half the time when there is no effect, so the size of the gap
+    carries the weight. A verdict is flagged when the challenger's points all lie below the
+    baseline's clean-accuracy range (:func:`below_clean_range`)."""
     se = math.sqrt(2) * 0.5 / math.sqrt(max(n_eval, 1))
     rows = []
     for claim, challenger, baseline, attacks in CLAIMS:
@@ -363,6 +375,8 @@ def judge_claims(points: list, seeds: list, n_eval: int) -> list:
                 verdict = "no clear difference"
             if len(per_seed) < 2:
                 verdict += f" ({len(per_seed)} seed)"
+            if below_clean_range(mean[challenger], mean[baseline], skip=tuple(mean.get("standard", []))):
+                verdict += "; less accurate clean than every baseline point"
             rows.append([claim, metric, f"{gap:+.3f} ({compared} point{'s' if compared > 1 else ''})",
                          ", ".join(f"{g:+.3f}" for g in per_seed) or "-", verdict])
     return rows

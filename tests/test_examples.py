@@ -385,3 +385,27 @@ def test_frontier_gap_at_equal_clean_accuracy():
     gap, compared = gap_at_equal_clean([(0.985, 0.6), (0.96, 0.7), standard], [(0.97, 0.65), standard],
                                        skip=(standard,))
     assert compared == 1 and gap == pytest.approx(0.7 - 0.65)
+
+
+def test_frontier_flags_a_challenger_below_the_baselines_clean_range():
+    """FGR+AT against FGR on MNIST: every challenger point is less accurate clean than every
+    baseline point, so "above" there is a trade, and the verdict says so."""
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        from frontier import ATTACKS, WORST, below_clean_range, judge_claims
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    standard = (0.99, 0.2)
+    assert below_clean_range([(0.95, 0.6), standard], [(0.98, 0.3), (0.97, 0.35), standard], skip=(standard,))
+    assert not below_clean_range([(0.97, 0.6)], [(0.98, 0.3), (0.97, 0.35)])  # overlaps
+    assert not below_clean_range([(0.969, 0.6)], [(0.970, 0.3)])  # within noise of the baseline
+    assert not below_clean_range([], [(0.97, 0.3)])
+
+    def point(method, lam, at_eps, seed, clean, robust):
+        acc = {m: robust for m in ATTACKS + (WORST,)}
+        return {"method": method, "lam": lam, "at_eps": at_eps, "seed": seed,
+                "test_acc_full_test_set": clean, "featured_accuracy": acc}
+    points = [point("fgr", 300, None, s, 0.98, 0.3) for s in (0, 1)]
+    points += [point("fgr+at", 300, 0.05, s, 0.95, 0.6) for s in (0, 1)]
+    rows = {(r[0], r[1]): r[-1] for r in judge_claims(points, [0, 1], 1000)}
+    assert rows[("FGR+AT above FGR", "flowpgd")] == "above; less accurate clean than every baseline point"
