@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import sys
 import time
 import uuid
@@ -210,9 +211,12 @@ def write_json(path: Path, value, indent: int | None = None) -> None:
 
 
 def train_step_seconds(history: list, n_train: int) -> float:
-    """Seconds spent in training steps over a run: each epoch's ``n_train / images_per_s`` from
-    the engine's history (validation passes and restarts not counted)."""
-    return round(sum(n_train / h["images_per_s"] for h in history if h.get("images_per_s")), 1)
+    """Seconds of training steps over a run: epochs x ``n_train`` / the median epoch rate
+    (images/s) of the engine's history. Validation passes and restarts are not counted, and the
+    median keeps an epoch slowed by something else (the process paused, another job on the
+    cores) from counting as the method's cost; a sum over epochs would add that time in."""
+    rates = [h["images_per_s"] for h in history if h.get("images_per_s")]
+    return round(len(rates) * n_train / statistics.median(rates), 1) if rates else 0.0
 
 
 def evaluate_one_by_one(model, images, labels, suite: dict, budgets: dict, cache_path, batch_size: int,

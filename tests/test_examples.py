@@ -409,3 +409,18 @@ def test_frontier_flags_a_challenger_below_the_baselines_clean_range():
     points += [point("fgr+at", 300, 0.05, s, 0.95, 0.6) for s in (0, 1)]
     rows = {(r[0], r[1]): r[-1] for r in judge_claims(points, [0, 1], 1000)}
     assert rows[("FGR+AT above FGR", "flowpgd")] == "above; less accurate clean than every baseline point"
+
+
+def test_train_step_seconds_ignores_a_slowed_epoch():
+    """The cost measure: an epoch slowed fourfold (the process paused, another job on the cores)
+    does not count as the method's cost; a run without timed epochs costs 0."""
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        from _common import train_step_seconds
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    steady = [{"epoch": e, "images_per_s": 400.0} for e in range(1, 11)]
+    assert train_step_seconds(steady, 40000) == pytest.approx(10 * 100.0)
+    slowed = steady[:1] + [{"epoch": 2, "images_per_s": 100.0}] + steady[2:]
+    assert train_step_seconds(slowed, 40000) == pytest.approx(10 * 100.0)
+    assert train_step_seconds([{"epoch": 1}], 40000) == 0.0
