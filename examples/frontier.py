@@ -357,7 +357,8 @@ def judge_claims(points: list, seeds: list, n_eval: int) -> list:
             mean = curves(points, metric)
             if challenger not in mean or baseline not in mean:
                 continue
-            overall = gap_at_equal_clean(mean[challenger], mean[baseline], skip=tuple(mean.get("standard", [])))
+            standard = tuple(mean.get("standard", []))
+            overall = gap_at_equal_clean(mean[challenger], mean[baseline], skip=standard)
             per_seed = []
             for seed in seeds:
                 c = curves(points, metric, seed)
@@ -377,7 +378,7 @@ def judge_claims(points: list, seeds: list, n_eval: int) -> list:
                 verdict = "no clear difference"
             if len(per_seed) < 2:
                 verdict += f" ({len(per_seed)} seed)"
-            if below_clean_range(mean[challenger], mean[baseline], skip=tuple(mean.get("standard", []))):
+            if below_clean_range(mean[challenger], mean[baseline], skip=standard):
                 verdict += "; less accurate clean than every baseline point"
             rows.append([claim, metric, f"{gap:+.3f} ({compared} point{'s' if compared > 1 else ''})",
                          ", ".join(f"{g:+.3f}" for g in per_seed) or "-", verdict])

@@ -7,6 +7,7 @@ command must read the finished stages back (resume) rather than train again.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -18,6 +19,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
+
+
+def example_module(name: str):
+    """Import ``examples/<name>.py`` (the examples are scripts, not a package)."""
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(EXAMPLES))
 
 
 def _test_data() -> Path | None:
@@ -311,11 +321,7 @@ def test_frontier_runs_points_resumes_per_attack_and_reports(tmp_path):
 def test_frontier_skips_a_point_another_process_holds(tmp_path):
     """Two processes may share one output folder: a point whose lock another process holds is
     skipped (exit 0, the report from what is finished), and taken up once the lock is free."""
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        from _common import exclusive_lock
-    finally:
-        sys.path.remove(str(EXAMPLES))
+    exclusive_lock = example_module("_common").exclusive_lock
     out = tmp_path / "fr"
     args = ["--dataset", "mnist-subset", "--methods", "standard", "fgr", "--seeds", "0", "--epochs", "1",
             "--max-steps-per-epoch", "2", "--val-size", "100", "--eval-subset", "8", "--attack-size", "small",
@@ -336,11 +342,7 @@ def test_frontier_skips_a_point_another_process_holds(tmp_path):
 def test_run_record_keeps_every_process_session(tmp_path, monkeypatch):
     """Records of processes sharing a folder each keep their own session; a save never drops
     another's, and the file is whole after every save."""
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        from _common import RunRecord
-    finally:
-        sys.path.remove(str(EXAMPLES))
+    RunRecord = example_module("_common").RunRecord
     monkeypatch.setattr(sys, "argv", ["frontier.py", "--out-dir", str(tmp_path)])
     first = RunRecord(tmp_path, 0, {"out_dir": str(tmp_path)})
     second = RunRecord(tmp_path, 0, {"out_dir": str(tmp_path)})
@@ -360,11 +362,8 @@ def test_run_record_keeps_every_process_session(tmp_path, monkeypatch):
 def test_frontier_gap_at_equal_clean_accuracy():
     """The claims' measure: each challenger point against the best baseline point that is at
     least as accurate clean (within two standard errors on 10,000 images, 0.002 near 0.99)."""
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        from frontier import clean_tolerance, gap_at_equal_clean
-    finally:
-        sys.path.remove(str(EXAMPLES))
+    m = example_module("frontier")
+    clean_tolerance, gap_at_equal_clean = m.clean_tolerance, m.gap_at_equal_clean
     assert clean_tolerance(0.99) == pytest.approx(0.00199, abs=1e-5)
     baseline = [(0.990, 0.2), (0.980, 0.6)]
     # 0.985: only (0.990, 0.2) is as accurate; 0.975: both are, the best is 0.6
@@ -390,11 +389,8 @@ def test_frontier_gap_at_equal_clean_accuracy():
 def test_frontier_flags_a_challenger_below_the_baselines_clean_range():
     """FGR+AT against FGR on MNIST: every challenger point is less accurate clean than every
     baseline point, so "above" there is a trade, and the verdict says so."""
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        from frontier import ATTACKS, WORST, below_clean_range, judge_claims
-    finally:
-        sys.path.remove(str(EXAMPLES))
+    m = example_module("frontier")
+    ATTACKS, WORST, below_clean_range, judge_claims = m.ATTACKS, m.WORST, m.below_clean_range, m.judge_claims
     standard = (0.99, 0.2)
     assert below_clean_range([(0.95, 0.6), standard], [(0.98, 0.3), (0.97, 0.35), standard], skip=(standard,))
     assert not below_clean_range([(0.97, 0.6)], [(0.98, 0.3), (0.97, 0.35)])  # overlaps
@@ -414,11 +410,7 @@ def test_frontier_flags_a_challenger_below_the_baselines_clean_range():
 def test_train_step_seconds_ignores_a_slowed_epoch():
     """The cost measure: an epoch slowed fourfold (the process paused, another job on the cores)
     does not count as the method's cost; a run without timed epochs costs 0."""
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        from _common import train_step_seconds
-    finally:
-        sys.path.remove(str(EXAMPLES))
+    train_step_seconds = example_module("_common").train_step_seconds
     steady = [{"epoch": e, "images_per_s": 400.0} for e in range(1, 11)]
     assert train_step_seconds(steady, 40000) == pytest.approx(10 * 100.0)
     slowed = steady[:1] + [{"epoch": 2, "images_per_s": 100.0}] + steady[2:]
