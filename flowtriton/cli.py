@@ -52,10 +52,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                         "default small-cnn (28x28); paper: vgg11")
     m.add_argument("--method", choices=METHODS, help="default standard")
     m.add_argument("--lam", type=float, help=f"regularizer weight of igr/fgr/fgr-fd/fgr+at (default: fgr "
-                                             f"{DEFAULT_FGR_LAM:g}, igr {DEFAULT_IGR_LAM:g})")
+                                             f"{DEFAULT_FGR_LAM:g}, igr {DEFAULT_IGR_LAM:g}). Scale: the "
+                                             "penalty is the authors' mean_b ||dL/dtau_b||^2 with L the batch-mean "
+                                             "loss, so its effect goes as lam / batch_size^2 (halving --batch-size "
+                                             "acts like 4x lam); the same at any number of DDP processes")
     m.add_argument("--sigma", type=float, help="FGR random-start std, normalized units (default 0.01)")
-    m.add_argument("--at-eps", type=float, help="FlowPGD budget for adversarial training, normalized (0.01)")
-    m.add_argument("--at-steps", type=_positive_int, help="FlowPGD steps for adversarial training (10)")
+    m.add_argument("--at-eps", type=float, help="FlowPGD budget for adversarial training, normalized units")
+    m.add_argument("--at-steps", type=_positive_int, help="FlowPGD steps for adversarial training")
     o = p.add_argument_group("optimization")
     o.add_argument("--preset", choices=sorted(PRESETS),
                    help="paper: SGD 0.01/0.9/5e-4, 80 epochs, steps at 40,60, batch 128, vgg11; cpu: 10 epochs; "
@@ -76,32 +79,59 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="replace the run already in OUT_DIR (without it or --resume, an existing run is refused)")
     r.add_argument("--seed", type=int)
     r.add_argument("--device", help="auto (cuda if available), cpu, cuda, cuda:1")
-    r.add_argument("--amp", choices=("auto", "bf16", "off"), help="mixed precision; auto = bf16 on CUDA")
+    r.add_argument("--amp", choices=("auto", "bf16", "off"),
+                   help="bfloat16 autocast: auto = bf16 on CUDA, off on CPU; bf16 also on CPU")
     r.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
-    r.add_argument("--log-every", type=int, help="steps between JSON-lines step records and loss checks (default 20)")
+    r.add_argument("--log-every", type=_positive_int, help="steps between JSON-lines step records and loss checks")
+    r.add_argument("--checkpoint-every", type=_positive_int,
+                   help="also save last.pt every N steps inside an epoch, so --resume loses at most N steps "
+                        "(default: at the end of each epoch and on Ctrl-C / SIGTERM only)")
+    r.add_argument("--threads", type=_threads, help=_THREADS_HELP)
 
 
-_TRAIN_KEYS = ("dataset", "data_dir", "download", "val_size", "split_seed", "augment", "max_per_class", "model",
-               "method", "lam", "sigma", "at_eps", "at_steps", "epochs", "batch_size", "lr", "momentum",
-               "weight_decay", "milestones", "gamma", "max_steps_per_epoch", "out_dir", "resume", "seed",
-               "device", "amp", "progress", "log_every", "overwrite")
+_THREADS_HELP = ("CPU threads for torch in this process (default: 1, or $OMP_NUM_THREADS when set; one thread is "
+                 "fastest for the small CNNs and leaves the other cores to other jobs; 0 = torch's default, one "
+                 "per core, which pays for VGG-sized models)")
+
+
+def _threads_wanted(value: int | None) -> int:
+    """--threads as given, else 1 unless OMP_NUM_THREADS is set (then 0: leave torch's choice)."""
+    if value is not None:
+        return value
+    return 0 if os.environ.get("OMP_NUM_THREADS") else 1
+
+
+def _train_keys() -> tuple:
+    """The ``train`` flags that are TrainConfig fields (every field but ``verbose``)."""
+    from dataclasses import fields
+
+    from .train import TrainConfig
+
+    return tuple(f.name for f in fields(TrainConfig) if f.name != "verbose")
 
 
 def config_from_args(args):
-    """TrainConfig from parsed ``train`` arguments (resume: the run's config.json underneath)."""
+    """TrainConfig from parsed ``train`` arguments (resume: the run's config.json underneath).
+    A refused setting's error names its flag (``--at-eps: at_eps must be ...``)."""
     from .train import TrainConfig, make_config
 
-    given = {k: getattr(args, k) for k in _TRAIN_KEYS if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in _train_keys() if getattr(args, k, None) is not None}
     out_dir = Path(given.get("out_dir", "runs/default"))
-    if args.resume:
-        saved = out_dir / "config.json"
-        if not saved.is_file():
-            raise ValueError(f"--resume: {out_dir} holds no run to resume (no config.json); check --out-dir, "
-                             "or drop --resume to start a new run")
-        values = json.loads(saved.read_text())
-        values.update(given)
-        return TrainConfig.from_dict(values)
-    return make_config(args.preset, **given)
+    try:
+        if args.resume:
+            saved = out_dir / "config.json"
+            if not saved.is_file():
+                raise ValueError(f"--resume: {out_dir} holds no run to resume (no config.json); check --out-dir, "
+                                 "or drop --resume to start a new run")
+            values = TrainConfig.read_settings(saved)
+            values.update(given)
+            return TrainConfig.from_dict(values)
+        return make_config(args.preset, **given)
+    except ValueError as err:
+        field = str(err).split(" ", 1)[0]
+        if field in given and field not in ("out_dir",):
+            raise ValueError(f"--{field.replace('_', '-')}: {err}") from None
+        raise
 
 
 def _interrupted_code(result) -> int:
@@ -113,7 +143,10 @@ def _interrupted_code(result) -> int:
 def cmd_train(args) -> int:
     from .train import train
 
+    from .train.distributed import set_threads
+
     cfg = config_from_args(args)
+    set_threads(_threads_wanted(args.threads), "--threads")
     result = train(cfg)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return 0 if result.status == "finished" else _interrupted_code(result)
@@ -130,13 +163,18 @@ def cmd_evaluate(args) -> int:
     from ._io import ensure_writable_dir
     from .train.evaluation import evaluate_checkpoint
 
+    from .train.distributed import resolve_device, set_threads
+
     if not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint {args.checkpoint} does not exist")
+    resolve_device(args.device, argument="--device")
+    set_threads(_threads_wanted(args.threads), "--threads")
     out = args.out_dir or str(Path(args.checkpoint).parent / "eval")
     ensure_writable_dir(out, "--out-dir")  # before any attack runs
     result = evaluate_checkpoint(args.checkpoint, out, attacks=args.attacks, size=args.size, split=args.split,
                                  num_examples=args.num_examples, batch_size=args.batch_size, device=args.device,
-                                 data_dir=args.data_dir, plots=not args.no_plots, progress=not args.no_progress)
+                                 data_dir=args.data_dir, plots=not args.no_plots, progress=not args.no_progress,
+                                 say=lambda line: print(line, flush=True))
     print(result.to_markdown())
     print(f"wrote {out}/results.json and {out}/results.md")
     return 0
@@ -146,7 +184,8 @@ def cmd_demo(args) -> int:
     from .train.demo import run_demo
 
     run_demo(out_dir=args.out_dir, quick=args.quick, epochs=args.epochs, lam=args.lam, eval_examples=args.eval_examples,
-             seed=args.seed, device=args.device, progress=not args.no_progress, threads=args.threads)
+             seed=args.seed, device=args.device, progress=not args.no_progress,
+             threads=_threads_wanted(args.threads))
     return 0
 
 
@@ -170,8 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--eval-examples", type=_positive_int, help="test images attacked (default 500; --quick: 64)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="auto")
-    demo.add_argument("--threads", type=int, default=1,
-                      help="CPU threads for torch (default 1: fastest for the demo's small CNN; 0 = torch's default)")
+    demo.add_argument("--threads", type=_threads, help=_THREADS_HELP)
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=cmd_demo)
 
@@ -181,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "--resume continues exactly.", epilog=_EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_train_args(train)
+    _show_config_defaults(train)
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", help="attack a checkpoint; write results.json, results.md and plots",
@@ -191,10 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--size", choices=("full", "small"), default="full",
                     help="full: the paper's 100-step FlowPGD etc.; small: few steps (quick looks)")
     ev.add_argument("--split", choices=("test", "val"), default="test")
-    ev.add_argument("--num-examples", type=_positive_int, default=1000, help="first N images of the split")
+    ev.add_argument("--num-examples", type=_positive_int, default=1000,
+                    help="images attacked: the split's first N when they cover every class, else a fixed "
+                         "(seed 0) random N in file order (default 1000)")
     ev.add_argument("--batch-size", type=_positive_int, default=256)
     ev.add_argument("--data-dir", help="data root (default: the one the run was trained with)")
-    ev.add_argument("--device", default="auto")
+    ev.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1")
+    ev.add_argument("--threads", type=_threads, help=_THREADS_HELP)
     ev.add_argument("--out-dir", help="default: <checkpoint folder>/eval")
     ev.add_argument("--no-plots", action="store_true")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -202,15 +244,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1."""
+def _whole_number(text: str, minimum: int, note: str = "") -> int:
+    """A whole number >= ``minimum`` from a flag's text; argparse's usage error otherwise."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+        value = text
+    if not isinstance(value, int) or value < minimum:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}{note}, got {value!r}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    return _whole_number(text, 1)
+
+
+def _threads(text: str) -> int:
+    """argparse type: a whole number >= 0 (0: torch's default)."""
+    return _whole_number(text, 0, " (0: torch's default)")
+
+
+def _show_config_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append '(default X)' to each ``train`` flag's help from TrainConfig's own defaults, where
+    the help does not already give one (flags default to None so the preset or the resumed run's
+    config can fill them in)."""
+    from dataclasses import MISSING, fields
+
+    from .train import TrainConfig
+
+    defaults = {}
+    for f in fields(TrainConfig):
+        if f.default is not MISSING:
+            defaults[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            defaults[f.name] = f.default_factory()
+    for action in parser._actions:
+        if action.dest not in defaults or "default" in (action.help or ""):
+            continue
+        value = defaults[action.dest]
+        if value is None or isinstance(value, bool):
+            continue
+        shown = " ".join(map(str, value)) if isinstance(value, list) else value
+        action.help = f"{action.help} (default {shown})" if action.help else f"default {shown}"
 
 
 def _model_name(name: str) -> str:

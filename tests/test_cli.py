@@ -184,3 +184,126 @@ def test_unexpected_errors_keep_their_traceback(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(ft_train, "train", compile_error)
     with pytest.raises(RuntimeError, match="out of memory"):
         main(["train", *_QUICK, "--out-dir", str(tmp_path / "run")])
+
+
+# -- no surprises, round two -------------------------------------------------------------------
+def test_a_run_started_with_overwrite_can_be_resumed(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *_QUICK, "--out-dir", str(run), "--overwrite"]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert "overwrite" not in saved and "resume" not in saved
+    assert main(["train", "--resume", "--epochs", "2", "--out-dir", str(run), "--no-progress"]) == 0
+    assert json.loads((run / "config.json").read_text())["epochs"] == 2
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+@pytest.mark.parametrize("device, message", [
+    ("gpu", "device must be 'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N', got 'gpu'"),
+    ("cpu:1", "a CPU has no numbered devices"),
+])
+def test_bad_devices_are_one_line_before_any_work(tmp_path, capsys, command, device, message):
+    run = tmp_path / "run"
+    if command == "train":
+        args = ["train", *_QUICK, "--out-dir", str(run), "--device", device]
+    else:
+        assert main(["train", *_QUICK, "--out-dir", str(run)]) == 0
+        (run / "log.jsonl").unlink()
+        args = ["evaluate", str(run / "best.pt"), "--device", device, "--out-dir", str(tmp_path / "eval")]
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    if command == "train":
+        assert not (run / "last.pt").exists()
+    else:
+        assert not (tmp_path / "eval").exists()
+
+
+def test_evaluate_names_a_checkpoint_whose_config_names_another_model(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *_QUICK, "--out-dir", str(run)]) == 0
+    state = torch.load(run / "best.pt", weights_only=False)
+    state["config"]["model"] = "small-cnn"
+    torch.save(state, run / "other.pt")
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "other.pt"), "--out-dir", str(tmp_path / "eval")]) == 1
+    err = capsys.readouterr().err
+    assert "do not fit the model its config names ('small-cnn'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_names_a_pickled_module(tmp_path, capsys):
+    from flowtriton.models import build_model
+
+    torch.save(build_model("tiny-cnn", 10, 1), tmp_path / "model.pt")
+    assert main(["evaluate", str(tmp_path / "model.pt"), "--out-dir", str(tmp_path / "eval")]) == 1
+    err = capsys.readouterr().err
+    assert "pickled" in err and "flowtriton.attacks.evaluate" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "nan"], "--lr: lr must be a finite number > 0, got nan"),
+    (["--momentum", "5"], "--momentum: momentum must be a finite number in [0, 1), got 5.0"),
+    (["--gamma", "-1"], "--gamma: gamma must be a finite number > 0"),
+    (["--method", "at", "--at-eps", "0"], "--at-eps: at_eps must be a finite number > 0"),
+    (["--seed", "-3"], "--seed: seed must be a whole number in [0, 2**63)"),
+])
+def test_train_settings_that_cannot_train_name_their_flag(tmp_path, capsys, flags, message):
+    assert main(["train", *_QUICK, "--out-dir", str(tmp_path / "run"), *flags]) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["demo", "--threads", "-2"], "--threads: expected a whole number >= 0"),
+    (["train", "--log-every", "0"], "--log-every: expected a whole number >= 1, got 0"),
+])
+def test_bad_counts_are_usage_errors(capsys, args, message):
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_demo_refuses_a_negative_lam_before_training(tmp_path, capsys, monkeypatch):
+    from flowtriton.train import demo
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("no model may train before the settings are checked")
+
+    monkeypatch.setattr(demo, "Trainer", must_not_train)
+    assert main(["demo", "--quick", "--lam", "-1", "--out-dir", str(tmp_path / "d")]) == 1
+    assert "lam must be a finite number >= 0, got -1.0" in capsys.readouterr().err
+
+
+def test_threads_flag_sets_torchs_threads(tmp_path):
+    assert main(["train", *_QUICK, "--out-dir", str(tmp_path / "run"), "--threads", "2"]) == 0
+    assert torch.get_num_threads() == 2
+    assert main(["train", *_QUICK, "--out-dir", str(tmp_path / "run2")]) == 0
+    assert torch.get_num_threads() == 1  # the default
+
+
+def test_a_corrupt_config_json_is_named(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *_QUICK, "--out-dir", str(run)]) == 0
+    (run / "config.json").write_text("{not json")
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out-dir", str(run), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "config.json is not a readable run config" in err and str(run) in err
+
+
+def test_train_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("--lr LR default 0.01", "--epochs EPOCHS default 10", "lam / batch_size^2", "--threads"):
+        assert text in out, text
+
+
+def test_evaluate_says_how_long_it_will_take(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *_QUICK, "--out-dir", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "best.pt"), "--attacks", "flowpgd", "--size", "small", "--num-examples", "16",
+                 "--no-plots", "--no-progress", "--out-dir", str(tmp_path / "eval")]) == 0
+    out = capsys.readouterr().out
+    assert "attacking 16 test images" in out and "about" in out and "flowpgd" in out.split("about", 1)[1]

@@ -268,6 +268,30 @@ def test_image_folder_labels_come_from_the_training_classes(tmp_path, private_ca
         load_dataset("imagefolder", "test", root)
 
 
+def test_image_folder_of_greyscale_jpegs_loads_one_channel(tmp_path, private_cache):
+    from PIL import Image
+
+    root = tmp_path / "folder"
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (root / "train" / name).mkdir(parents=True)
+        for k in range(2):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), mode="L").save(
+                root / "train" / name / f"{k}.jpg")
+    data = load_dataset("imagefolder", "train", root)
+    assert tuple(data.images.shape) == (4, 1, 8, 8)
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / "train" / "b" / "9.png")
+    assert load_dataset("imagefolder", "train", root).images.shape[1] == 3  # one colour file: all RGB
+
+
+def test_image_folder_empty_class_folder_is_refused(tmp_path):
+    root = tmp_path / "folder"
+    write_image_folder(root)
+    (root / "train" / "emu").mkdir()
+    with pytest.raises(ValueError, match=r"class folder .*emu holds no .jpg/.jpeg/.png files"):
+        load_dataset("imagefolder", "train", root)
+
+
 def test_split_train_val_refuses_a_fractional_count():
     data = ImageData(torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.arange(10))
     with pytest.raises(ValueError, match="val_size must be a fraction in \\(0, 1\\) or a whole count"):

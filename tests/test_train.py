@@ -393,3 +393,143 @@ def test_configs_saved_with_an_ignored_lam_still_load():
         _warnings.simplefilter("always")
         cfg = TrainConfig.from_dict({"method": "standard", "lam": 1.0}, saved=True)
     assert cfg.lam is None and any("ignoring lam" in str(w.message) for w in caught)
+
+
+# -- no surprises, round two: the run folder, DDP scale, best/last consistency ------------------
+def test_batch_larger_than_the_training_split_is_refused(small_splits, tmp_path):
+    with pytest.raises(ValueError, match=r"batch_size 1024 is larger than the training split \(512 images"):
+        Trainer(_cfg(tmp_path, batch_size=1024), small_splits)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(lr=float("nan")), "lr must be a finite number > 0"),
+    (dict(momentum=5.0), r"momentum must be a finite number in \[0, 1\)"),
+    (dict(gamma=-1.0), "gamma must be a finite number > 0"),
+    (dict(log_every=0), "log_every must be a whole number >= 1"),
+    (dict(method="at", at_eps=0.0), "at_eps must be a finite number > 0"),
+    (dict(seed=True), "seed must be a whole number"),
+    (dict(seed=2**70), "seed must be a whole number"),
+    (dict(checkpoint_every=0), "checkpoint_every must be a whole number >= 1"),
+])
+def test_config_refuses_settings_that_cannot_train(tmp_path, bad, message):
+    with pytest.raises(ValueError, match=message):
+        make_config(None, out_dir=str(tmp_path), **bad)
+
+
+def test_world_size_scale_keeps_the_penalty_of_the_global_batch():
+    from flowtriton.regularizers.common import reduce_squared_norms
+    from flowtriton.train.objectives import world_size_scale
+
+    # per-example squared norms of d(mean loss)/d tau scale as 1/B^2: a share of B/W has W^2 times
+    # the values of the whole batch; DDP averages the shares' penalties
+    squared_unit = torch.rand(8)  # ||dl_b/dtau||^2 per example
+    for reduction in ("paper", "mean", "sum"):
+        whole = reduce_squared_norms(squared_unit / 8**2, reduction, 8)
+        shares = [reduce_squared_norms(part / 4**2, reduction, 4) for part in squared_unit.split(4)]
+        averaged = torch.stack(shares).mean() * world_size_scale(reduction, 2)
+        torch.testing.assert_close(averaged, whole)
+
+
+def test_ddp_fgr_penalty_means_the_same_at_any_world_size(small_splits, tmp_path):
+    """FGR with 2 gloo processes trains the same weights as one process on the same global batch
+    (sigma 0: no random start, so both see the same flows). lam is large so that a world-size
+    factor on the penalty would move the weights far beyond the tolerance."""
+    import torch.multiprocessing as mp
+
+    torch.set_num_threads(1)
+    common = dict(model="small-cnn", method="fgr", lam=2000.0, sigma=0.0, epochs=1, batch_size=32,
+                  max_steps_per_epoch=3, milestones=[], lr=0.05)
+    single = _cfg(tmp_path / "one", **common)
+    train(single, small_splits)
+    double = _cfg(tmp_path / "two", **common)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), double.to_dict(), small_splits), nprocs=2, join=True)
+    one = load_checkpoint(tmp_path / "one" / "run" / "last.pt")["model"]
+    two = load_checkpoint(tmp_path / "two" / "run" / "last.pt")["model"]
+    quad = _cfg(tmp_path / "quad", **{**common, "lam": 8000.0})  # what the old world_size^2 factor trained
+    train(quad, small_splits)
+    four = load_checkpoint(tmp_path / "quad" / "run" / "last.pt")["model"]
+    assert max((four[k] - one[k]).abs().max().item() for k in one) > 1e-2
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-3, atol=1e-4)
+
+
+class _Killed(BaseException):
+    """Stands for kill -9: nothing after it runs, no handler saves."""
+
+
+def test_a_kill_between_last_and_best_never_tests_the_wrong_weights(small_splits, tmp_path, monkeypatch):
+    import flowtriton.train.engine as engine
+
+    run = tmp_path / "run"
+    accuracies = iter([0.5, 0.6, 0.7, 0.8])  # val, test, val, test: epoch 2 improves, so it writes best.pt
+
+    def rising_val(model, loader, amp_dtype=None):
+        return 0.0, next(accuracies)
+
+    monkeypatch.setattr(engine, "evaluate_accuracy", rising_val)
+    train(_cfg(tmp_path, epochs=1), small_splits)
+    real_save = Trainer.save
+
+    def save_then_die(self, name="last.pt"):
+        if name == "best.pt" and self.epoch == 2:
+            raise _Killed
+        return real_save(self, name)
+
+    monkeypatch.setattr(Trainer, "save", save_then_die)
+    with pytest.raises(_Killed):
+        train(_cfg(tmp_path, epochs=2, resume=True), small_splits)
+    assert load_checkpoint(run / "best.pt")["epoch"] == 1  # the crash left best.pt an epoch behind
+    monkeypatch.setattr(Trainer, "save", real_save)
+    result = train(_cfg(tmp_path, epochs=2, resume=True), small_splits)
+    best, last = load_checkpoint(run / "best.pt"), load_checkpoint(run / "last.pt")
+    assert result.best_epoch == best["epoch"] == 2
+    for key, value in last["model"].items():
+        assert torch.equal(best["model"][key], value), key
+
+
+def test_resume_with_best_but_no_last_is_refused_and_keeps_best(small_splits, tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(tmp_path, epochs=1, max_steps_per_epoch=2), small_splits)
+    (run / "last.pt").unlink()
+    best = (run / "best.pt").read_bytes()
+    with pytest.raises(ValueError, match="holds best.pt but no last.pt"):
+        train(_cfg(tmp_path, epochs=2, max_steps_per_epoch=2, resume=True), small_splits)
+    assert (run / "best.pt").read_bytes() == best
+
+
+def test_resuming_a_finished_run_reports_it_without_testing_again(small_splits, tmp_path):
+    run = tmp_path / "run"
+    first = train(_cfg(tmp_path, epochs=1, max_steps_per_epoch=2), small_splits)
+    again = train(_cfg(tmp_path, epochs=1, max_steps_per_epoch=2, resume=True), small_splits)
+    assert again.status == "finished" and again.test_acc == first.test_acc
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in records].count("final") == 1
+    longer = train(_cfg(tmp_path, epochs=2, max_steps_per_epoch=2, resume=True), small_splits)
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in records].count("final") == 1 and longer.epoch == 2
+
+
+def test_checkpoint_every_lets_a_killed_run_resume_mid_epoch_exactly(small_splits, tmp_path):
+    method = "fgr"
+    full = train(_cfg(tmp_path / "a", method=method, epochs=1), small_splits)
+    reference = load_checkpoint(tmp_path / "a" / "run" / "last.pt")
+
+    def die_at_step_6(trainer, epoch, step, parts):
+        if step == 6:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        train(_cfg(tmp_path / "b", method=method, epochs=1, checkpoint_every=4), small_splits, on_step=die_at_step_6)
+    saved = load_checkpoint(tmp_path / "b" / "run" / "last.pt")
+    assert (saved["epoch"], saved["step"]) == (0, 4)
+    resumed = train(_cfg(tmp_path / "b", method=method, epochs=1, checkpoint_every=4, resume=True), small_splits)
+    final = load_checkpoint(tmp_path / "b" / "run" / "last.pt")
+    for key, value in reference["model"].items():
+        assert torch.equal(value, final["model"][key]), key
+    assert resumed.history[0]["train_loss"] == full.history[0]["train_loss"]
+
+
+def test_bf16_autocast_trains_on_a_cpu(small_splits, tmp_path):
+    result = train(_cfg(tmp_path, method="fgr", amp="bf16", epochs=1, max_steps_per_epoch=3), small_splits)
+    assert result.status == "finished" and 0 <= result.test_acc <= 1
+    assert "amp bfloat16" in Trainer(_cfg(tmp_path / "x", amp="bf16"), small_splits).describe()

@@ -117,7 +117,7 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
     if name == "imagefolder":
         if data_dir is None:
             raise ValueError("dataset 'imagefolder' needs data_dir (--data-dir): the folder holding train/ and test/")
-        images, labels, classes = load_image_folder(root, split, "RGB", max_per_class)
+        images, labels, classes = load_image_folder(root, split, "auto", max_per_class)
         return ImageData(images, labels, tuple(classes), name)
     if download:
         try:

@@ -45,6 +45,9 @@ def list_image_folder(split_dir: Path, max_per_class: int | None = None,
     files = []
     for name in present:
         found = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise ValueError(f"class folder {split_dir / name} holds no .jpg/.jpeg/.png files: it would be a class "
+                             "with no examples; add its images or remove the folder")
         files += [(p, classes.index(name)) for p in found[:max_per_class]]
     if not files:
         raise ValueError(f"image folder {split_dir} holds no .jpg/.jpeg/.png files")
@@ -59,10 +62,20 @@ def _cache_key(split_dir: Path, files: list[tuple[Path, int]], mode: str) -> str
     return digest.hexdigest()[:16]
 
 
-def decode_images(files: list[tuple[Path, int]], mode: str = "RGB") -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode files with PIL -> (uint8 (N, C, H, W), int64 labels (N,)); all must share one size."""
+MODES = ("auto", "RGB", "L")
+
+
+def decode_images(files: list[tuple[Path, int]], mode: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode files with PIL -> (uint8 (N, C, H, W), int64 labels (N,)); all must share one size.
+
+    ``mode``: 'RGB' (C=3), 'L' (C=1) or 'auto': one channel when every file is greyscale (PIL
+    modes '1', 'L', 'LA', 'I', 'I;16', 'F'), else three."""
     from PIL import Image, UnidentifiedImageError
 
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "auto":
+        mode = "L" if all(_is_greyscale(path) for path, _ in files) else "RGB"
     arrays = []
     for path, _ in files:
         try:
@@ -80,11 +93,23 @@ def decode_images(files: list[tuple[Path, int]], mode: str = "RGB") -> tuple[tor
     return images, torch.tensor([label for _, label in files], dtype=torch.int64)
 
 
-def load_image_folder(root: str | Path, split: str, mode: str = "RGB", max_per_class: int | None = None,
+def _is_greyscale(path: Path) -> bool:
+    """True when the file's own PIL mode has one intensity channel (reads the header only)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.mode in ("1", "L", "LA", "I", "I;16", "F")
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"cannot decode image {path}: {err}") from err
+
+
+def load_image_folder(root: str | Path, split: str, mode: str = "auto", max_per_class: int | None = None,
                       use_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(images uint8 (N, C, H, W), labels int64 (N,), class names) of ``<root>/<split>``.
 
-    ``mode``: PIL mode, 'RGB' (C=3) or 'L' (C=1). ``max_per_class``: keep the first files of each
+    ``mode``: PIL mode, 'RGB' (C=3), 'L' (C=1) or 'auto' (one channel when every file of the
+    split is greyscale, see :func:`decode_images`). ``max_per_class``: keep the first files of each
     class (sorted by name), for quick runs. Labels index the classes of ``<root>/train`` (see the
     module docstring). The decoded tensors are cached (see module docstring).
     """

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import numbers
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -56,12 +57,24 @@ class TrainConfig:
     progress: bool = True                     # a progress bar per epoch
     verbose: bool = True                      # print what is trained and a line per epoch
     log_every: int = 20                       # steps between log records (and loss checks)
+    checkpoint_every: int | None = None       # also save last.pt every N steps within an epoch
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        for name in ("epochs", "batch_size", "at_steps", "log_every"):
+            _check_count(getattr(self, name), name)
+        for name in ("max_steps_per_epoch", "max_per_class", "checkpoint_every"):
+            if getattr(self, name) is not None:
+                _check_count(getattr(self, name), name)
+        for name in ("seed", "split_seed"):
+            _check_seed(getattr(self, name), name)
+        _check_real(self.lr, "lr", low=0.0, low_open=True)
+        _check_real(self.momentum, "momentum", low=0.0, high=1.0, high_open=True)
+        _check_real(self.weight_decay, "weight_decay", low=0.0)
+        _check_real(self.gamma, "gamma", low=0.0, low_open=True)
+        _check_real(self.sigma, "sigma", low=0.0)
+        _check_real(self.at_eps, "at_eps", low=0.0, low_open=True)
         if self.amp not in ("auto", "bf16", "off"):
             raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
         self.val_size = check_val_size(self.val_size)
@@ -75,9 +88,19 @@ class TrainConfig:
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other: continue the run or replace it")
         self.milestones = list(self.milestones)
+        for milestone in self.milestones:
+            _check_count(milestone, "milestones")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def run_settings(self) -> dict:
+        """What a run is, for config.json and checkpoints: every field except the one-off actions
+        ``resume`` and ``overwrite`` (a run started with ``--overwrite`` must stay resumable)."""
+        values = self.to_dict()
+        for action in _ACTIONS:
+            values.pop(action)
+        return values
 
     @classmethod
     def from_dict(cls, values: dict, saved: bool = False) -> "TrainConfig":
@@ -96,7 +119,58 @@ class TrainConfig:
         return cls(**values)
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+        """config.json: :meth:`run_settings`, written atomically."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.run_settings(), indent=2))
+        os.replace(tmp, path)
+
+    @staticmethod
+    def read_settings(path: Path) -> dict:
+        """The settings a run saved (config.json); ValueError naming the file if it is unreadable."""
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path} is not a readable run config ({err}): restore it, or start the run "
+                             "again with --overwrite") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} is not a run config (expected a JSON object)")
+        for action in _ACTIONS:  # configs saved before run_settings() carried them
+            values.pop(action, None)
+        return values
+
+
+_ACTIONS = ("resume", "overwrite")
+
+
+def _check_count(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    return value
+
+
+def _check_seed(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value < 2**63:
+        raise ValueError(f"{name} must be a whole number in [0, 2**63), got {value!r}")
+    return value
+
+
+def _check_real(value, name: str, low: float | None = None, high: float | None = None,
+                low_open: bool = False, high_open: bool = False) -> float:
+    """A finite real number within [low, high] (open at an end when asked); ValueError naming it."""
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
+        hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
+        where = f" in {lo}, {hi}" if low is not None and high is not None else (
+            f" {'>' if low_open else '>='} {low:g}" if low is not None else "")
+        raise ValueError(f"{name} must be a finite number{where}, got {value!r}")
+    return value
 
 
 PRESETS = {

@@ -58,9 +58,15 @@ def run_demo(out_dir: str | Path = "flowtriton-demo", quick: bool = False, epoch
     own: a rerun replaces what an earlier run wrote there.
     """
     from ..attacks import evaluate
+    from .config import _check_real
+    from .distributed import resolve_device, set_threads
 
-    if threads:
-        torch.set_num_threads(threads)
+    # every setting is checked before the first model trains (a bad lam used to surface only
+    # after the standard model had trained)
+    if lam is not None:
+        _check_real(lam, "lam", low=0.0)
+    set_threads(threads)
+    resolve_device(device)
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

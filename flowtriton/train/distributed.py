@@ -30,17 +30,46 @@ class DistContext:
         return self.world_size > 1
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+DEVICE_HELP = "'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'"
+
+
+def resolve_device(name, local_rank: int = 0, argument: str = "device") -> torch.device:
+    """The torch device for ``name`` (see :data:`DEVICE_HELP`); ValueError naming ``argument`` for
+    anything else, before any work is done (a CPU has no index; a CUDA index must exist)."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    if not isinstance(name, str):
+        raise ValueError(f"{argument} must be {DEVICE_HELP}, got {name!r}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available")
-        if device.index is None:
-            device = torch.device("cuda", local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{argument} must be {DEVICE_HELP}, got {name!r}") from None
+    if device.type == "cpu":
+        if device.index not in (None, 0):
+            raise ValueError(f"{argument} {name!r}: a CPU has no numbered devices; use 'cpu'")
+        return torch.device("cpu")
+    if device.type != "cuda":
+        raise ValueError(f"{argument} must be {DEVICE_HELP}, got {name!r} (flowtriton trains on CPUs and CUDA GPUs)")
+    if not torch.cuda.is_available():
+        raise ValueError(f"{argument} {name!r} requested but CUDA is not available")
+    count = torch.cuda.device_count()
+    if device.index is None:
+        device = torch.device("cuda", local_rank % count)
+    elif device.index >= count:
+        raise ValueError(f"{argument} {name!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    torch.cuda.set_device(device)
     return device
+
+
+def set_threads(threads, argument: str = "threads") -> None:
+    """``torch.set_num_threads(threads)``; 0 keeps torch's default. ValueError naming
+    ``argument`` for anything but a whole number >= 0."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise ValueError(f"{argument} must be a whole number >= 0 (0: torch's default), got {threads!r}")
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def init_distributed(device_name: str = "auto") -> DistContext:

@@ -185,7 +185,7 @@ class Trainer:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg.milestones, cfg.gamma)
-        self.objective = Objective(cfg, attack_model=self.model)
+        self.objective = Objective(cfg, attack_model=self.model, world_size=self.ctx.world_size)
         augment = resolve_augment(cfg, self.data.train)
         per_rank = cfg.batch_size // self.ctx.world_size
         self.train_loader = TensorLoader(self.data.train, per_rank, shuffle=True, drop_last=True, seed=cfg.seed,
@@ -195,6 +195,11 @@ class Trainer:
                                        train=False, device=self.ctx.device)
         self.test_loader = TensorLoader(self.data.test, max(per_rank, 256), shuffle=False, augment=augment,
                                         train=False, device=self.ctx.device)
+        if len(self.train_loader) == 0:
+            per = f" ({per_rank} per process)" if self.ctx.distributed else ""
+            raise ValueError(f"batch_size {cfg.batch_size}{per} is larger than the training split "
+                             f"({len(self.data.train)} images after holding out {len(self.data.val)} for "
+                             "validation): not one full batch to train on; lower --batch-size (batch_size)")
         self.epoch, self.step, self.global_step = 0, 0, 0
         self.best_val_acc, self.best_epoch, self.history = -1.0, -1, []
         self._epoch_stats = self._fresh_stats()
@@ -217,11 +222,10 @@ class Trainer:
 
     # -- helpers ---------------------------------------------------------------------------
     def _amp_dtype(self):
+        """bfloat16 autocast for amp='bf16' (CUDA or CPU) and for amp='auto' on CUDA; else None."""
         want = self.cfg.amp
         if want == "off" or (want == "auto" and self.ctx.device.type != "cuda"):
             return None
-        if self.ctx.device.type != "cuda":
-            raise ValueError(f"amp={want!r} needs a CUDA device, got {self.ctx.device}")
         return torch.bfloat16
 
     @staticmethod
@@ -241,7 +245,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "step": self.step,
             "global_step": self.global_step, "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
             "history": self.history, "epoch_stats": dict(self._epoch_stats), "rng": rng_state(),
-            "config": self.cfg.to_dict(), "classes": list(self.data.train.classes),
+            "config": self.cfg.run_settings(), "classes": list(self.data.train.classes),
             "in_channels": self.data.train.images.shape[1],
         }
 
@@ -251,9 +255,18 @@ class Trainer:
         return save_atomic(self.state_dict(), self.out_dir / name)
 
     def resume(self) -> bool:
-        """Load ``last.pt`` from the output folder if it is there; True when resumed."""
+        """Load ``last.pt`` from the output folder if it is there; True when resumed.
+
+        A folder with ``best.pt`` but no ``last.pt`` is refused (starting afresh would overwrite the
+        good ``best.pt``). A ``best.pt`` older than ``last.pt`` says (a crash between the two
+        saves, see :meth:`_save_epoch_end`) is rewritten from ``last.pt``, which then holds the
+        same weights, so the best checkpoint and its label always agree."""
         path = self.out_dir / "last.pt"
         if not path.is_file():
+            if (self.out_dir / "best.pt").is_file():
+                raise ValueError(f"cannot resume {self.out_dir}: it holds best.pt but no last.pt, so the run "
+                                 "cannot continue where it stopped (starting over would replace best.pt). Keep "
+                                 "best.pt elsewhere and start again with --overwrite, or evaluate best.pt as it is")
             self.say(f"no checkpoint in {self.out_dir} to resume: starting from the beginning")
             return False
         state = load_checkpoint(path, map_location=self.ctx.device)
@@ -269,7 +282,33 @@ class Trainer:
         self.best_val_acc, self.best_epoch = state["best_val_acc"], state["best_epoch"]
         self.history, self._epoch_stats = state["history"], state["epoch_stats"]
         set_rng_state(state["rng"])
+        if self.ctx.is_main:
+            self._reconcile_best(state)
         return True
+
+    def _reconcile_best(self, last: dict) -> None:
+        """Make ``best.pt`` what ``last.pt`` says it is. After an epoch that improved, last.pt is
+        written first and best.pt second; a kill between them leaves best.pt an epoch behind while
+        last.pt (saved at the end of that very epoch, step 0) holds the best weights."""
+        if last["best_epoch"] < 1:
+            return
+        best_path = self.out_dir / "best.pt"
+        best_epoch = None
+        if best_path.is_file():
+            try:
+                best_epoch = load_checkpoint(best_path)["epoch"]
+            except (ValueError, KeyError):
+                best_epoch = None  # unreadable: rebuilt below when last.pt holds the best weights
+        if best_epoch == last["best_epoch"]:
+            return
+        if last["epoch"] == last["best_epoch"] and last["step"] == 0:
+            save_atomic(last, best_path)
+            self.say(f"best.pt was behind last.pt (a crash between the two saves): rewrote it from epoch "
+                     f"{last['epoch']}")
+            return
+        raise ValueError(f"cannot resume {self.out_dir}: best.pt is from epoch {best_epoch} but last.pt names epoch "
+                         f"{last['best_epoch']} as the best, and no checkpoint holds those weights; start again "
+                         "with --overwrite")
 
     def say(self, message: str) -> None:
         """Print on the main process when ``cfg.verbose`` (through tqdm while a bar is shown)."""
@@ -299,6 +338,8 @@ class Trainer:
                 continue
             if event == "epoch" and record.get("epoch", 0) > self.epoch:
                 continue
+            if event == "final" and self.epoch < self.cfg.epochs:
+                continue  # the run goes on (more epochs asked for): its test result will be new
             kept.append(line)
         path.write_text("".join(line + "\n" for line in kept))
 
@@ -318,6 +359,14 @@ class Trainer:
         cfg = self.cfg
         if cfg.resume:
             self.resume()
+            done = self._finished_record()
+            if done is not None:  # nothing left to train: report, run no test again, append nothing
+                shutdown(self.ctx)
+                self.say(f"{self.out_dir} already finished {self.epoch} epoch(s): best val acc "
+                         f"{self.best_val_acc:.4f} (epoch {self.best_epoch}), test acc {done['test_acc']:.4f}; "
+                         "pass a larger --epochs to train on")
+                return TrainResult("finished", self.epoch, self.best_val_acc, self.best_epoch, done["test_acc"],
+                                   self.out_dir, self.history)
         if self.ctx.is_main:
             self._prepare_out_dir()
         self.say(self.describe() + (f" (resuming at epoch {self.epoch + 1}, step {self.step})"
@@ -341,6 +390,21 @@ class Trainer:
             shutdown(self.ctx)
         return TrainResult(status, self.epoch, self.best_val_acc, self.best_epoch, test_acc, self.out_dir, self.history,
                            signum)
+
+    def _finished_record(self) -> dict | None:
+        """The 'final' log record of a run that has trained all its epochs, else None."""
+        path = self.out_dir / "log.jsonl"
+        if self.epoch < self.cfg.epochs or not path.is_file():
+            return None
+        final = None
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("event") == "final":
+                final = record
+        return final
 
     def _train_epoch(self, stopper: _StopOnSignal) -> bool:
         """Train from (self.epoch, self.step) to the end of the epoch; False if stopped early."""
@@ -379,6 +443,9 @@ class Trainer:
                     if self.ctx.is_main and cfg.log_every:
                         self.log({"event": "step", "epoch": self.epoch + 1, "step": self.step,
                                   "global_step": self.global_step, **self._scalars(parts)})
+                if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0 and self.step < steps:
+                    self._flush()  # a mid-epoch checkpoint: --resume continues from this step
+                    self.save()
                 if self.on_step is not None:
                     self.on_step(self, self.epoch, self.step, parts)
                 # a signal is seen at once by one process; DDP processes agree at check points only
@@ -459,18 +526,27 @@ class Trainer:
         if improved:
             self.best_val_acc, self.best_epoch = val_acc, self.epoch
         self.log(record)
-        self.save()
-        if improved:
-            self.save("best.pt")
+        self._save_epoch_end(improved)
         self.say(f"epoch {self.epoch}/{self.cfg.epochs}: train loss {record['train_loss']:.4f}"
                  + (f" acc {record['train_acc']:.3f}" if record["train_acc"] is not None else "")
                  + f" | val loss {val_loss:.4f} acc {val_acc:.3f}{' *' if improved else ''}"
                  + f" | {record['images_per_s']:.0f} img/s")
 
+    def _save_epoch_end(self, improved: bool) -> None:
+        """last.pt, then (if the epoch improved) best.pt: each atomic. A crash between the two
+        leaves last.pt saying that it holds the best weights, which :meth:`resume` copies to
+        best.pt (the reverse order could lose the previous best weights)."""
+        self.save()
+        if improved:
+            self.save("best.pt")
+
     def _final_test(self) -> float | None:
         best = self.out_dir / "best.pt"
         if self.ctx.is_main and best.is_file():
             state = load_checkpoint(best, map_location=self.ctx.device)
+            if state.get("epoch") != self.best_epoch:
+                raise ValueError(f"{best} holds epoch {state.get('epoch')} but the run's best epoch is "
+                                 f"{self.best_epoch}: not testing weights under the wrong label")
             model = build_model(self.cfg.model, self.model_num_classes(), self.data.train.images.shape[1])
             model.load_state_dict(state["model"])
             model.to(self.ctx.device)

@@ -8,6 +8,7 @@ in PIXELS (max over pixels of the flow vector's length); rotation + translation 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -57,14 +58,32 @@ def build_attacks(model, names=ATTACK_NAMES, size: str = "full", num_classes: in
 def load_trained_model(checkpoint: str | Path, device="cpu"):
     """(model in eval mode, TrainConfig, class names) from a trainer checkpoint (last.pt/best.pt)."""
     state = load_checkpoint(checkpoint, map_location=device)
+    if isinstance(state, torch.nn.Module):
+        raise ValueError(f"checkpoint {checkpoint} is a pickled {type(state).__name__} module, not a checkpoint "
+                         "written by flowtriton train; attack such a model from Python with "
+                         "flowtriton.attacks.evaluate(model, (images, labels), ...)")
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {checkpoint} holds a {type(state).__name__}, not a checkpoint written by "
+                         "flowtriton train")
     for key in ("model", "config"):
         if key not in state:
             raise ValueError(f"checkpoint {checkpoint} has no {key!r} entry: not written by flowtriton train")
-    cfg = TrainConfig.from_dict(state["config"], saved=True)
+    try:
+        cfg = TrainConfig.from_dict(state["config"], saved=True)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"checkpoint {checkpoint} has an unusable config: {err}") from None
     classes = state.get("classes") or []
-    num_classes = len(classes) or state["model"][[k for k in state["model"] if k.endswith("weight")][-1]].shape[0]
+    weights = [k for k in state["model"] if k.endswith("weight")]
+    if not weights:
+        raise ValueError(f"checkpoint {checkpoint} holds no model weights")
+    num_classes = len(classes) or state["model"][weights[-1]].shape[0]
     model = build_model(cfg.model, num_classes, state.get("in_channels", 3))
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(f"checkpoint {checkpoint}: its weights do not fit the model its config names "
+                         f"({cfg.model!r}, {num_classes} classes): {first}") from None
     return model.to(device).eval(), cfg, classes
 
 
@@ -117,17 +136,51 @@ def curves_from(result, label: str) -> dict:
     return curves
 
 
+def estimate_seconds(suite: dict, budgets: dict, images: torch.Tensor, labels: torch.Tensor,
+                     probe: int = 8) -> dict:
+    """{attack name: estimated seconds} for attacking all of ``images`` with ``suite``, timed on
+    the first ``probe`` images (one run per attack; a budgeted attack that is not minimum-norm runs
+    once per budget). Rough: batching makes large batches cheaper per image than the probe."""
+    x, y = images[:probe], labels[:probe].long()
+    scale = images.shape[0] / max(x.shape[0], 1)
+    estimates = {}
+    for name, attack in suite.items():
+        runs = 1 if attack.minimum_norm or not budgets.get(name) else len(budgets[name])
+        started = time.perf_counter()
+        attack.run(x, y)
+        estimates[name] = (time.perf_counter() - started) * scale * runs
+    return estimates
+
+
+def format_seconds(seconds: float) -> str:
+    """'42 s', '7.5 min' or '2.1 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, attacks=ATTACK_NAMES, size: str = "full",
                         split: str = "test", num_examples: int | None = 1000, batch_size: int = 256,
-                        device: str = "auto", data_dir=None, plots: bool = True, progress: bool = True):
+                        device: str = "auto", data_dir=None, plots: bool = True, progress: bool = True,
+                        say=None):
     """Attack a checkpoint; write ``results.json`` and ``results.md`` (and plots) to ``out_dir``.
-    Returns the :class:`flowtriton.attacks.EvaluationResult`."""
+    ``say``: a callable given one line (e.g. ``print``): what is attacked and the estimated time
+    (:func:`estimate_seconds`) before the attacks start. Returns the
+    :class:`flowtriton.attacks.EvaluationResult`."""
     from ..attacks import evaluate
 
     dev = resolve_device(device)
     model, cfg, _ = load_trained_model(checkpoint, dev)
     images, labels = eval_images(cfg, split, num_examples, data_dir, dev)
     suite, budgets = build_attacks(model, attacks, size, int(labels.max()) + 1)
+    if say is not None:
+        estimates = estimate_seconds(suite, budgets, images, labels)
+        parts = ", ".join(f"{name} {format_seconds(sec)}" for name, sec in estimates.items())
+        say(f"attacking {labels.numel()} {split} images of {checkpoint} on {dev}: about "
+            f"{format_seconds(sum(estimates.values()))} ({parts}; timed on {min(8, labels.numel())} images). "
+            "For a quicker look: --size small, --num-examples, --attacks")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"checkpoint": str(checkpoint), "model": cfg.model, "method": cfg.method, "dataset": cfg.dataset,

@@ -23,26 +23,46 @@ def method_lam(cfg: TrainConfig) -> float | None:
     return cfg.lam if cfg.lam is not None else DEFAULT_LAM.get(cfg.method)
 
 
-class Objective:
-    """Callable ``(model, images, labels) -> (loss, parts)`` for one training method."""
+def world_size_scale(reduction: str, world_size: int) -> float:
+    """Factor on a regularizer weight that makes a penalty computed on each process's share of
+    the batch (and averaged over processes by DDP) equal the penalty of the whole GLOBAL batch.
 
-    def __init__(self, cfg: TrainConfig, attack_model: torch.nn.Module | None = None):
+    With ``reduction='paper'`` the penalty is ``mean_b ||d mean(L) / d tau_b||^2``, so it scales as
+    ``1 / B^2``: on a share ``B / W`` it is ``W^2`` times the global one, hence ``1 / W^2``. 'mean'
+    is batch-size free (1); 'sum' adds over the share, and DDP's average divides by ``W`` (``W``).
+    """
+    if reduction == "paper":
+        return 1.0 / world_size**2
+    if reduction == "sum":
+        return float(world_size)
+    return 1.0
+
+
+class Objective:
+    """Callable ``(model, images, labels) -> (loss, parts)`` for one training method.
+
+    ``world_size``: the number of DDP processes sharing each global batch; the regularizer weight
+    is scaled by :func:`world_size_scale` so ``lam`` means the same at any world size (the logged
+    'penalty' is each process's own, on its share of the batch)."""
+
+    def __init__(self, cfg: TrainConfig, attack_model: torch.nn.Module | None = None, world_size: int = 1):
         if cfg.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {cfg.method!r}")
         self.method, self.lam = cfg.method, method_lam(cfg)
         self.regularizer = self.attack = None
         if cfg.method in ("igr", "fgr", "fgr-fd", "fgr+at"):
-            import flowtriton
+            from ..regularizers import FlowGradReg, InputGradReg
 
+            lam = self.lam * world_size_scale("paper", world_size)  # both regularizers run reduction='paper'
             if cfg.method == "igr":
-                self.regularizer = flowtriton.InputGradReg(lam=self.lam)
+                self.regularizer = InputGradReg(lam=lam)
             else:
                 mode = "finite_difference" if cfg.method == "fgr-fd" else "exact"
-                self.regularizer = flowtriton.FlowGradReg(lam=self.lam, sigma=cfg.sigma, mode=mode)
+                self.regularizer = FlowGradReg(lam=lam, sigma=cfg.sigma, mode=mode)
         if cfg.method in ("at", "fgr+at"):
             if attack_model is None:
                 raise ValueError(f"method {cfg.method!r} needs attack_model (the model the attack differentiates)")
-            from flowtriton.attacks import FlowPGD
+            from ..attacks import FlowPGD
 
             self.attack = FlowPGD(attack_model, eps=cfg.at_eps, steps=cfg.at_steps, units="normalized")
 
