@@ -82,6 +82,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--amp", choices=("auto", "bf16", "off"),
                    help="bfloat16 autocast: auto = bf16 on CUDA, off on CPU; bf16 also on CPU")
     r.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    r.add_argument("--cuda-graph", action="store_true", default=None,
+                   help="capture each training step (forward, the regularizer's double backward, backward, SGD "
+                        "step) in a CUDA graph and replay it: no host overhead per kernel. One CUDA process; "
+                        "methods standard, igr, fgr, fgr-fd")
     r.add_argument("--log-every", type=_positive_int, help="steps between JSON-lines step records and loss checks")
     r.add_argument("--checkpoint-every", type=_positive_int,
                    help="also save last.pt every N steps inside an epoch, so --resume loses at most N steps "

@@ -307,3 +307,12 @@ def test_evaluate_says_how_long_it_will_take(tmp_path, capsys):
                  "--no-plots", "--no-progress", "--out-dir", str(tmp_path / "eval")]) == 0
     out = capsys.readouterr().out
     assert "attacking 16 test images" in out and "about" in out and "flowpgd" in out.split("about", 1)[1]
+
+
+def test_cuda_graph_without_cuda_is_one_line_before_any_work(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert main(["train", *_QUICK, "--out-dir", str(tmp_path / "run"), "--cuda-graph"]) == 1
+    err = capsys.readouterr().err
+    assert "--cuda-graph) needs a CUDA device" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -533,3 +533,81 @@ def test_bf16_autocast_trains_on_a_cpu(small_splits, tmp_path):
     result = train(_cfg(tmp_path, method="fgr", amp="bf16", epochs=1, max_steps_per_epoch=3), small_splits)
     assert result.status == "finished" and 0 <= result.test_acc <= 1
     assert "amp bfloat16" in Trainer(_cfg(tmp_path / "x", amp="bf16"), small_splits).describe()
+
+
+# -- the CUDA-graphed step: what a CPU can check -----------------------------------------------
+@pytest.mark.parametrize("method", ["standard", "fgr", "igr", "fgr-fd"])
+def test_static_buffer_step_equals_the_eager_step(small_splits, tmp_path, method):
+    """StaticStep's plumbing (copy into static buffers, step, cloned outputs) without capture
+    trains exactly the weights of the eager loop, random start included."""
+    from flowtriton.train.graphed import StaticStep
+
+    cfg = _cfg(tmp_path, method=method)
+    images = small_splits.train.float_images()[:96]
+    labels = small_splits.train.labels[:96]
+    batches = [(images[i:i + 32], labels[i:i + 32]) for i in (0, 32, 64)]
+
+    def fresh():
+        torch.manual_seed(0)
+        model = build_model("tiny-cnn", 10, 1)
+        return model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), Objective(cfg, attack_model=model)
+
+    model_a, opt_a, objective_a = fresh()
+    eager_losses = []
+    torch.manual_seed(1)
+    for x, y in batches:
+        loss, _ = objective_a(model_a, x, y)
+        opt_a.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_a.step()
+        eager_losses.append(loss.detach())
+    model_b, opt_b, objective_b = fresh()
+    step = StaticStep(model_b, objective_b, opt_b, capture=False)
+    torch.manual_seed(1)
+    static_losses = []
+    for x, y in batches:
+        loss, parts = step(x, y)
+        static_losses.append(loss)
+        assert not loss.requires_grad and all(not v.requires_grad for v in parts.values() if torch.is_tensor(v))
+    assert torch.equal(torch.stack(eager_losses), torch.stack(static_losses))
+    assert len({loss.data_ptr() for loss in static_losses}) == 3, "each call returns its own copy"
+    for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert not step.accepts(images[:10], labels[:10])
+    with pytest.raises(ValueError, match="run that step eagerly"):
+        step(images[:10], labels[:10])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(device="cpu"), "cuda_graph \\(--cuda-graph\\) needs a CUDA device, got cpu"),
+])
+def test_cuda_graph_is_refused_clearly_where_it_cannot_run(small_splits, tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        Trainer(_cfg(tmp_path, cuda_graph=True, **overrides), small_splits)
+
+
+def test_cuda_graph_refuses_methods_and_world_sizes_it_cannot_capture():
+    from flowtriton.train.graphed import check_capturable
+
+    cuda = torch.device("cuda", 0)
+    with pytest.raises(ValueError, match="supports methods"):
+        check_capturable("at", cuda, 1)
+    with pytest.raises(ValueError, match="one process"):
+        check_capturable("fgr", cuda, 2)
+    check_capturable("fgr", cuda, 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["fgr", "standard"])
+def test_cuda_graph_training_matches_eager_on_a_gpu(small_splits, tmp_path, method):
+    """Graphed and eager training from the same seed end close (not bitwise: the graph's kernels
+    may differ in reduction order from the eager ones)."""
+    runs = {}
+    for graphed in (False, True):
+        cfg = _cfg(tmp_path / str(graphed), method=method, device="cuda", amp="off", epochs=2,
+                   max_steps_per_epoch=6, milestones=[1], cuda_graph=graphed)
+        result = train(cfg, small_splits)
+        assert result.status == "finished"
+        runs[graphed] = load_checkpoint(tmp_path / str(graphed) / "run" / "last.pt")["model"]
+    for key in runs[False]:
+        torch.testing.assert_close(runs[True][key].float(), runs[False][key].float(), rtol=2e-3, atol=2e-4)

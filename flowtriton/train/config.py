@@ -58,6 +58,7 @@ class TrainConfig:
     verbose: bool = True                      # print what is trained and a line per epoch
     log_every: int = 20                       # steps between log records (and loss checks)
     checkpoint_every: int | None = None       # also save last.pt every N steps within an epoch
+    cuda_graph: bool = False                  # replay each training step from a CUDA graph (CUDA, one process)
 
     def __post_init__(self):
         if self.method not in METHODS:

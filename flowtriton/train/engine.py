@@ -40,6 +40,7 @@ from ..models import build_model
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from .config import TrainConfig
 from .distributed import DistContext, any_rank, init_distributed, shutdown
+from .graphed import StaticStep, check_capturable
 from .objectives import Objective, method_lam
 
 RUN_FILES = ("config.json", "log.jsonl", "last.pt", "best.pt")   # what makes a folder hold a run
@@ -121,10 +122,10 @@ def evaluate_accuracy(model: torch.nn.Module, loader: TensorLoader, amp_dtype=No
     return float(loss_sum) / total, int(correct) / total
 
 
-def _autocast(device: torch.device, dtype):
+def _autocast(device: torch.device, dtype, cache_enabled: bool = True):
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache_enabled)
 
 
 class _StopOnSignal:
@@ -161,6 +162,8 @@ class Trainer:
         self.ctx: DistContext = init_distributed(cfg.device)
         if cfg.batch_size % self.ctx.world_size:
             raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the world size {self.ctx.world_size}")
+        if cfg.cuda_graph:  # before any data is loaded
+            check_capturable(cfg.method, self.ctx.device, self.ctx.world_size)
         refused = None
         if self.ctx.is_main:  # one process judges the folder (the others would see its config.json)
             try:
@@ -186,6 +189,11 @@ class Trainer:
                                          weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg.milestones, cfg.gamma)
         self.objective = Objective(cfg, attack_model=self.model, world_size=self.ctx.world_size)
+        self.static_step = None
+        if cfg.cuda_graph:
+            device, amp = self.ctx.device, self.amp_dtype
+            self.static_step = StaticStep(self.model, self.objective, self.optimizer,
+                                          autocast=lambda: _autocast(device, amp, cache_enabled=False))
         augment = resolve_augment(cfg, self.data.train)
         per_rank = cfg.batch_size // self.ctx.world_size
         self.train_loader = TensorLoader(self.data.train, per_rank, shuffle=True, drop_last=True, seed=cfg.seed,
@@ -425,11 +433,14 @@ class Trainer:
             for images, labels in self.train_loader:
                 if self.step >= steps:
                     break
-                with _autocast(images.device, self.amp_dtype):
-                    loss, parts = self.objective(model, images, labels)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
+                if self.static_step is not None and self.static_step.accepts(images, labels):
+                    loss, parts = self.static_step(images, labels)  # a CUDA graph replay
+                else:  # eager (and the last partial batch of a graphed run)
+                    with _autocast(images.device, self.amp_dtype):
+                        loss, parts = self.objective(model, images, labels)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.optimizer.step()
                 self.step += 1
                 self.global_step += 1
                 self._remember(loss, parts, labels)
