@@ -20,10 +20,20 @@ _state = threading.local()
 _global_backend: str | None = None
 
 
-def _check(name: str, source: str) -> str:
-    if name not in BACKENDS:
+def _check(name, source: str) -> str:
+    if not isinstance(name, str) or name not in BACKENDS:
         raise ValueError(f"{source} must be one of {BACKENDS}, got {name!r}")
     return name
+
+
+def check_backend(name: str | None, argument: str = "backend") -> str | None:
+    """``name`` if it is a backend name or ``None`` (meaning: the setting in force at call time),
+    else a ValueError naming ``argument`` and the allowed values.
+
+    For constructors (attacks, regularizers) that store a backend for later calls: a typo fails
+    where it was written, not at the first forward pass.
+    """
+    return None if name is None else _check(name, argument)
 
 
 def set_backend(name: str | None) -> None:
@@ -63,12 +73,20 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+_triton_importable: bool | None = None
+
+
 def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except Exception:  # pragma: no cover - depends on the platform
-        return False
-    return True
+    """Whether triton imports (decided once per process)."""
+    global _triton_importable
+    if _triton_importable is None:
+        try:
+            import triton  # noqa: F401
+        except Exception:  # pragma: no cover - depends on the platform
+            _triton_importable = False
+        else:
+            _triton_importable = True
+    return _triton_importable
 
 
 def resolve_backend(argument: str | None, tensor: torch.Tensor) -> str:
@@ -76,9 +94,16 @@ def resolve_backend(argument: str | None, tensor: torch.Tensor) -> str:
     name = requested_backend(argument)
     if name == "torch":
         return "torch"
-    usable = triton_available() and (tensor.is_cuda or triton_interpreted())
+    if tensor.is_cuda:
+        if triton_available():
+            return "triton"
+        usable = False
+    else:
+        if name == "auto":
+            return "torch"
+        usable = triton_available() and triton_interpreted()
     if name == "auto":
-        return "triton" if (usable and tensor.is_cuda) else "torch"
+        return "torch"
     if not usable:
         where = "a CUDA tensor" if not tensor.is_cuda else "an importable triton"
         raise RuntimeError(
@@ -86,3 +111,26 @@ def resolve_backend(argument: str | None, tensor: torch.Tensor) -> str:
             f"flowtriton, to interpret the kernels on CPU); got a tensor on {tensor.device}"
         )
     return "triton"
+
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None)
+
+
+def traced(*tensors: torch.Tensor) -> bool:
+    """Whether a Triton op call must go through its ``torch.library`` custom op rather than the
+    lean eager path (an ``autograd.Function`` or the launcher): while torch.compile / export
+    traces (``torch.compiler.is_compiling()``), under a torch.func transform or a
+    ``TorchDispatchMode`` (fake tensors, FlopCounter, ...), or for tensor subclasses (FakeTensor,
+    DTensor, ...): there the op must be seen as one op, with its fake implementation."""
+    if torch.compiler.is_compiling():
+        return True
+    if _functorch_active is not None and _functorch_active():
+        return True
+    if _dispatch_modes is not None and _dispatch_modes():
+        return True
+    for t in tensors:
+        if type(t) not in _PLAIN_TENSORS:
+            return True
+    return False

@@ -841,3 +841,119 @@ def test_adef_falls_back_to_one_backward_per_candidate_when_vmap_fails():
     labels = model(x).argmax(1)
     result = ADef(model, candidates=[1, 2], max_iter=5).run(x, labels)
     assert result.success.any() and torch.isfinite(result.flow).all()
+
+
+# -- no surprises (issue 21) -----------------------------------------------------------------------
+def test_evaluate_keeps_two_attacks_of_one_class_apart():
+    """Bug 7: two FlowPGD attacks given as a sequence were both keyed 'FlowPGD', the second
+    silently replacing the first. Repeated classes are numbered in order."""
+    model = Linear(classes=3)
+    x = smooth_images(4)
+    labels = predictions(model, x)
+    weak, strong = FlowPGD(model, eps=0.0, steps=1), FlowPGD(model, eps=2.0, units="pixels", steps=3)
+    result = evaluate(model, (x, labels), [weak, strong, RotationTranslation(model, num_rotations=1,
+                                                                                num_translations=1)])
+    assert [row.attack for row in result.rows] == ["clean", "FlowPGD-1", "FlowPGD-2", "RotationTranslation", "union"]
+    assert result.accuracy("FlowPGD-1") == 1.0  # eps 0: nothing moves
+    assert result.accuracy("FlowPGD-2") < 1.0
+    table = evaluate(model, (x, labels), [weak, strong], budgets={"FlowPGD-2": [0.5]})
+    assert [(row.attack, row.budget) for row in table.rows[1:3]] == [("FlowPGD-1", None), ("FlowPGD-2", 0.5)]
+    with pytest.raises(ValueError, match="unknown attack 'FlowPGD'.*FlowPGD-1"):
+        evaluate(model, (x, labels), [weak, strong], budgets={"FlowPGD": [0.5]})
+    with pytest.raises(TypeError, match="attacks must be keyed by name"):
+        evaluate(model, (x, labels), {0: weak})
+
+
+def test_evaluate_takes_a_number_as_one_budget_and_names_bad_budgets():
+    model = Linear(classes=3)
+    x = smooth_images(4)
+    labels = predictions(model, x)
+    attack = FlowPGD(model, steps=1)
+    one = evaluate(model, (x, labels), {"pgd": attack}, {"pgd": 0.02})
+    assert one.to_dict() == evaluate(model, (x, labels), {"pgd": attack}, {"pgd": [0.02]}).to_dict()
+    with pytest.raises(TypeError, match=r"budgets must be a \{attack name: budget or \[budgets\]\} dict.*list"):
+        evaluate(model, (x, labels), {"pgd": attack}, [0.02])
+    with pytest.raises(TypeError, match=r"budgets\['pgd'\] must be a number or a list of numbers, got str"):
+        evaluate(model, (x, labels), {"pgd": attack}, {"pgd": "0.02"})
+    with pytest.raises(TypeError, match=r"budgets\['pgd'\] must be a real number"):
+        evaluate(model, (x, labels), {"pgd": attack}, {"pgd": [None]})
+
+
+def test_evaluate_refuses_an_attack_built_on_another_model():
+    model, other = Linear(classes=3), Linear(classes=3, seed=1)
+    x = smooth_images(4)
+    labels = predictions(model, x)
+    with pytest.raises(ValueError, match=r"attacks\['pgd'\] was built on another model"):
+        evaluate(model, (x, labels), {"pgd": FlowPGD(other, steps=1)})
+    # the same module under a wrapper is the same model
+    wrapped = torch.nn.DataParallel(model)
+    rt = RotationTranslation(wrapped, num_rotations=1, num_translations=1)
+    assert evaluate(model, (x, labels), {"rt": rt}).clean_accuracy == 1.0
+
+
+def test_evaluate_refuses_float_labels_instead_of_truncating_them():
+    model = Linear(classes=3)
+    x = smooth_images(4)
+    labels = predictions(model, x)
+    attack = RotationTranslation(model, num_rotations=1, num_translations=1)
+    with pytest.raises(TypeError, match="labels in data must be integer class indices, got torch.float32"):
+        evaluate(model, (x, labels.float() + 0.5), {"rt": attack})
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        evaluate(model, (x, labels + 3), {"rt": attack})
+    with pytest.raises(ValueError, match=r"images must hold values in \[0, 1\]"):
+        evaluate(model, (x * 255, labels), {"rt": attack})
+    int32 = evaluate(model, (x, labels.int()), {"rt": attack})
+    assert int32.to_dict() == evaluate(model, (x, labels), {"rt": attack}).to_dict()
+
+
+def test_rotation_translation_refuses_angles_beyond_180_degrees():
+    with pytest.raises(ValueError, match=r"max_rotation must lie in \[0, 180\] degrees.*720"):
+        RotationTranslation(Linear(), max_rotation=720)
+    assert RotationTranslation(Linear(), max_rotation=180).max_rotation == 180
+
+
+@pytest.mark.parametrize("make", [lambda **kw: FlowPGD(Linear(), **kw),
+                                  lambda **kw: RotationTranslation(Linear(), **kw)])
+def test_attack_seeds_and_backends_are_checked_when_built(make):
+    np = pytest.importorskip("numpy")
+    with pytest.raises(TypeError, match="seed must be an int or None, got bool"):
+        make(seed=True)
+    with pytest.raises(ValueError, match=r"seed must lie in \[-2\*\*63, 2\*\*64 - 1\]"):
+        make(seed=2**70)
+    assert make(seed=np.int64(3)).seed == 3 and type(make(seed=np.uint16(3)).seed) is int
+    with pytest.raises(ValueError, match=r"backend must be one of .*'gpu'"):
+        make(backend="gpu")
+
+
+def test_numpy_seed_reproduces_the_int_seed():
+    np = pytest.importorskip("numpy")
+    model = TinyConv().eval()
+    x = smooth_images(3)
+    labels = predictions(model, x)
+
+    def run(seed):
+        return FlowPGD(model, eps=1.0, units="pixels", random_start=True, steps=1, seed=seed).run(x, labels)
+
+    torch.testing.assert_close(run(np.int32(5)).flow, run(5).flow)
+
+
+@pytest.mark.parametrize("make", [lambda m: FlowPGD(m, steps=1), lambda m: ADef(m, max_iter=2)])
+def test_gradient_attacks_name_a_model_that_ignores_its_input(make):
+    weights = torch.nn.Parameter(torch.zeros(3))
+
+    def ignores(x):
+        return weights.expand(x.shape[0], 3)
+
+    x = smooth_images(2)
+    for model in (ignores, lambda x: torch.zeros(x.shape[0], 3)):
+        with pytest.raises(ValueError, match="model's output does not depend on its input images"):
+            make(model).run(x, torch.tensor([0, 0]))
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_attacks_on_an_empty_batch_return_an_empty_result(name):
+    """Defined (and documented) behaviour: an attack of no examples returns a result of N = 0."""
+    model = TinyConv().eval()
+    result = ATTACKS[name](model).run(smooth_images(2)[:0], torch.zeros(0, dtype=torch.long))
+    assert result.images.shape == (0, 1, 8, 8) and result.flow.shape == (0, 2, 8, 8)
+    assert result.success.shape == result.tnorm.shape == (0,)

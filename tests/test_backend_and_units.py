@@ -107,3 +107,15 @@ def test_scale_cache_first_filled_under_inference_mode_still_serves_autograd():
     flow = torch.zeros(1, 2, 7, 9, requires_grad=True)
     flowtriton.normalized_to_pixels(flow).sum().backward()
     torch.testing.assert_close(flow.grad[0, 0], torch.full((7, 9), 4.0))
+
+
+@pytest.mark.parametrize("height,width,error,name", [(0, 5, ValueError, "height"), (5, 0, ValueError, "width"),
+                                                     (-3, 5, ValueError, "height"), (5.5, 5, TypeError, "height"),
+                                                     (5, True, TypeError, "width")])
+def test_pixel_scale_refuses_sizes_below_one_pixel(height, width, error, name):
+    """pixel_scale(0, 5) returned a negative scale (issue 21)."""
+    with pytest.raises(error, match=f"{name} must be"):
+        flowtriton.pixel_scale(height, width)
+    assert flowtriton.pixel_scale(1, 1) == (0.0, 0.0)
+    np = pytest.importorskip("numpy")
+    assert flowtriton.pixel_scale(np.int64(3), 5) == (2.0, 1.0)

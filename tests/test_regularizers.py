@@ -541,3 +541,210 @@ def test_fgr_penalty_differentiates_through_images_computed_by_trainable_layers(
     numeric = (penalty(torch.tensor(0.8 + h, dtype=torch.float64, requires_grad=True)).detach()
                - penalty(torch.tensor(0.8 - h, dtype=torch.float64, requires_grad=True)).detach()) / (2 * h)
     torch.testing.assert_close(grad, numeric, rtol=1e-5, atol=1e-10)
+
+
+# ------------------------------------------------------------------------------------------
+# No surprises (issue 21): the random start checks its images; one-line errors naming the
+# argument; the range check compiles without a graph break
+# ------------------------------------------------------------------------------------------
+
+REGULARIZERS = {"fgr": lambda **kw: flowtriton.FlowGradReg(lam=1.0, backend="torch", **kw),
+                "fgr-fd": lambda **kw: flowtriton.FlowGradReg(lam=1.0, mode="finite_difference", backend="torch", **kw),
+                "igr": lambda **kw: flowtriton.InputGradReg(lam=1.0, **kw),
+                "affine": lambda **kw: TransformGradReg.affine(lam=1.0, backend="torch", **kw)}
+
+
+def test_fgr_random_start_refuses_images_outside_unit_range():
+    """Bug 6: [0, 255] images came back clamped all white, and the README's functional recipe
+    then passed fgr_penalty's range check on them."""
+    images, labels = make_batch(n=2, h=8, w=8)
+    with pytest.raises(ValueError, match=r"images must hold values in \[0, 1\].*max 2"):
+        flowtriton.fgr_random_start(images * 255)
+    with pytest.raises(ValueError, match=r"images must hold values in \[0, 1\]"):  # the README's recipe
+        x = flowtriton.fgr_random_start(images * 255).requires_grad_(True)
+        flowtriton.fgr_penalty(F.cross_entropy(make_model()(x), labels), x)
+    # the caller that checked already can skip it; bad shapes and dtypes are named too
+    assert flowtriton.fgr_random_start(images * 255, check_range=False).max() <= 1
+    with pytest.raises(ValueError, match=r"images must be a \(N, C, H, W\) tensor"):
+        flowtriton.fgr_random_start(images[0])
+    with pytest.raises(TypeError, match="images must be a floating tensor"):
+        flowtriton.fgr_random_start((images * 255).long())
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        flowtriton.fgr_random_start(images, generator=0)
+
+
+def test_functional_range_check_runs_on_the_first_cuda_call(monkeypatch):
+    """check_range=None: every call off CUDA, the first CUDA call of the process on CUDA (so the
+    README's recipe is checked on a GPU too, and later CUDA steps stay sync-free)."""
+    from flowtriton.regularizers import common, functional
+
+    seen = []
+    monkeypatch.setattr(common, "check_unit_range", lambda images, name: seen.append(images.device.type))
+    monkeypatch.setitem(functional._FIRST_CALL, "fgr_random_start", common.RangeCheck())
+
+    class FakeCuda:
+        device = torch.device("cuda")
+
+    for _ in range(3):
+        functional._check_range(FakeCuda(), None, "fgr_random_start")
+    functional._check_range(torch.zeros(1), None, "fgr_random_start")
+    functional._check_range(FakeCuda(), True, "fgr_random_start")
+    functional._check_range(torch.zeros(1), False, "fgr_random_start")
+    assert seen == ["cuda", "cpu", "cuda"]
+    with pytest.raises(TypeError, match="check_range"):
+        functional._check_range(torch.zeros(1), "yes", "fgr_random_start")
+
+
+@pytest.mark.parametrize("name", list(REGULARIZERS))
+def test_regularizers_under_no_grad_and_inference_mode(name):
+    images, labels = make_batch(n=2, h=8, w=8)
+    make = (lambda: REGULARIZERS[name](seed=0)) if name.startswith("fgr") else REGULARIZERS[name]
+    want, _ = make()(make_model(), images, labels)
+    reg = make()
+    with torch.no_grad():  # computed (gradients switched on inside), returned detached
+        got, parts = reg(make_model(), images, labels)
+    assert not got.requires_grad and got.grad_fn is None
+    torch.testing.assert_close(got, want.detach())
+    assert parts["penalty"] > 0
+    with torch.inference_mode(), pytest.raises(RuntimeError, match=r"Reg cannot run under torch.inference_mode\(\)"):
+        reg(make_model(), images, labels)
+    with torch.inference_mode():
+        frozen, frozen_labels = images.clone(), labels.clone()
+    loss, _ = reg(make_model(), frozen, frozen_labels)  # tensors made under inference mode are fine outside it
+    loss.backward()
+
+
+class _IgnoresInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(10, dtype=torch.float64))
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], 10)
+
+
+@pytest.mark.parametrize("name", list(REGULARIZERS))
+@pytest.mark.parametrize("model", [_IgnoresInput(), lambda x: torch.zeros(x.shape[0], 10, dtype=x.dtype)],
+                         ids=["parameters", "constant"])
+def test_model_that_ignores_its_input_is_named(name, model):
+    images, labels = make_batch(n=2, h=8, w=8)
+    with pytest.raises(ValueError, match="model's output does not depend on"):
+        REGULARIZERS[name]()(model, images, labels)
+
+
+def test_penalty_primitives_name_a_loss_that_ignores_the_images():
+    images, labels = make_batch(n=2, h=8, w=8)
+    model = make_model()
+    x = images.clone().requires_grad_(True)
+    loss = F.cross_entropy(model(images), labels)  # computed from images, not x
+    for penalty in (flowtriton.fgr_penalty, flowtriton.igr_penalty):
+        with pytest.raises(ValueError, match="loss does not depend on images"):
+            penalty(loss, x)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"no autograd graph \(gradients are disabled"):
+        flowtriton.fgr_penalty(F.cross_entropy(model(x), labels), x)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        flowtriton.fgr_penalty(F.cross_entropy(model(x), labels), x)
+
+
+@pytest.mark.parametrize("name", list(REGULARIZERS))
+def test_regularizer_labels_are_checked_and_any_integer_dtype_works(name):
+    images, labels = make_batch(n=3, h=8, w=8)
+    make = (lambda: REGULARIZERS[name](seed=0)) if name.startswith("fgr") else REGULARIZERS[name]
+    reg = make()
+    for bad, shown in ((torch.tensor([0, 10, 2]), r"\[0, 10\]"), (torch.tensor([0, -1, 2]), r"\[-1, 2\]")):
+        with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 10\).*" + shown):
+            reg(make_model(), images, bad)
+    for dtype in (torch.float32, torch.float64, torch.bool):  # never truncated
+        with pytest.raises(TypeError, match="labels of shape \\(N,\\) must be integer class indices"):
+            reg(make_model(), images, labels.to(dtype))
+    with pytest.raises(ValueError, match="labels are on meta but images are on cpu"):
+        reg(make_model(), images, labels.to("meta"))
+    want = make()(make_model(), images, labels)[1]["ce"]
+    for dtype in (torch.int32, torch.int16, torch.uint8):
+        torch.testing.assert_close(make()(make_model(), images, labels.to(dtype))[1]["ce"], want)
+
+
+@pytest.mark.parametrize("name", list(REGULARIZERS))
+def test_regularizers_refuse_an_empty_batch(name):
+    images, labels = make_batch(n=2, h=8, w=8)
+    with pytest.raises(ValueError, match=r"images must hold at least one example.*\(0, 3, 8, 8\)"):
+        REGULARIZERS[name]()(make_model(), images[:0], labels[:0])
+    x = images[:0].clone().requires_grad_(True)
+    with pytest.raises(ValueError, match="images must hold at least one example"):
+        flowtriton.fgr_penalty(x.sum(), x)
+
+
+@pytest.mark.parametrize("seed,error,shown", [(True, TypeError, "bool"), (1.5, TypeError, "float"),
+                                              (2**70, ValueError, r"\[-2\*\*63, 2\*\*64 - 1\]"),
+                                              (-(2**63) - 1, ValueError, "range")])
+def test_seed_must_be_an_integer_in_torch_range(seed, error, shown):
+    with pytest.raises(error, match="seed must.*" + shown):
+        flowtriton.FlowGradReg(seed=seed)
+
+
+def test_numpy_integer_seeds_work_like_python_ints():
+    np = pytest.importorskip("numpy")
+    images, labels = make_batch(n=2, h=8, w=8)
+    want = flowtriton.FlowGradReg(seed=7)(make_model(), images, labels)[0]
+    for seed in (np.int64(7), np.uint32(7), np.int8(7)):
+        torch.testing.assert_close(flowtriton.FlowGradReg(seed=seed)(make_model(), images, labels)[0], want)
+    assert flowtriton.FlowGradReg(seed=2**64 - 1).noise.seed == 2**64 - 1
+
+
+@pytest.mark.parametrize("make", [lambda b: flowtriton.FlowGradReg(backend=b),
+                                  lambda b: flowtriton.InputGradReg(backend=b),
+                                  lambda b: TransformGradReg.affine(backend=b),
+                                  lambda b: TransformGradReg.flow(backend=b)])
+def test_regularizer_constructors_refuse_an_unknown_backend(make):
+    with pytest.raises(ValueError, match=r"backend must be one of .*'gpu'"):
+        make("gpu")
+    make(None), make("torch")
+
+
+def test_range_and_label_checks_compile_without_a_graph_break():
+    """The [0, 1] check read the images back (a .item()): under torch.compile that was a graph
+    break on every call of the finite-difference step. Compiled, the checks become assertions
+    in the graph: fullgraph=True compiles, good batches pass, bad ones still fail (off CUDA)."""
+    from flowtriton.regularizers.common import RangeCheck, classifier_losses, per_example_cross_entropy, prepare_batch
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)).double()
+    check = RangeCheck()
+
+    def checked_losses(images, labels):
+        images, labels = prepare_batch("test", images, labels)
+        return classifier_losses(model, images, labels, per_example_cross_entropy, check(images))[0]
+
+    compiled = torch.compile(checked_losses, fullgraph=True, backend="eager")
+    images, labels = make_batch(n=2, h=8, w=8)
+    torch.testing.assert_close(compiled(images, labels), checked_losses(images, labels))
+    with pytest.raises(RuntimeError, match=r"images must hold values in \[0, 1\]"):
+        compiled(images * 255, labels)
+    with pytest.raises(RuntimeError, match=r"labels must lie in \[0, 10\)"):
+        compiled(images, labels + 10)
+    with pytest.raises(ValueError, match=r"images must hold values in \[0, 1\]"):  # eager: still the ValueError
+        checked_losses(images * 255, labels)
+
+
+def test_finite_difference_step_has_no_graph_break_from_the_checks():
+    """The whole FD step still breaks at torch.autograd.grad (dynamo's default), but none of the
+    breaks comes from a check (issue 21: one .item() break per call before)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = make_model()
+    reg = flowtriton.FlowGradReg(lam=1.0, mode="finite_difference", backend="torch")
+    images, labels = make_batch(n=2, h=8, w=8)
+
+    def step(images, labels):
+        return reg(model, images, labels)[0]
+
+    step(images, labels)
+    explained = torch._dynamo.explain(step)(images, labels)
+    checks = {"check_unit_range", "check_images_in_range", "check_label_values", "prepare_batch", "__call__",
+              "_check_range", "check_batch", "check_grad_mode", "_check_loss_and_images"}
+    for reason in explained.break_reasons:
+        assert "item()" not in reason.reason and "inference" not in reason.reason, reason.reason
+        frames = [frame for frame in reason.user_stack if frame.name in checks and "regularizers" in frame.filename
+                  and "autograd.grad" not in reason.reason]
+        assert not frames, (reason.reason, frames)
+    torch._dynamo.reset()

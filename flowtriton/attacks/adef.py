@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..ops.flow_gradient import flow_gradient
 from ..ops.warp import warp
-from .base import FlowAttack, attack_goal_met, check_int, check_number, flow_norms
+from .base import FlowAttack, attack_goal_met, check_int, check_number, flow_norms, input_gradient
 
 
 def gaussian_kernel(sigma: float, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -169,11 +169,11 @@ class ADef(FlowAttack):
         try:
             # retain_graph: a batched backward that fails part-way must leave the graph usable for
             # the fallback (the graph is dropped when this function returns anyway).
-            (grads,) = torch.autograd.grad(logits, x_n, grad_out, is_grads_batched=True, retain_graph=True)
+            grads = input_gradient(logits, x_n, grad_out, is_grads_batched=True, retain_graph=True)
         except RuntimeError as error:  # a model without vmap support: one backward per candidate
             if "out of memory" in str(error):
                 raise
-            grads = torch.stack([torch.autograd.grad(logits, x_n, g, retain_graph=True)[0] for g in grad_out])
+            grads = torch.stack([input_gradient(logits, x_n, g, retain_graph=True) for g in grad_out])
         return grads[:, keep], f
 
     def _best_candidate(self, logits, x_n, keep, current, cand_labels, tau, kernel):

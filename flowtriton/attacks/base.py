@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..backend import check_backend
 from ..ops.units import UNITS, unit_scale  # noqa: F401 - re-exported for attack modules
 from ..ops.validation import check_choice, check_unit_range
 from ..reference import PADDING_MODES  # noqa: F401 - re-exported for attack modules
+from ..regularizers.common import check_seed as _check_seed
 
 
 
@@ -108,11 +110,23 @@ def uniform(shape, like: torch.Tensor, generator: torch.Generator | None) -> tor
 
 
 def check_seed(seed) -> int | None:
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-    return int(seed)
+    """``seed`` as an int (numpy integers accepted), None kept; TypeError for a bool or a
+    non-integer, ValueError outside [-2**63, 2**64 - 1] (torch.Generator's range)."""
+    return _check_seed(seed)
+
+
+MODEL_IGNORES_INPUT = ("model's output does not depend on its input images (does the model ignore or detach its "
+                       "input?): a gradient attack has no gradient to follow")
+
+
+def input_gradient(outputs: torch.Tensor, inputs: torch.Tensor, grad_outputs=None, **kwargs) -> torch.Tensor:
+    """``torch.autograd.grad(outputs, inputs, grad_outputs, **kwargs)[0]``; ValueError instead of
+    torch's autograd messages when ``outputs`` do not depend on ``inputs``."""
+    if outputs.requires_grad:
+        (grad,) = torch.autograd.grad(outputs, inputs, grad_outputs, allow_unused=True, **kwargs)
+        if grad is not None:
+            return grad
+    raise ValueError(MODEL_IGNORES_INPUT)
 
 
 def check_grad_mode(caller: str) -> None:
@@ -183,8 +197,11 @@ class FlowAttack:
     The model runs in eval mode during the attack and gets its modes back afterwards, even on an
     exception. Images must lie in [0, 1] (ValueError otherwise; normalization belongs inside the
     model). Works inside ``torch.no_grad()`` (gradients are switched on for the attack); raises a
-    RuntimeError under ``torch.inference_mode()``. Subclasses implement :meth:`_attack` (it runs
-    with gradients enabled).
+    RuntimeError under ``torch.inference_mode()``. ``backend`` ('auto', 'triton', 'torch' or None)
+    is checked here, a ``seed`` (where an attack takes one) must be an integer in
+    [-2**63, 2**64 - 1] (numpy integers accepted, bools refused). A model whose output does not
+    depend on its input is a ValueError from the gradient attacks; an empty batch (N = 0) gives an
+    empty result. Subclasses implement :meth:`_attack` (it runs with gradients enabled).
     """
 
     #: True for attacks that search the smallest flow (ADef, StAdv): budgets are applied after
@@ -198,7 +215,7 @@ class FlowAttack:
             raise TypeError(f"targeted must be a bool, got {type(targeted).__name__}")
         self.model = model
         self.targeted = targeted
-        self.backend = backend
+        self.backend = check_backend(backend)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """(N, C, H, W) adversarial images."""

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
-from .base import FlowAttack, check_grad_mode, check_int, check_number, eval_mode
+from ..ops.validation import check_unit_range
+from .base import FlowAttack, check_grad_mode, check_images, check_int, check_label_range, check_number, eval_mode
 
 
 @dataclass
@@ -168,6 +171,70 @@ def _batches(data, batch_size: int):
         yield batch[0], batch[1]
 
 
+def _check_batch(images, labels) -> None:
+    """The images and labels of one batch of ``data`` (their values are checked by the clean pass)."""
+    check_images(images)
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels in data must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"labels in data must be integer class indices, got {labels.dtype} (float labels are not "
+                        "truncated: convert them with labels.long() if that is meant)")
+    if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
+        raise ValueError(f"labels in data must have shape ({images.shape[0]},) to match images "
+                         f"{tuple(images.shape)}, got {tuple(labels.shape)}")
+
+
+def _unwrapped(model):
+    """The module under torch.compile / DataParallel / DistributedDataParallel wrappers."""
+    while True:
+        if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _name_attacks(attacks) -> dict:
+    """{name: attack}: a dict as given (names must be strings); a sequence named by class, with
+    ``-1``, ``-2``, ... appended to every class that appears more than once."""
+    if isinstance(attacks, FlowAttack):
+        attacks = [attacks]
+    if isinstance(attacks, Mapping):
+        for name in attacks:
+            if not isinstance(name, str):
+                raise TypeError(f"attacks must be keyed by name (str), got key {name!r}")
+        return dict(attacks)
+    if isinstance(attacks, (str, bytes)):
+        raise TypeError("attacks must be a {name: attack} dict or a sequence of attacks, got a string")
+    try:
+        attacks = list(attacks)
+    except TypeError:
+        raise TypeError(f"attacks must be a {{name: attack}} dict or a sequence of attacks, got "
+                        f"{type(attacks).__name__}") from None
+    classes = [type(a).__name__ for a in attacks]
+    named, seen = {}, {}
+    for cls, attack in zip(classes, attacks):
+        if classes.count(cls) > 1:
+            seen[cls] = seen.get(cls, 0) + 1
+            cls = f"{cls}-{seen[cls]}"
+        named[cls] = attack
+    return named
+
+
+def _budget_list(name: str, value) -> list:
+    """The budgets of one attack: a number (one budget) or a sequence of numbers."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return [value]
+    if isinstance(value, (str, bytes, Mapping)):
+        raise TypeError(f"budgets[{name!r}] must be a number or a list of numbers, got {type(value).__name__}")
+    try:
+        return list(value)
+    except TypeError:
+        raise TypeError(f"budgets[{name!r}] must be a number or a list of numbers, got "
+                        f"{type(value).__name__}") from None
+
+
 def _model_device(model) -> torch.device:
     for tensor in list(model.parameters()) + list(model.buffers()):
         return tensor.device
@@ -178,8 +245,14 @@ UNION = "union"
 RESERVED = ("clean", UNION)
 
 
-def _plan(attacks, budgets) -> dict:
+def _plan(attacks, budgets, model) -> dict:
     """{name: sorted budgets} after checking every attack and budget."""
+    if budgets is None:
+        budgets = {}
+    if not isinstance(budgets, Mapping):
+        raise TypeError(f"budgets must be a {{attack name: budget or [budgets]}} dict, got {type(budgets).__name__} "
+                        f"(attack names: {list(attacks)})")
+    budgets = {name: _budget_list(name, value) for name, value in budgets.items()}
     for name in budgets:
         if name not in attacks:
             raise ValueError(f"budgets names an unknown attack {name!r}; attacks: {list(attacks)}")
@@ -191,6 +264,10 @@ def _plan(attacks, budgets) -> dict:
             raise TypeError(f"attacks[{name!r}] must be a FlowAttack, got {type(attack).__name__}")
         if attack.targeted:
             raise ValueError(f"attacks[{name!r}] is targeted; evaluate measures untargeted robustness")
+        if _unwrapped(attack.model) is not _unwrapped(model):
+            raise ValueError(f"attacks[{name!r}] was built on another model than the one given to evaluate: "
+                             "its rows would attack one model and score another's clean accuracy; build every "
+                             "attack on this model")
         values = sorted(check_number(b, f"budgets[{name!r}]") for b in budgets.get(name, []))
         if values and not attack.minimum_norm:
             attack.with_budget(values[0])  # raises for attacks without a budget
@@ -251,9 +328,13 @@ def evaluate(model, data, attacks, budgets=None, batch_size: int = 256, device=N
     data: a DataLoader (any iterable of (images, labels) batches) or an (images, labels) tuple of
       tensors, cut into ``batch_size`` batches. Images (N, C, H, W) in [0, 1], integer labels.
       The batches are read once and kept (as given, usually on the CPU) for every attack.
-    attacks: {name: attack} (or a sequence of attacks, named by class); untargeted attacks built
-      on this ``model``. 'clean' and 'union' are reserved names.
-    budgets: {name: [budget, ...]} (optional, per attack).
+    attacks: {name: attack}, or a sequence of attacks named by class ('FlowPGD'; a class given
+      more than once is numbered: 'FlowPGD-1', 'FlowPGD-2', ... in order), or one attack.
+      Untargeted attacks built on this ``model`` (the same module, or the module under a
+      torch.compile / DataParallel / DistributedDataParallel wrapper; another model is a
+      ValueError). 'clean' and 'union' are reserved names.
+    budgets: {name: [budget, ...]} or {name: budget} (optional, per attack; a number is one
+      budget).
       * FlowPGD (and any attack with ``with_budget``): one run per budget, eps in the attack's
         ``units``.
       * ADef, StAdv (``minimum_norm``): ONE run; the accuracy at budget b (a T-norm in pixels)
@@ -261,11 +342,13 @@ def evaluate(model, data, attacks, budgets=None, batch_size: int = 256, device=N
         T-norm > b. Budget-less rows give the accuracy with no norm limit.
       * An attack without budgets runs once at its settings (row budget None).
     device: where to attack (default: the model's). max_batches: stop after that many batches.
-    progress: show a progress bar (total = batches x attack runs, one tick per attack run on a
-      batch). on_attack_done: ``callable(name, result)`` called after each attack with the
+    progress: show a progress bar (off by default; total = batches x attack runs, one tick per
+      attack run on a batch; ``flowtriton evaluate`` turns it on).
+    on_attack_done: ``callable(name, result)`` called after each attack with the
       :class:`EvaluationResult` of the attacks finished so far (write it to disk there, so that a
       failure late in a long run loses nothing).
-    Works inside ``torch.no_grad()``; RuntimeError under ``torch.inference_mode()``.
+    Labels: (N,) integer class indices within the model's classes (float labels are a TypeError,
+    not truncated). Works inside ``torch.no_grad()``; RuntimeError under ``torch.inference_mode()``.
     An example is robust only if it is classified correctly clean AND the attack did not succeed.
     Returns an :class:`EvaluationResult`: rows (clean first, then per attack in the given order,
     budgets ascending, then with two or more attacks the 'union' rows: budget None = robust
@@ -274,11 +357,10 @@ def evaluate(model, data, attacks, budgets=None, batch_size: int = 256, device=N
     attacks share that budget) and the median successful T-norm of each minimum-norm attack.
     """
     check_grad_mode("evaluate")
-    if isinstance(attacks, FlowAttack):
-        attacks = [attacks]
-    if not isinstance(attacks, dict):
-        attacks = {type(a).__name__: a for a in attacks}
-    plans = _plan(attacks, dict(budgets or {}))
+    if not callable(model):
+        raise TypeError(f"model must be callable (an nn.Module), got {type(model).__name__}")
+    attacks = _name_attacks(attacks)
+    plans = _plan(attacks, budgets, model)
     batch_size = check_int(batch_size, "batch_size")
     if on_attack_done is not None and not callable(on_attack_done):
         raise TypeError(f"on_attack_done must be callable, got {type(on_attack_done).__name__}")
@@ -293,8 +375,12 @@ def evaluate(model, data, attacks, budgets=None, batch_size: int = 256, device=N
         raise ValueError("data holds no examples")
     clean = []
     for images, labels in batches:
+        _check_batch(images, labels)
+        check_unit_range(images, "images")
         with eval_mode(model), torch.no_grad():
-            clean.append((model(images.to(device)).argmax(dim=1) == labels.to(device)).cpu())
+            logits = model(images.to(device))
+            check_label_range(labels, logits.shape[1])
+            clean.append((logits.argmax(dim=1) == labels.to(device)).cpu())
     correct = torch.cat(clean)
 
     runs = {name: 1 if attacks[name].minimum_norm or not plans[name] else len(plans[name]) for name in attacks}

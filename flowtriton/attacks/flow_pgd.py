@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from ..ops.warp import warp
 from ..ops.units import UNITS, unit_scale
 from ..ops.validation import check_choice
-from .base import (PADDING_MODES, FlowAttack, attack_goal_met, check_int, check_number, check_seed, margin_loss,
-                   resolve_generator, uniform)
+from .base import (PADDING_MODES, FlowAttack, attack_goal_met, check_int, check_number, check_seed, input_gradient,
+                   margin_loss, resolve_generator, uniform)
 
 LOSSES = ("ce", "margin")
 NORMS = ("linf", "tnorm")
@@ -112,7 +112,7 @@ class FlowPGD(FlowAttack):
             with torch.enable_grad():
                 logits = self._logits(self._adversarial(images, flow, scale))
                 objective = self._objective(logits, labels).sum()
-                (grad,) = torch.autograd.grad(objective, flow)
+                grad = input_gradient(objective, flow)
             with torch.no_grad():
                 flow = self._project(flow + step * self._ascent_direction(grad))
         with torch.no_grad():

@@ -41,7 +41,8 @@ class RotationTranslation(FlowAttack):
     one with the largest cross-entropy (the worst case). foolbox 3's SpatialAttack defaults.
 
     Arguments:
-      max_rotation: degrees (grid from -max to +max). max_translation: pixels, per axis.
+      max_rotation: degrees in [0, 180] (grid from -max to +max). max_translation: pixels, per
+        axis, >= 0.
       num_rotations, num_translations: grid points per parameter (rotations x x-shifts x y-shifts).
       random_samples: if set, that many transforms drawn uniformly from the same ranges replace
         the grid (foolbox's ``grid_search=False``); uses ``generator`` / ``seed``, else torch's
@@ -59,6 +60,9 @@ class RotationTranslation(FlowAttack):
                  backend: str | None = None):
         super().__init__(model, targeted=targeted, backend=backend)
         self.max_rotation = check_number(max_rotation, "max_rotation")
+        if self.max_rotation > 180:
+            raise ValueError(f"max_rotation must lie in [0, 180] degrees (the rotations span -max_rotation to "
+                             f"+max_rotation; 180 already covers every angle), got {self.max_rotation:g}")
         self.max_translation = check_number(max_translation, "max_translation")
         self.num_rotations = check_int(num_rotations, "num_rotations")
         self.num_translations = check_int(num_translations, "num_translations")

@@ -6,14 +6,26 @@ H for channel 1 = y). An axis with a single pixel has no normalized extent: its 
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from einops import rearrange
 
 UNITS = ("normalized", "pixels")
 
 
+def _check_size(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, torch.SymInt)):
+        raise TypeError(f"{name} must be an integer number of pixels, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1 pixel, got {value}")
+
+
 def pixel_scale(height: int, width: int) -> tuple[float, float]:
-    """Pixels per normalized unit, (x along W, y along H)."""
+    """Pixels per normalized unit, (x along W, y along H); ``height`` and ``width`` are image
+    sizes in pixels, integers >= 1 (TypeError/ValueError naming the argument otherwise)."""
+    _check_size(height, "height")
+    _check_size(width, "width")
     return (width - 1) / 2.0, (height - 1) / 2.0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..backend import check_backend
 from ..ops.units import UNITS
 from ..ops.validation import check_choice
 from ..reference import SCHEMES
@@ -11,12 +12,12 @@ from .common import (
     REDUCTIONS,
     RangeCheck,
     SeededNoise,
-    check_batch,
     check_nonnegative,
     check_positive,
     classifier_losses,
     mean_norm,
     per_example_cross_entropy,
+    prepare_batch,
 )
 from .functional import (
     DEFAULT_FD_STEP,
@@ -78,14 +79,23 @@ class FlowGradReg:
     model runs twice per step (train-mode BatchNorm updates its running statistics twice, and the
     per-example losses interact through the batch statistics).
 
-    Images must lie in [0, 1] (ValueError otherwise): checked on the first call and on every call
-    for tensors off CUDA, so CUDA training steps never wait for the host. The penalty itself is
+    Images must lie in [0, 1] and (N,) integer labels in [0, classes) (ValueError otherwise):
+    checked on the first call and on every call for tensors off CUDA, so CUDA training steps never
+    wait for the host; under ``torch.compile`` the checks add no graph break (off CUDA they are
+    asynchronous assertions in the graph, a RuntimeError when one fails; on CUDA only eager calls
+    check). Labels: (N,) integer class indices of any integer dtype (float labels are refused, not
+    truncated) or (N, classes) probabilities for a ``loss_fn`` that takes them. An empty batch is
+    a ValueError (the batch mean of no losses is undefined), and so is a model whose output does
+    not depend on its input. Under ``torch.no_grad()`` the call still computes the penalty
+    (gradients are switched on inside) and returns detached values, e.g. to log a validation
+    loss; under ``torch.inference_mode()`` it raises a RuntimeError. The penalty itself is
     :func:`flowtriton.fgr_penalty`, usable directly in a loop that computes its own loss.
 
     Other options: ``loss_fn(logits, labels) -> (N,)`` per-example losses (default
-    cross-entropy); ``generator`` or ``seed`` for the random start; ``backend`` for the flowtriton
-    ops ('auto', 'triton', 'torch'). Works with any classifier module returning (N, classes)
-    logits, under ``torch.autocast`` and inside DistributedDataParallel (the input gradient is
+    cross-entropy); ``generator`` or ``seed`` (an integer, numpy's included, in
+    [-2**63, 2**64 - 1]) for the random start; ``backend`` for the flowtriton ops ('auto',
+    'triton', 'torch', or None: the setting in force at call time; checked here). Works with any
+    classifier module returning (N, classes) logits, under ``torch.autocast`` and inside DistributedDataParallel (the input gradient is
     taken with ``autograd.grad``, which does not touch parameter gradients; DDP reduces them in the
     final ``loss.backward()``).
     """
@@ -104,7 +114,7 @@ class FlowGradReg:
         self.fd_perturbation = check_choice(fd_perturbation, FD_PERTURBATIONS, "fd_perturbation")
         self.loss_fn = per_example_cross_entropy if loss_fn is None else loss_fn
         self.noise = SeededNoise(generator, seed)
-        self.backend = backend
+        self.backend = check_backend(backend)
         self._check_range = RangeCheck()
 
     def __repr__(self) -> str:
@@ -114,16 +124,27 @@ class FlowGradReg:
     def random_start(self, images: torch.Tensor) -> torch.Tensor:
         """Detached ``clamp(warp(images, n, 'zeros'), 0, 1)``, ``n ~ N(0, sigma^2)`` per pixel and
         component in ``units`` (drawn as ``randn(N, 2, H, W) * sigma``); the images themselves
-        when sigma or lam is 0. See :func:`flowtriton.fgr_random_start`."""
+        when sigma or lam is 0. See :func:`flowtriton.fgr_random_start` (which checks the images)."""
+        return self._random_start(images, None)
+
+    def _random_start(self, images, check_range):
         if self.sigma == 0 or self.lam == 0:
             return images.detach()
-        return fgr_random_start(images, self.sigma, self.units, self.noise.generator_for(images), self.backend)
+        return fgr_random_start(images, self.sigma, self.units, self.noise.generator_for(images), self.backend,
+                                check_range=check_range)
 
     def __call__(self, model, images: torch.Tensor, labels: torch.Tensor):
-        check_batch(images, labels)
-        self._check_range(images)
-        z = self.random_start(images).requires_grad_(True)
-        losses, logits = classifier_losses(model, z, labels, self.loss_fn)
+        images, labels = prepare_batch("FlowGradReg", images, labels)
+        check = self._check_range(images)
+        if torch.is_grad_enabled():
+            return self._loss(model, images, labels, check)
+        with torch.enable_grad():  # under torch.no_grad(): the values, detached
+            loss, parts = self._loss(model, images, labels, check)
+        return loss.detach(), parts
+
+    def _loss(self, model, images, labels, check):
+        z = self._random_start(images, False).requires_grad_(True)  # checked in __call__
+        losses, logits = classifier_losses(model, z, labels, self.loss_fn, check)
         ce = losses.mean()
         if self.lam == 0:
             nan = torch.full((), float("nan"), device=ce.device)

@@ -21,7 +21,8 @@ A custom loop (several loss terms, a model returning a dict)::
         optimizer.zero_grad(); loss.backward(); optimizer.step()
 
 The penalty uses the gradient of ``loss`` only (here the cross-entropy); add the other terms
-after. Scales (``reduction``) are those of :mod:`flowtriton.regularizers.common`: with the
+after. ``fgr_random_start`` checks that the images lie in [0, 1] (its clamp would otherwise turn
+[0, 255] images white, and the penalty's own check would then see nothing wrong). Scales (``reduction``) are those of :mod:`flowtriton.regularizers.common`: with the
 default 'paper', ``loss`` should be the BATCH MEAN, as in the authors' code.
 """
 
@@ -33,12 +34,41 @@ from ..ops import flow_gradient, flow_gradient_penalty, flow_jvp, warp
 from ..ops.units import UNITS, unit_scale
 from ..ops.validation import check_choice
 from ..reference import SCHEMES
-from .common import REDUCTIONS, check_images, check_images_in_range, check_nonnegative, check_positive, reduce_squared_norms
+from .common import (
+    MODEL_IGNORES_INPUT,
+    REDUCTIONS,
+    RangeCheck,
+    check_images,
+    check_images_in_range,
+    check_nonnegative,
+    check_positive,
+    input_gradient,
+    reduce_squared_norms,
+)
 
 MODES = ("exact", "finite_difference")
 FD_PERTURBATIONS = ("linear", "warp")
 DEFAULT_SIGMA = 0.01      # random-start std, normalized units (the authors' value)
 DEFAULT_FD_STEP = 0.01    # finite-difference step, in ``units``
+
+LOSS_IGNORES_IMAGES = ("loss does not depend on images: compute it from them "
+                       "(x = images.requires_grad_(True); loss = f(model(x))), with a model that uses its input")
+
+# ``check_range=None`` on CUDA: each primitive checks the first CUDA batch of the process (one host
+# sync), as a regularizer checks its first call; later CUDA calls stay sync-free.
+_FIRST_CALL = {"fgr_random_start": RangeCheck(), "fgr_penalty": RangeCheck(), "igr_penalty": RangeCheck()}
+
+
+def _check_range(images, check_range, caller: str) -> None:
+    if check_range is None:
+        if images.device.type == "cuda":
+            _FIRST_CALL[caller](images)
+        else:
+            check_images_in_range(images, None)
+    elif not isinstance(check_range, bool):
+        raise TypeError(f"check_range must be True, False or None, got {type(check_range).__name__}")
+    else:
+        check_images_in_range(images, check_range)
 
 
 def _check_loss_and_images(loss, images, per_example: bool) -> torch.Tensor:
@@ -49,8 +79,12 @@ def _check_loss_and_images(loss, images, per_example: bool) -> torch.Tensor:
                          "(x = images.requires_grad_(True); loss = f(model(x)))")
     if not isinstance(loss, torch.Tensor) or not loss.is_floating_point():
         raise TypeError(f"loss must be a floating torch.Tensor, got {type(loss).__name__}")
+    if not torch.compiler.is_compiling() and torch.is_inference_mode_enabled():
+        raise RuntimeError("the penalty cannot be computed under torch.inference_mode(): it needs d loss / d images, "
+                           "which inference mode disables; compute it outside that block")
     if loss.grad_fn is None:
-        raise ValueError("loss has no autograd graph: compute it from images that require grad")
+        hint = "" if torch.is_grad_enabled() else " (gradients are disabled here: torch.no_grad()?)"
+        raise ValueError(f"loss has no autograd graph{hint}: compute it from images that require grad")
     batch = images.shape[0]
     if per_example and loss.shape != (batch,):
         raise ValueError(f"mode='finite_difference' needs per-example losses of shape ({batch},), "
@@ -64,13 +98,26 @@ def _check_loss_and_images(loss, images, per_example: bool) -> torch.Tensor:
 
 
 def fgr_random_start(images: torch.Tensor, sigma: float = DEFAULT_SIGMA, units: str = "normalized",
-                     generator: torch.Generator | None = None, backend: str | None = None) -> torch.Tensor:
+                     generator: torch.Generator | None = None, backend: str | None = None, *,
+                     check_range: bool | None = None) -> torch.Tensor:
     """Detached ``clamp(warp(images, n, 'zeros'), 0, 1)``, ``n ~ N(0, sigma^2)`` drawn per pixel and
     flow component in ``units`` (the authors' random start); ``images`` (N, C, H, W) in [0, 1],
-    detached, when ``sigma`` is 0."""
+    detached, when ``sigma`` is 0.
+
+    The images are checked as :func:`fgr_penalty` checks them (ValueError naming ``images``
+    outside [0, 1]; the clamp would otherwise turn [0, 255] images white and hide them from every
+    later check). ``check_range``: True always, False never (the caller checked), None: every
+    call off CUDA and the first CUDA call of the process (one host sync; later CUDA calls stay
+    sync-free)."""
+    check_images(images)
     sigma = check_nonnegative(sigma, "sigma")
     check_choice(units, UNITS, "units")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    _check_range(images, check_range, "fgr_random_start")
     images = images.detach()
+    if not torch.compiler.is_compiling() and images.is_inference():
+        images = images.clone()
     if sigma == 0:
         return images
     n, _, h, w = images.shape
@@ -104,26 +151,30 @@ def fgr_penalty(loss: torch.Tensor, images: torch.Tensor, *, scheme: str = "forw
     (``fd_perturbation`` 'linear': the scheme's first-order image change; 'warp': a real warp
     with border padding). See :class:`~flowtriton.FlowGradReg` for the details.
 
-    ``check_range``: the [0, 1] check on ``images`` (True always, False never, None: off CUDA
-    only, so a CUDA training step needs no host sync).
+    ``check_range``: the [0, 1] check on ``images`` (True always, False never, None: every call
+    off CUDA and the first CUDA call of the process, so later CUDA training steps need no host
+    sync; under ``torch.compile`` it adds no graph break). ValueError when ``loss`` does not
+    depend on ``images``; RuntimeError under ``torch.inference_mode()``.
     """
     scheme = check_choice(scheme, SCHEMES, "scheme")
     units = check_choice(units, UNITS, "units")
     reduction = check_choice(reduction, REDUCTIONS, "reduction")
     mode = check_choice(mode, MODES, "mode")
     mean_loss = _check_loss_and_images(loss, images, per_example=mode == "finite_difference")
-    check_images_in_range(images, check_range)
+    _check_range(images, check_range, "fgr_penalty")
     if mode == "exact":
-        return fgr_exact(mean_loss, images, scheme, units, reduction, backend)[0]
+        return fgr_exact(mean_loss, images, scheme, units, reduction, backend, LOSS_IGNORES_IMAGES)[0]
     if not callable(loss_at):
         raise TypeError("mode='finite_difference' needs loss_at(moved_images) -> (N,) per-example losses")
     return fgr_finite_difference(loss, images, loss_at, scheme, units, reduction, check_positive(fd_step, "fd_step"),
-                                 check_choice(fd_perturbation, FD_PERTURBATIONS, "fd_perturbation"), backend)[0]
+                                 check_choice(fd_perturbation, FD_PERTURBATIONS, "fd_perturbation"), backend,
+                                 LOSS_IGNORES_IMAGES)[0]
 
 
-def fgr_exact(mean_loss, images, scheme, units, reduction, backend):
-    """(penalty, per-example squared flow-gradient norms (N,), input gradient (N, C, H, W)); no checks."""
-    (grad_image,) = torch.autograd.grad(mean_loss, images, create_graph=True)
+def fgr_exact(mean_loss, images, scheme, units, reduction, backend, ignored=MODEL_IGNORES_INPUT):
+    """(penalty, per-example squared flow-gradient norms (N,), input gradient (N, C, H, W)); no
+    checks but one: ValueError(``ignored``) when the loss does not depend on ``images``."""
+    grad_image = input_gradient(mean_loss, images, ignored, create_graph=True)
     with torch.autocast(images.device.type, enabled=False):
         # A leaf image gets no gradient from the penalty (skip that work); images computed by
         # trainable layers keep their path, so those layers see the penalty's full gradient.
@@ -134,10 +185,12 @@ def fgr_exact(mean_loss, images, scheme, units, reduction, backend):
     return penalty, squared, grad_image
 
 
-def fgr_finite_difference(losses, images, loss_at, scheme, units, reduction, fd_step, fd_perturbation, backend):
-    """(penalty, per-example squared flow-gradient norms (N,), input gradient); no checks."""
+def fgr_finite_difference(losses, images, loss_at, scheme, units, reduction, fd_step, fd_perturbation, backend,
+                          ignored=MODEL_IGNORES_INPUT):
+    """(penalty, per-example squared flow-gradient norms (N,), input gradient); no checks but
+    one: ValueError(``ignored``) when the losses do not depend on ``images``."""
     batch = images.shape[0]
-    (grad_image,) = torch.autograd.grad(losses.mean(), images, retain_graph=True)
+    grad_image = input_gradient(losses.mean(), images, ignored, retain_graph=True)
     x = images.detach()
     with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
         field = flow_gradient(x, grad_image.to(x.dtype), scheme, backend=backend, units=units)
@@ -161,16 +214,17 @@ def fgr_finite_difference(losses, images, loss_at, scheme, units, reduction, fd_
 def igr_penalty(loss: torch.Tensor, images: torch.Tensor, *, reduction: str = "paper",
                 check_range: bool | None = None) -> torch.Tensor:
     """Scalar input-gradient penalty: ``reduction`` over examples of ``||d loss / d images_b||^2``
-    (pixel values in [0, 1]), differentiable (double backpropagation). ``loss`` and ``images``
-    as in :func:`fgr_penalty`; same reductions."""
+    (pixel values in [0, 1]), differentiable (double backpropagation). ``loss``, ``images`` and
+    ``check_range`` as in :func:`fgr_penalty`; same reductions."""
     reduction = check_choice(reduction, REDUCTIONS, "reduction")
     mean_loss = _check_loss_and_images(loss, images, per_example=False)
-    check_images_in_range(images, check_range)
-    return igr_exact(mean_loss, images, reduction)[0]
+    _check_range(images, check_range, "igr_penalty")
+    return igr_exact(mean_loss, images, reduction, LOSS_IGNORES_IMAGES)[0]
 
 
-def igr_exact(mean_loss, images, reduction):
-    """(penalty, per-example squared input-gradient norms (N,), input gradient); no checks."""
-    (grad_image,) = torch.autograd.grad(mean_loss, images, create_graph=True)
+def igr_exact(mean_loss, images, reduction, ignored=MODEL_IGNORES_INPUT):
+    """(penalty, per-example squared input-gradient norms (N,), input gradient); no checks but
+    one: ValueError(``ignored``) when the loss does not depend on ``images``."""
+    grad_image = input_gradient(mean_loss, images, ignored, create_graph=True)
     squared = grad_image.flatten(1).square().sum(1)
     return reduce_squared_norms(squared, reduction, images.shape[0]), squared, grad_image

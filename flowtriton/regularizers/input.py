@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import torch
 
+from ..backend import check_backend
 from ..ops import flow_gradient
 from ..ops.validation import check_choice
 from .common import (
     REDUCTIONS,
     RangeCheck,
-    check_batch,
     check_nonnegative,
     classifier_losses,
     mean_norm,
     per_example_cross_entropy,
+    prepare_batch,
 )
 from .functional import igr_exact
 
@@ -38,8 +39,9 @@ class InputGradReg:
     ``parts`` (detached): 'ce', 'penalty', 'input_grad_norm' (mean per-example L2 norm of the
     summed loss's input gradient), 'flow_grad_norm' (the same gradient seen as a flow gradient,
     normalized units, forward scheme: lets IGR and FGR runs be compared), 'loss', 'logits'.
-    Images must lie in [0, 1], checked as :class:`FlowGradReg` does. The penalty itself is
-    :func:`flowtriton.igr_penalty`.
+    Images, labels, empty batches, ``torch.no_grad()`` / ``torch.inference_mode()`` and models
+    that ignore their input are handled as :class:`FlowGradReg` handles them. The penalty itself
+    is :func:`flowtriton.igr_penalty`.
     """
 
     def __init__(self, lam: float = DEFAULT_IGR_LAM, loss_fn=None, reduction: str = "paper",
@@ -47,18 +49,25 @@ class InputGradReg:
         self.lam = check_nonnegative(lam, "lam")
         self.reduction = check_choice(reduction, REDUCTIONS, "reduction")
         self.loss_fn = per_example_cross_entropy if loss_fn is None else loss_fn
-        self.backend = backend
+        self.backend = check_backend(backend)
         self._check_range = RangeCheck()
 
     def __repr__(self) -> str:
         return f"InputGradReg(lam={self.lam}, reduction={self.reduction!r})"
 
     def __call__(self, model, images: torch.Tensor, labels: torch.Tensor):
-        check_batch(images, labels)
-        self._check_range(images)
+        images, labels = prepare_batch("InputGradReg", images, labels)
+        check = self._check_range(images)
+        if torch.is_grad_enabled():
+            return self._loss(model, images, labels, check)
+        with torch.enable_grad():  # under torch.no_grad(): the values, detached
+            loss, parts = self._loss(model, images, labels, check)
+        return loss.detach(), parts
+
+    def _loss(self, model, images, labels, check):
         batch = images.shape[0]
         z = images.detach().requires_grad_(True)
-        losses, logits = classifier_losses(model, z, labels, self.loss_fn)
+        losses, logits = classifier_losses(model, z, labels, self.loss_fn, check)
         ce = losses.mean()
         if self.lam == 0:
             nan = torch.full((), float("nan"), device=ce.device)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..backend import check_backend
 from ..ops import identity_grid, normalized_to_pixels, warp
 from ..ops.units import UNITS
 from ..reference import PADDING_MODES
@@ -18,13 +19,17 @@ from ..ops.validation import check_choice
 from .common import (
     REDUCTIONS,
     RangeCheck,
-    check_batch,
     check_nonnegative,
     classifier_losses,
+    input_gradient,
     mean_norm,
     per_example_cross_entropy,
+    prepare_batch,
     reduce_squared_norms,
 )
+
+TRANSFORM_IGNORED = ("model's output does not depend on the transformation's parameters (does the model ignore "
+                     "its input, or transform(images, params) not use params?)")
 
 
 def affine_flow(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -46,7 +51,9 @@ class TransformGradReg:
     per example). ``L`` is the batch mean of ``loss_fn`` (per-example losses, default
     cross-entropy); ``reduction`` as in :class:`FlowGradReg` ('paper' by default, 1/B^2 times
     the per-example mean). ``parts`` (detached): 'ce', 'penalty', 'param_grad_norm', 'loss',
-    'logits'. No random start. Images must lie in [0, 1], checked as :class:`FlowGradReg` does.
+    'logits'. No random start. Images, labels, empty batches, ``torch.no_grad()`` /
+    ``torch.inference_mode()`` and models that ignore their input are handled as
+    :class:`FlowGradReg` handles them.
     """
 
     def __init__(self, transform, zero_params, lam: float = 1.0, loss_fn=None, reduction: str = "paper"):
@@ -66,6 +73,7 @@ class TransformGradReg:
         ``padding_mode='border'`` it equals ``FlowGradReg(sigma=0, scheme='forward')``."""
         check_choice(padding_mode, PADDING_MODES, "padding_mode")
         check_choice(units, UNITS, "units")
+        check_backend(backend)
 
         def transform(images, flow):
             return warp(images, normalized_to_pixels(flow) if units == "normalized" else flow, padding_mode,
@@ -83,6 +91,7 @@ class TransformGradReg:
         """Regularize the gradient w.r.t. a per-example (2, 3) affine matrix (normalized
         coordinates, zero = identity; see :func:`affine_flow`)."""
         check_choice(padding_mode, PADDING_MODES, "padding_mode")
+        check_backend(backend)
 
         def transform(images, theta):
             return warp(images, affine_flow(theta, images.shape[2], images.shape[3]), padding_mode, backend=backend)
@@ -93,8 +102,15 @@ class TransformGradReg:
         return cls(transform, zeros, lam=lam, **kwargs)
 
     def __call__(self, model, images: torch.Tensor, labels: torch.Tensor):
-        check_batch(images, labels)
-        self._check_range(images)
+        images, labels = prepare_batch("TransformGradReg", images, labels)
+        check = self._check_range(images)
+        if torch.is_grad_enabled():
+            return self._loss(model, images, labels, check)
+        with torch.enable_grad():  # under torch.no_grad(): the values, detached
+            loss, parts = self._loss(model, images, labels, check)
+        return loss.detach(), parts
+
+    def _loss(self, model, images, labels, check):
         batch = images.shape[0]
         images = images.detach()
         params = self.zero_params(images)
@@ -102,9 +118,9 @@ class TransformGradReg:
             shape = tuple(params.shape) if isinstance(params, torch.Tensor) else type(params).__name__
             raise ValueError(f"zero_params must return a tensor with leading dimension N={batch}, got {shape}")
         params = params.detach().requires_grad_(True)
-        losses, logits = classifier_losses(model, self.transform(images, params), labels, self.loss_fn)
+        losses, logits = classifier_losses(model, self.transform(images, params), labels, self.loss_fn, check)
         ce = losses.mean()
-        (grad_params,) = torch.autograd.grad(ce, params, create_graph=True)
+        grad_params = input_gradient(ce, params, TRANSFORM_IGNORED, create_graph=True)
         squared = grad_params.flatten(1).square().sum(1)
         penalty = reduce_squared_norms(squared, self.reduction, batch)
         loss = ce + self.lam * penalty
