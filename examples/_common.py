@@ -58,6 +58,78 @@ def versions() -> dict:
     return out
 
 
+def library_commit() -> dict:
+    """{'commit': ``git rev-parse HEAD`` of the checkout flowtriton is imported from, or
+    'unknown' (an installed package, no git); 'uncommitted_changes': True when ``git status``
+    lists changes under the package folder (the results then come from code no commit holds),
+    False when it lists none, 'unknown' without git}."""
+    import subprocess
+
+    try:
+        import flowtriton
+
+        package = Path(flowtriton.__file__).resolve().parent
+    except ImportError:
+        package = REPO / "flowtriton"
+    out = {"commit": "unknown", "uncommitted_changes": "unknown"}
+    try:
+        head = subprocess.run(["git", "-C", str(package), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode == 0 and head.stdout.strip():
+            out["commit"] = head.stdout.strip()
+            status = subprocess.run(["git", "-C", str(package), "status", "--porcelain", "--", "."],
+                                    capture_output=True, text=True, timeout=30)
+            if status.returncode == 0:
+                out["uncommitted_changes"] = bool(status.stdout.strip())
+    except (OSError, subprocess.SubprocessError):  # no git on this machine
+        pass
+    return out
+
+
+def _plain(value):
+    """``value`` as JSON-ready data: tuples, ranges and tensors as lists, inf/nan as strings, a
+    generator or another object by its class name."""
+    import math
+
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, range)):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _plain(value.tolist())
+    if isinstance(value, torch.Generator):
+        return "torch.Generator (its state is not recorded)"
+    try:  # numpy scalars and the like
+        return _plain(value.item())
+    except (AttributeError, TypeError, ValueError):
+        return f"<{type(value).__name__}>"
+
+
+def attack_settings(attack) -> dict:
+    """{'class': module.Class, 'arguments': {every constructor argument but the model: the value
+    the attack holds (defaults included)}}, JSON-ready. An argument the attack keeps under no
+    attribute of its name is listed in 'not_exposed' with its signature default instead."""
+    import inspect
+
+    cls = type(attack)
+    arguments, hidden = {}, {}
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if name in ("self", "model") or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if hasattr(attack, name):
+            arguments[name] = _plain(getattr(attack, name))
+        else:
+            hidden[name] = None if param.default is param.empty else _plain(param.default)
+    out = {"class": f"{cls.__module__}.{cls.__qualname__}", "arguments": arguments}
+    if hidden:
+        out["not_exposed"] = hidden
+    return out
+
+
 def portable(value):
     """``value`` with absolute paths made machine-independent (recursively through lists and
     dicts): relative to the repository when inside it, else ``<outside>/<last part>``."""
@@ -220,26 +292,44 @@ def train_step_seconds(history: list, n_train: int) -> float:
 
 
 def evaluate_one_by_one(model, images, labels, suite: dict, budgets: dict, cache_path, batch_size: int,
-                        progress: bool = False):
+                        progress: bool = False, used: dict | None = None):
     """Each attack of ``suite`` evaluated on its own and cached at ``cache_path(name)`` with its
-    per-example masks, its budgets and the number of examples (a cache made for other budgets or
-    examples is attacked again); returns ([EvaluationResult per attack], {name: seconds}), to
-    join with ``EvaluationResult.merge``. An interrupted evaluation resumes at the next attack."""
+    per-example masks, its budgets, the number of examples, the attack's settings
+    (:func:`attack_settings`) and the library commit (:func:`library_commit`); a cache made for
+    other budgets, examples or attack settings is attacked again (a cache written before
+    settings were stored is kept: nothing says it differs). Returns ([EvaluationResult per
+    attack], {name: seconds}), to join with ``EvaluationResult.merge``; ``used``, when given, is
+    filled with {name: {**settings, 'budgets', 'commit', 'uncommitted_changes'} of the run whose
+    result is returned, or None when its cache predates that record}. An interrupted evaluation
+    resumes at the next attack."""
     from flowtriton.attacks import EvaluationResult, evaluate
 
+    commit = None
     parts, seconds = [], {}
     for name, attack in suite.items():
         path = Path(cache_path(name))
         saved = json.loads(path.read_text()) if path.is_file() else None
         wanted = {"budgets": budgets.get(name), "examples": int(labels.numel())}
-        if saved is None or saved.get("settings") != wanted:
+        settings = json.loads(json.dumps(attack_settings(attack)))
+        stale = saved is None or {k: saved.get("settings", {}).get(k) for k in wanted} != wanted
+        stale = stale or ("attack" in saved.get("settings", {}) and saved["settings"]["attack"] != settings)
+        if stale:
+            commit = commit or library_commit()
             started = time.perf_counter()
             result = evaluate(model, (images, labels), {name: attack}, {name: budgets[name]} if name in budgets else None,
                               batch_size=batch_size, progress=progress)
-            saved = {**result.to_dict(masks=True), "eval_s": round(time.perf_counter() - started, 1), "settings": wanted}
+            saved = {**result.to_dict(masks=True), "eval_s": round(time.perf_counter() - started, 1),
+                     "settings": {**wanted, "attack": settings, "library": commit}}
             write_json(path, saved)
         seconds[name] = saved["eval_s"]
         parts.append(EvaluationResult.from_dict(saved))
+        if used is not None:
+            recorded = saved["settings"]
+            library = recorded.get("library", {})
+            used[name] = ({**recorded["attack"], "budgets": recorded["budgets"],
+                           "commit": library.get("commit", "not recorded"),
+                           "uncommitted_changes": library.get("uncommitted_changes", "not recorded")}
+                          if "attack" in recorded else None)
     return parts, seconds
 
 

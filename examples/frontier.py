@@ -24,7 +24,9 @@ first), so a partial run already holds one whole frontier. Each point:
    afterwards (``EvaluationResult.worst_case``).
 3. writes ``points/<tag>.json``: settings, validation curve, clean test accuracy (all 10,000),
    training time (the engine's step time summed over epochs, and the wall time of the fit
-   sessions), evaluation time, the table and the masks.
+   sessions), evaluation time, the table and the masks, every attack's constructor arguments and
+   budgets (``attack_settings``) and the library commit (``library_commit``; points written
+   before these were stored report them as "not recorded").
 
 Everything resumes: an interrupted training continues from its ``last.pt``, an interrupted
 evaluation from its last finished attack. Several processes may work on one output folder: each
@@ -43,6 +45,7 @@ import os
 import statistics
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,7 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from _common import (RunRecord, default_data_dir, eval_batch, evaluate_one_by_one, exclusive_lock,  # noqa: E402
-                     load_best, load_splits, md_table, train_step_seconds, write_json, write_text_atomic)
+                     library_commit, load_best, load_splits, md_table, train_step_seconds, write_json,
+                     write_text_atomic)
 
 # (method, lam, at_eps): lam in the 'paper' scale, at_eps in normalized units.
 POINTS_28 = [
@@ -79,6 +83,7 @@ PLANS = {
                          featured={"flowpgd": 0.05, "adef": 1.0, "stadv": 1.0, "rt": None}, targets=[0.1, 0.5]),
 }
 ATTACKS = ("flowpgd", "adef", "stadv", "rt")
+NOT_RECORDED = "not recorded"  # attack settings / commit of points written before they were stored
 WORST = "worst case"
 WORST_OVER = ("flowpgd", "adef", "stadv")
 METHOD_ORDER = ("standard", "fgr", "igr", "at", "fgr+at")
@@ -163,15 +168,17 @@ def train_point(args, data, out: Path, method, lam, at_eps, seed):
 
 
 def evaluate_point(args, model, images, labels, cache_dir: Path, num_classes: int):
-    """EvaluationResult of every attack, one attack at a time, each cached with its masks."""
+    """(EvaluationResult of every attack, {attack: seconds}, {attack: its settings, budgets and
+    commit, or NOT_RECORDED}): one attack at a time, each cached with its masks and settings."""
     from flowtriton.attacks import EvaluationResult
     from flowtriton.train.evaluation import build_attacks
 
     suite, budgets = build_attacks(model, ATTACKS, args.attack_size, num_classes, pgd_budgets=args.pgd_budgets,
                                    tnorm_budgets=args.tnorm_budgets)
+    used = {}
     parts, seconds = evaluate_one_by_one(model, images, labels, suite, budgets, lambda name: cache_dir / f"{name}.json",
-                                         args.eval_batch_size, progress=not args.no_progress)
-    return EvaluationResult.merge(parts), seconds
+                                         args.eval_batch_size, progress=not args.no_progress, used=used)
+    return EvaluationResult.merge(parts), seconds, {k: NOT_RECORDED if v is None else v for k, v in used.items()}
 
 
 def run_point(args, data, out: Path, point, images_cache: dict) -> dict | None:
@@ -203,7 +210,8 @@ def _train_and_attack(args, data, out: Path, point, tag: str, path: Path, images
     images, labels = images_cache["images"]
     print(f"[frontier] {tag}: best val acc {res.best_val_acc:.4f} (epoch {res.best_epoch}), test acc "
           f"{res.test_acc:.4f}; attacking {len(labels)} test images", flush=True)
-    ev, eval_s = evaluate_point(args, model, images, labels, out / "ckpt" / tag / "eval", data.train.num_classes)
+    ev, eval_s, settings = evaluate_point(args, model, images, labels, out / "ckpt" / tag / "eval",
+                                          data.train.num_classes)
     n_train = len(data.train)
     featured = PLANS[args.dataset]["featured"]
     record = {
@@ -213,6 +221,7 @@ def _train_and_attack(args, data, out: Path, point, tag: str, path: Path, images
         "test_acc_full_test_set": res.test_acc, "train_images": n_train,
         "train_step_s": train_step_seconds(res.history, n_train), **timing, "eval_s": eval_s,
         "featured": featured, "featured_accuracy": featured_accuracy(ev, featured),
+        "attack_settings": settings, "library_commit": library_commit(),
         "evaluation": ev.to_dict(masks=True),
     }
     write_json(path, record)
@@ -274,27 +283,53 @@ def summarize(records: list, key) -> tuple:
     return statistics.fmean(values), min(values), max(values)
 
 
-def curves(points: list, metric: str, seed=None) -> dict:
-    """{method: [(clean_acc_full_test, robust)]} in order of strength (lambda, then AT eps); the
-    standard model opens the IGR, FGR and AT curves (strength 0). seed None: means over the
-    seeds each setting has."""
+def curve_records(points: list, metric: str, seed=None) -> dict:
+    """:func:`curves` with the records behind each point: {method: [(clean, robust, records)]}."""
     groups = group_points([r for r in points if seed is None or r["seed"] == seed])
     out = {}
     for (method, lam, eps), records in groups.items():
         x = statistics.fmean(r["test_acc_full_test_set"] for r in records)
         y = statistics.fmean(r["featured_accuracy"][metric] for r in records)
-        out.setdefault(method, []).append(((lam or 0.0, eps or 0.0), (x, y)))
+        out.setdefault(method, []).append(((lam or 0.0, eps or 0.0), (x, y), records))
     standard = out.get("standard")
     if standard:
         for method in out:
             if method not in ("standard", "fgr+at"):
                 out[method] += standard
-    return {m: [xy for _, xy in sorted(v)] for m, v in out.items()}
+    return {m: [(xy[0], xy[1], records) for _, xy, records in sorted(v, key=lambda item: item[:2])]
+            for m, v in out.items()}
+
+
+def curves(points: list, metric: str, seed=None) -> dict:
+    """{method: [(clean_acc_full_test, robust)]} in order of strength (lambda, then AT eps); the
+    standard model opens the IGR, FGR and AT curves (strength 0). seed None: means over the
+    seeds each setting has."""
+    return {m: [(x, y) for x, y, _ in v] for m, v in curve_records(points, metric, seed).items()}
 
 
 def clean_tolerance(x: float, n_test: int = 10000) -> float:
     """Two standard errors of a clean accuracy ``x`` measured on ``n_test`` images."""
     return 2 * math.sqrt(max(x * (1 - x), 1e-12) / n_test)
+
+
+def match_at_equal_clean(challenger: list, baseline: list, skip: tuple = ()) -> tuple:
+    """The comparisons :func:`gap_at_equal_clean` averages: ([(i, j)], flipped), challenger
+    point ``i`` against baseline point ``j``. Not flipped: each challenger point (but those in
+    ``skip``) against the most robust baseline point at least as accurate clean; flipped (no
+    challenger point had such a rival): each baseline point against the most robust challenger
+    point at least as accurate clean. ([], False) when no point has a rival."""
+    for mine, other, flipped in ((challenger, baseline, False), (baseline, challenger, True)):
+        pairs = []
+        for a, (x, y) in enumerate(mine):
+            if (x, y) in skip:
+                continue
+            rivals = [b for b, (ox, oy) in enumerate(other) if ox >= x - clean_tolerance(x) and (ox, oy) not in skip]
+            if rivals:
+                best = max(rivals, key=lambda b: other[b][1])
+                pairs.append((best, a) if flipped else (a, best))
+        if pairs:
+            return pairs, flipped
+    return [], False
 
 
 def gap_at_equal_clean(challenger: list, baseline: list, skip: tuple = ()):
@@ -305,21 +340,15 @@ def gap_at_equal_clean(challenger: list, baseline: list, skip: tuple = ()):
     than every point the baseline method reached is outside the baseline's sampled range (a
     weaker baseline setting would sit between it and the standard model) and is left out; when
     all are, the baseline's points are compared the same way against the challenger's (sign
-    flipped). Returns (gap, number of points compared) or None.
+    flipped). Returns (gap, number of points compared) or None (:func:`match_at_equal_clean`
+    gives the pairs).
 
     Not an interpolation: clean accuracies of these models often differ by less than their
     noise, and curves are not monotone, so a line between two points says little."""
-    for mine, other, sign in ((challenger, baseline, 1.0), (baseline, challenger, -1.0)):
-        gaps = []
-        for x, y in mine:
-            if (x, y) in skip:
-                continue
-            rivals = [oy for ox, oy in other if ox >= x - clean_tolerance(x) and (ox, oy) not in skip]
-            if rivals:
-                gaps.append(sign * (y - max(rivals)))
-        if gaps:
-            return statistics.fmean(gaps), len(gaps)
-    return None
+    pairs, _ = match_at_equal_clean(challenger, baseline, skip)
+    if not pairs:
+        return None
+    return statistics.fmean(challenger[i][1] - baseline[j][1] for i, j in pairs), len(pairs)
 
 
 def below_clean_range(challenger: list, baseline: list, skip: tuple = ()) -> bool:
@@ -332,6 +361,141 @@ def below_clean_range(challenger: list, baseline: list, skip: tuple = ()) -> boo
     return bool(mine and other) and max(mine) < min(other) - clean_tolerance(max(mine))
 
 
+# ---------------------------------------------------------------------------------------------
+# paired tests on the shared attacked images
+
+def mcnemar_p(b: int, c: int) -> float:
+    """Exact two-sided McNemar test of ``b`` pairs won by one side against ``c`` won by the other
+    (the discordant pairs; concordant ones carry no information): under no difference each
+    discordant pair goes either way with probability 1/2, so p = 2 P(X <= min(b, c)) for X ~
+    Binomial(b + c, 1/2), capped at 1; 1.0 without discordant pairs. Integer arithmetic
+    (math.comb over 2**n, one rounding at the end): no underflow or cancellation at thousands
+    of pairs (a p below the smallest double reads 0.0)."""
+    for name, value in (("b", b), ("c", c)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a count (int >= 0), got {value!r}")
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))
+    return float(min(Fraction(1), Fraction(2 * tail, 2 ** n)))
+
+
+def outcome_mask(record: dict, metric: str) -> list | None:
+    """Per attacked image, True where the point's model is correct clean and under ``metric``:
+    one attack at the record's featured budget, or WORST (every attack of WORST_OVER at its
+    featured budget), read from the stored per-example masks. None when the record holds none."""
+    from flowtriton.attacks.evaluate import row_key
+
+    masks, featured = record.get("evaluation", {}).get("masks"), record.get("featured")
+    if not masks or not featured or "clean" not in masks:
+        return None
+    names = WORST_OVER if metric == WORST else (metric,)
+    if any(name not in featured or row_key(name, featured[name]) not in masks for name in names):
+        return None
+    out = [c == "1" for c in masks["clean"]]
+    for name in names:
+        mask = masks[row_key(name, featured[name])]
+        if len(mask) != len(out):
+            return None
+        out = [a and c == "1" for a, c in zip(out, mask)]
+    return out
+
+
+def discordant(challenger: list, baseline: list) -> tuple:
+    """(images only the challenger gets right, images only the baseline gets right)."""
+    return (sum(a and not b for a, b in zip(challenger, baseline)),
+            sum(b and not a for a, b in zip(challenger, baseline)))
+
+
+def paired_sign_test(comparisons: list) -> tuple:
+    """One seed's paired test over a claim's comparisons [(challenger mask, baseline mask)] on the
+    same images: per image the net count d = sum of (challenger correct) - (baseline correct) over
+    the comparisons; (images with d > 0, images with d < 0, exact two-sided p of the two, by
+    :func:`mcnemar_p`). A sign test on the images, which does not count one image twice when
+    several comparisons share it; with one comparison it is McNemar's test itself."""
+    ahead = behind = 0
+    for outcomes in zip(*(pair for comparison in comparisons for pair in comparison)):
+        d = sum(outcomes[0::2]) - sum(outcomes[1::2])
+        ahead += d > 0
+        behind += d < 0
+    return ahead, behind, mcnemar_p(ahead, behind)
+
+
+ALPHA = 0.01  # level of each seed's paired test (justified in the report by the seed noise it measures)
+LARGE = 0.045  # a mean gap at least this large is labelled 'large' (the earlier verdict threshold)
+
+
+def format_p(p) -> str:
+    if p is None:
+        return "-"
+    if p == 0.0:
+        return "<1e-300"
+    return f"{p:.2f}" if p >= 0.01 else f"{p:.0e}"
+
+
+def seed_noise(points: list, metrics: tuple = ATTACKS + (WORST,)) -> dict | None:
+    """The training seed's own noise, image by image: every two seeds of one setting (the same
+    method and strength, so no method difference) compared per metric with :func:`mcnemar_p`.
+    Pairs without a discordant image are left out (rotation + translation fools every MNIST
+    model: nothing to test). None without two seeds of a setting with masks."""
+    gaps, pvalues, counts = [], [], []
+    for records in group_points(points).values():
+        records = sorted(records, key=lambda r: r["seed"])
+        for i, first in enumerate(records):
+            for second in records[i + 1:]:
+                for metric in metrics:
+                    a, b = outcome_mask(first, metric), outcome_mask(second, metric)
+                    if a is None or b is None or len(a) != len(b):
+                        continue
+                    n10, n01 = discordant(a, b)
+                    if n10 + n01:
+                        gaps.append(abs(n10 - n01) / len(a))
+                        pvalues.append(mcnemar_p(n10, n01))
+                        counts.append(n10 + n01)
+    if not gaps:
+        return None
+    return {"pairs": len(gaps), "below_alpha": sum(p < ALPHA for p in pvalues),
+            "below_0.05": sum(p < 0.05 for p in pvalues), "median_abs_gap": statistics.median(gaps),
+            "max_abs_gap": max(gaps), "median_discordant": statistics.median(counts)}
+
+
+def self_comparison(points: list, metrics: tuple = ATTACKS + (WORST,)) -> dict | None:
+    """The matching's own noise: each method's curve of one seed judged against its curve of
+    another seed (the standard model left out) exactly as a claim's seed is
+    (:func:`match_at_equal_clean`, :func:`paired_sign_test`), both ways. No method difference
+    exists, yet the compared points differ: a point dominated by a more accurate and more robust
+    point of the same curve, or a rival accurate enough only by the other seed's clean-accuracy
+    noise. {'rows' (seed rows with at least one discordant image), 'ahead', 'behind' (of those,
+    p < ALPHA each way), 'floor': {'method/metric': the largest |gap| of those rows}}; None
+    without two seeds of a method with two settings."""
+    counts = {"rows": 0, "ahead": 0, "behind": 0, "floor": {}}
+    for method in METHOD_ORDER[1:]:
+        mine = [r for r in points if r["method"] == method]
+        seeds = sorted({r["seed"] for r in mine})
+        for metric in metrics:
+            per_seed = {seed: curve_records(mine, metric, seed).get(method, []) for seed in seeds}
+            for a in seeds:
+                for b in seeds:
+                    if a == b or len(per_seed[a]) < 2:
+                        continue
+                    first, second = per_seed[a], per_seed[b]
+                    pairs, _ = match_at_equal_clean([xy[:2] for xy in first], [xy[:2] for xy in second])
+                    masks = [(outcome_mask(first[i][2][0], metric), outcome_mask(second[j][2][0], metric))
+                             for i, j in pairs]
+                    if not pairs or any(m is None for pair in masks for m in pair):
+                        continue
+                    ahead, behind, p = paired_sign_test(masks)
+                    if ahead + behind:
+                        counts["rows"] += 1
+                        counts["ahead"] += p < ALPHA and ahead > behind
+                        counts["behind"] += p < ALPHA and behind > ahead
+                        gap = abs(statistics.fmean(first[i][1] - second[j][1] for i, j in pairs))
+                        key = f"{method}/{metric}"
+                        counts["floor"][key] = max(counts["floor"].get(key, 0.0), gap)
+    return counts if counts["rows"] else None
+
+
 CLAIMS = [
     ("FGR above IGR at equal clean accuracy", "fgr", "igr", ATTACKS + (WORST,)),
     ("FGR above AT on the attacks AT did not train on", "fgr", "at", ("adef", "stadv", "rt")),
@@ -340,17 +504,67 @@ CLAIMS = [
 ]
 
 
-def judge_claims(points: list, seeds: list, n_eval: int) -> list:
-    """Per claim and attack: the challenger's points against the baseline's points at least as
-    accurate clean, the standard model left out of both (:func:`gap_at_equal_clean`), on the
-    seed-mean curves and per seed. A descriptive rule, not a significance test: 'above' / 'below'
-    when every seed's gap has that sign and the mean gap exceeds twice the largest standard error
-    of a difference of two accuracies measured on n_eval images each (sqrt(2) * 0.5 /
-    sqrt(n_eval); paired images make the true error smaller); else 'no clear difference'. Two
-    seeds agree in sign by chance half the time when there is no effect, so the size of the gap
-    carries the weight. A verdict is flagged when the challenger's points all lie below the
-    baseline's clean-accuracy range (:func:`below_clean_range`)."""
-    se = math.sqrt(2) * 0.5 / math.sqrt(max(n_eval, 1))
+def _seed_comparisons(points: list, metric: str, seed, challenger: str, baseline: str) -> dict | None:
+    """One seed's side of a claim row: its gap (as :func:`gap_at_equal_clean` on the seed's
+    curves), each comparison's McNemar test and the seed's paired sign test."""
+    c = curve_records(points, metric, seed)
+    if challenger not in c or baseline not in c:
+        return None
+    mine, other = c[challenger], c[baseline]
+    skip = tuple((x, y) for x, y, _ in c.get("standard", []))
+    pairs, flipped = match_at_equal_clean([(x, y) for x, y, _ in mine], [(x, y) for x, y, _ in other], skip)
+    if not pairs:
+        return None
+    comparisons, masks = [], []
+    for i, j in pairs:
+        rc, rb = mine[i][2][0], other[j][2][0]
+        mc, mb = outcome_mask(rc, metric), outcome_mask(rb, metric)
+        label = {k: setting_label(r["method"], r["lam"], r["at_eps"])
+                 for k, r in (("challenger", rc), ("baseline", rb))}
+        entry = {**label, "matched": label["baseline" if flipped else "challenger"],
+                 "gap": mine[i][1] - other[j][1], "ahead": None, "behind": None, "p": None}
+        if mc is not None and mb is not None and len(mc) == len(mb):
+            entry["ahead"], entry["behind"] = discordant(mc, mb)
+            entry["p"] = mcnemar_p(entry["ahead"], entry["behind"])
+            masks.append((mc, mb))
+        comparisons.append(entry)
+    ahead = behind = p = None
+    if len(masks) == len(pairs) and len({len(m) for pair in masks for m in pair}) == 1:
+        ahead, behind, p = paired_sign_test(masks)
+    return {"seed": seed, "gap": statistics.fmean(e["gap"] for e in comparisons), "ahead": ahead, "behind": behind,
+            "p": p, "comparisons": comparisons}
+
+
+def _significant_everywhere(seeds: list, ahead: bool) -> list:
+    """Settings compared at p < ALPHA in the same direction (challenger ahead, or behind) in
+    every seed."""
+    common = None
+    for s in seeds:
+        these = {e["matched"] for e in s["comparisons"]
+                 if e["p"] is not None and e["p"] < ALPHA and e["ahead"] != e["behind"]
+                 and (e["ahead"] > e["behind"]) == ahead}
+        common = these if common is None else common & these
+    return sorted(common or ())
+
+
+def judge(points: list, seeds: list, matching: dict | None = None) -> list:
+    """Per claim and attack, a dict: the gap on the seed-mean curves (:func:`gap_at_equal_clean`,
+    the standard model left out of both), and per seed its gap, every comparison's discordant
+    images and McNemar p, and the seed's paired sign test (:func:`paired_sign_test`), the
+    verdict and the size label.
+
+    Verdict: 'above' ('below') when in EVERY seed the paired test gives p < ALPHA with the
+    challenger ahead (behind) and that seed's gap has the same sign, and the seed-mean gap too;
+    else 'no clear difference'. The paired test sees the test images' noise, not the training
+    seed's; each seed is one test, and requiring all of them to pass is what guards against a
+    seed's own difference (the report measures that noise, :func:`seed_noise`). Notes: a
+    setting compared at p < ALPHA in the other direction in every seed (the curves cross); a
+    verdict whose |gap| is no larger than the challenger's largest gap to its own other seed
+    under the same matching (``matching``, :func:`self_comparison`: computed when None); the
+    challenger less accurate clean than every baseline point (:func:`below_clean_range`).
+    Size: 'large' when |seed-mean gap| >= LARGE, else 'small'."""
+    floor = (self_comparison(points) if matching is None else matching) or {}
+    floor = floor.get("floor", {})
     rows = []
     for claim, challenger, baseline, attacks in CLAIMS:
         for metric in attacks:
@@ -359,30 +573,74 @@ def judge_claims(points: list, seeds: list, n_eval: int) -> list:
                 continue
             standard = tuple(mean.get("standard", []))
             overall = gap_at_equal_clean(mean[challenger], mean[baseline], skip=standard)
-            per_seed = []
-            for seed in seeds:
-                c = curves(points, metric, seed)
-                if challenger in c and baseline in c:
-                    g = gap_at_equal_clean(c[challenger], c[baseline], skip=tuple(c.get("standard", [])))
-                    if g is not None:
-                        per_seed.append(g[0])
+            row = {"claim": claim, "attack": metric, "gap": None, "compared": 0, "seeds": [], "size": "-"}
             if overall is None:
-                rows.append([claim, metric, "-", "-", "curves do not overlap in clean accuracy"])
+                rows.append({**row, "verdict": "curves do not overlap in clean accuracy"})
                 continue
-            gap, compared = overall
-            if per_seed and all(g > 0 for g in per_seed) and gap > 2 * se:
-                verdict = "above"
-            elif per_seed and all(g < 0 for g in per_seed) and gap < -2 * se:
-                verdict = "below"
+            row["gap"], row["compared"] = overall
+            row["seeds"] = [s for s in (_seed_comparisons(points, metric, seed, challenger, baseline)
+                                        for seed in seeds) if s is not None]
+            tested = row["seeds"]
+            if not tested or any(s["p"] is None for s in tested):
+                verdict = "not tested (per-example masks missing)"
             else:
-                verdict = "no clear difference"
-            if len(per_seed) < 2:
-                verdict += f" ({len(per_seed)} seed)"
+                def passes(sign):
+                    return sign * row["gap"] > 0 and all(
+                        s["p"] < ALPHA and sign * s["gap"] > 0 and sign * (s["ahead"] - s["behind"]) > 0
+                        for s in tested)
+                verdict = "above" if passes(1) else "below" if passes(-1) else "no clear difference"
+                ahead, behind = _significant_everywhere(tested, True), _significant_everywhere(tested, False)
+                every = "in every seed" if len(tested) > 1 else "in its seed"
+                if verdict == "above" and behind:
+                    verdict += f"; curves cross: {', '.join(behind)} behind its rival {every}"
+                elif verdict == "below" and ahead:
+                    verdict += f"; curves cross: {', '.join(ahead)} ahead of its rival {every}"
+                elif verdict == "no clear difference" and ahead and behind:
+                    verdict += f"; curves cross: {', '.join(ahead)} ahead, {', '.join(behind)} behind {every}"
+            if len(tested) < 2:
+                verdict = verdict.replace(";", f" ({len(tested)} seed);", 1) if ";" in verdict else \
+                    f"{verdict} ({len(tested)} seed)"
+            own = floor.get(f"{challenger}/{metric}")
+            if verdict.startswith(("above", "below")) and own is not None and abs(row["gap"]) <= own:
+                verdict += f"; no larger than {challenger}'s gap to its own other seed ({own:.3f})"
             if below_clean_range(mean[challenger], mean[baseline], skip=standard):
                 verdict += "; less accurate clean than every baseline point"
-            rows.append([claim, metric, f"{gap:+.3f} ({compared} point{'s' if compared > 1 else ''})",
-                         ", ".join(f"{g:+.3f}" for g in per_seed) or "-", verdict])
+            row["size"] = "large" if abs(row["gap"]) >= LARGE else "small"
+            rows.append({**row, "verdict": verdict})
     return rows
+
+
+def claim_rows(judged: list) -> list:
+    """The claims table's rows from :func:`judge`."""
+    out = []
+    for r in judged:
+        if r["gap"] is None:
+            out.append([r["claim"], r["attack"], "-", "-", "-", "-", r["verdict"]])
+            continue
+        tests = "; ".join(f"s{s['seed']}: {s['ahead']}:{s['behind']}, p {format_p(s['p'])}" if s["p"] is not None
+                          else f"s{s['seed']}: -" for s in r["seeds"])
+        out.append([r["claim"], r["attack"],
+                    f"{r['gap']:+.3f} ({r['compared']} point{'s' if r['compared'] > 1 else ''})",
+                    ", ".join(f"{s['gap']:+.3f}" for s in r["seeds"]) or "-", tests or "-", r["size"], r["verdict"]])
+    return out
+
+
+def comparison_rows(judged: list) -> list:
+    """One row per claim, attack and seed: each comparison's gap, discordant images and McNemar p."""
+    out = []
+    for r in judged:
+        for s in r["seeds"]:
+            out.append([r["claim"], r["attack"], s["seed"], "; ".join(
+                f"{e['challenger']} vs {e['baseline']}: {e['gap']:+.3f}"
+                + ("" if e["p"] is None else f", {e['ahead']}:{e['behind']}, p {format_p(e['p'])}")
+                for e in s["comparisons"])])
+    return out
+
+
+def judge_claims(points: list, seeds: list, n_eval: int = 0) -> list:
+    """The claims table's rows (:func:`judge`, :func:`claim_rows`): claim, attack, seed-mean gap,
+    gap per seed, paired test per seed, size, verdict. ``n_eval`` is unused (kept for callers)."""
+    return claim_rows(judge(points, seeds))
 
 
 def cost_table(points: list, targets: list, metric: str = WORST) -> list:
@@ -442,6 +700,84 @@ def plot_frontiers(points: list, path: Path, title: str, featured: dict) -> None
     os.replace(tmp, path)
 
 
+def verdict_text(noise: dict | None, n_eval: int, n_seeds: int, n_rows: int, matching: dict | None = None) -> str:
+    """The report's statement of the verdict rule, with the seed noise it rests on."""
+    text = (f"Paired test per seed: the claim's comparisons are on the same {n_eval} attacked images, so per image "
+            f"the net count of compared points the challenger's model gets right and its rival's does not is taken, "
+            f"and the images where it is positive (ahead) are tested against those where it is negative (behind) by "
+            f"an exact two-sided binomial test (McNemar's test when one point is compared; per comparison in the "
+            f"last section). Verdict 'above' ('below'): in every seed p < {ALPHA:g} with the challenger ahead "
+            f"(behind) and that seed's gap of the same sign, and the seed-mean gap too; else 'no clear difference'. "
+            f"Size: 'large' when the mean gap is at least {LARGE:g} (the earlier verdict threshold, twice the "
+            f"standard error of a difference of two unpaired accuracies on 1,000 images), else 'small'. ")
+    if noise is None:
+        return text + (f"With {n_seeds} seed the training seed's own noise is not measured here: the paired test "
+                       "sees only the test images' noise, so a verdict on one seed is weak evidence.")
+    hits = max(noise["below_alpha"], 1)  # none below: bound the rate by one pair
+    chance = (hits / noise["pairs"]) ** 2 / 2
+    bound = "" if noise["below_alpha"] else "at most "
+    versus_seeds = ("it also exceeds the largest seed-to-seed difference above" if LARGE > noise["max_abs_gap"] else
+                    "the largest seed-to-seed difference above reaches it, so 'large' alone is no evidence")
+    return text + (
+        f"Why this rule, from the measured noise: the paired test sees the test images' noise, not the training "
+        f"seed's. Two seeds of one setting (the same method and strength, so no method difference), compared image "
+        f"by image on each metric, differ by a median {noise['median_abs_gap']:.3f} and at most "
+        f"{noise['max_abs_gap']:.3f} in robust accuracy ({noise['median_discordant']:g} discordant images at the "
+        f"median), with McNemar p < {ALPHA:g} in {noise['below_alpha']} of {noise['pairs']} such pairs and p < 0.05 in "
+        f"{noise['below_0.05']} (pairs with at least one discordant image), against {ALPHA:.0%} and 5% were the test "
+        f"images the only noise" + ("; retraining adds its own" if noise["below_alpha"] > ALPHA * noise["pairs"]
+                                    or noise["below_0.05"] > 0.05 * noise["pairs"] else "") +
+        f". One seed's test does not see the seed's noise, so each seed counts as one test: requiring every seed to "
+        f"pass in the same direction makes a false "
+        f"verdict {bound}about ({hits}/{noise['pairs']})^2/2 = {chance:.4f} per row with two seeds "
+        f"(independent trainings), about {chance * n_rows:.2f} over this table's {n_rows} rows, so neither a stricter "
+        f"level nor a Bonferroni correction over the compared points is needed. The earlier rule's threshold "
+        f"({LARGE:g}) was set by unpaired noise; the paired test is sharper, so a small gap can be a clear one, and "
+        f"'large' keeps the old threshold as a separate label: {versus_seeds}." + ("" if matching is None else
+        f" What the test does not cover: which points the gap compares. The same matching applied to each method "
+        f"against its own other seed (no method difference) gives p < {ALPHA:g} in "
+        f"{matching['ahead'] + matching['behind']} of {matching['rows']} seed rows ({matching['behind']} behind, "
+        f"{matching['ahead']} ahead): a curve's point "
+        f"dominated by a more accurate and more robust point of the same curve (robustness to one attack falling at "
+        f"the largest strengths), or a rival accurate enough only by a seed's clean-accuracy noise, is compared "
+        f"with a different operating point. A 'below' verdict says the baseline has points at least as accurate "
+        f"and more robust than the challenger's points (the matching favours the baseline), not that the "
+        f"challenger's best point is worse; a verdict whose gap is no larger than the challenger's largest gap to "
+        f"its own other seed on that metric says so; read the comparisons in the last section."))
+
+
+def protocol_text(points: list) -> str:
+    """Which points carry their attack settings and library commit (points written before they
+    were stored: 'not recorded'), and the distinct settings and commits among those that do."""
+    recorded = [r for r in points if isinstance(r.get("attack_settings"), dict)]
+    missing = len(points) - len(recorded)
+    text = "## Protocol record\n\n"
+    if not recorded:
+        return text + (f"Attack settings and library commit: {NOT_RECORDED} for all {len(points)} points (written "
+                       "before points stored them); the attacks are those the module docstring describes.\n")
+    text += (f"Attack settings and library commit recorded for {len(recorded)} of {len(points)} points"
+             + (f" ({NOT_RECORDED} for the other {missing}, written before points stored them)" if missing else "")
+             + ".\n\n")
+    seen = {}
+    for r in recorded:
+        for name, settings in r["attack_settings"].items():
+            if isinstance(settings, dict):
+                body = {k: v for k, v in settings.items() if k not in ("commit", "uncommitted_changes")}
+                key = (name, json.dumps(body, sort_keys=True))
+            else:
+                key = (name, json.dumps(settings))
+            seen.setdefault(key, []).append(r["tag"])
+    rows = [[name, f"`{body}`", len(tags)] for (name, body), tags in sorted(seen.items())]
+    commits = {}
+    for r in recorded:
+        c = r.get("library_commit")
+        label = (f"{c.get('commit')}{' (uncommitted changes)' if c.get('uncommitted_changes') is True else ''}"
+                 if isinstance(c, dict) else str(c))
+        commits[label] = commits.get(label, 0) + 1
+    return (text + md_table(["attack", "settings (class, constructor arguments, budgets)", "points"], rows)
+            + "\nLibrary commit (points): " + ", ".join(f"{c} ({n})" for c, n in sorted(commits.items())) + "\n")
+
+
 def report(args, out: Path) -> str:
     featured = PLANS[args.dataset]["featured"]
     points = load_points(out, featured)
@@ -469,8 +805,12 @@ def report(args, out: Path) -> str:
             "/".join(str(r["best_epoch"]) for r in groups[k]),
             "; ".join("/".join(f"{v:.3f}" for v in r["val_acc_by_epoch"][-3:]) for r in groups[k])]
          for k in keys])
-    claims = md_table(["claim", "attack", "mean gap, seed-mean curves (points compared)", "gap per seed", "verdict"],
-                      judge_claims(points, seeds, n_eval))
+    noise, matching = seed_noise(points), self_comparison(points)
+    judged = judge(points, seeds, matching)
+    claims = md_table(["claim", "attack", "mean gap, seed-mean curves (points compared)", "gap per seed",
+                       "paired test per seed: images ahead:behind, p", "size", "verdict"], claim_rows(judged))
+    comparisons = md_table(["claim", "attack", "seed", "challenger vs baseline point: gap, images only the "
+                            "challenger gets right : only the baseline, McNemar p"], comparison_rows(judged))
     targets = PLANS[args.dataset]["targets"]
     cost = md_table(["method"] + [f"worst case >= {t:g}" for t in targets], cost_table(points, targets))
     full_rows = []
@@ -495,19 +835,23 @@ def report(args, out: Path) -> str:
             "have such a rival (else the baseline's points against the challenger's). The standard model both curves "
             "start from is neither compared nor a rival: a point more accurate than every setting of the other method "
             "is outside its sampled range. "
-            f"Verdict (descriptive, not a significance test) 'above'/'below' needs every seed's gap to agree in sign "
-            f"and the mean gap to exceed {2 * math.sqrt(2) * 0.5 / math.sqrt(n_eval):.3f} (twice the largest standard "
-            f"error of a difference of two accuracies on {n_eval} images); with two seeds, sign agreement alone is "
-            f"weak evidence.\n\n"
+            + verdict_text(noise, n_eval, len(seeds), len(judged), matching) + "\n\n"
             + claims + "\n## Training time to reach a robustness (worst case over FlowPGD, ADef and stAdv at the featured budgets)\n\n"
             "Training step time (s) of the setting that reaches the target (seed-mean worst case) with the best "
-            "clean accuracy, and that accuracy. Within a method the strength barely changes the cost.\n\n" + cost)
+            "clean accuracy, and that accuracy. Within a method the strength barely changes the cost.\n\n" + cost
+            + "\n## Paired comparisons behind the verdicts\n\nPer seed, each compared point against its rival on the "
+            f"{n_eval} attacked images (the same images for every point): the gap, the images only the challenger's "
+            "point gets right and those only the baseline's (the discordant pairs), and the exact two-sided McNemar "
+            "p (binomial on the discordant pairs).\n\n" + comparisons + "\n" + protocol_text(points))
     write_text_atomic(out / "frontier.md", text)
     write_text_atomic(out / "frontier.json", json.dumps({
         "dataset": args.dataset, "featured": featured, "seeds": seeds, "eval_images": n_eval,
-        "points": [{k: v for k, v in r.items() if k != "evaluation"} | {"rows": r["evaluation"]["rows"]}
+        "points": [{"attack_settings": NOT_RECORDED, "library_commit": NOT_RECORDED}
+                   | {k: v for k, v in r.items() if k != "evaluation"} | {"rows": r["evaluation"]["rows"]}
                    for r in points],
-        "claims": judge_claims(points, seeds, n_eval)}, indent=1))
+        "verdict_rule": {"alpha_per_seed": ALPHA, "large": LARGE, "seed_noise": noise,
+                         "self_comparison": matching},
+        "claims": claim_rows(judged), "claims_detail": judged}, indent=1))
     print(text, flush=True)
     return text
 

@@ -285,11 +285,14 @@ def test_frontier_runs_points_resumes_per_attack_and_reports(tmp_path):
     assert featured["worst case"] <= min(featured[k] for k in ("flowpgd", "adef", "stadv"))
     masks = record["evaluation"]["masks"]
     assert len(masks["clean"]) == 16 and "flowpgd@0.05" in masks and "adef@1" in masks
+    assert record["attack_settings"]["flowpgd"]["arguments"]["steps"] == 20 and record["library_commit"]["commit"]
     text = (out / "frontier.md").read_text()
     assert "robustness frontiers" in text and "FGR above IGR" in text and "worst case >=" in text
+    assert "paired test per seed" in text and "McNemar" in text and "## Protocol record" in text
     assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG"
     summary = json.loads((out / "frontier.json").read_text())
-    assert len(summary["points"]) == 6 and summary["claims"]
+    assert len(summary["points"]) == 6 and summary["claims"] and summary["claims_detail"]
+    assert all(isinstance(p["attack_settings"], dict) for p in summary["points"])
     _check_record(out, "frontier.py", 1)
 
     # evaluation cut short after three attacks: only the missing attack runs again
@@ -397,12 +400,8 @@ def test_frontier_flags_a_challenger_below_the_baselines_clean_range():
     assert not below_clean_range([(0.969, 0.6)], [(0.970, 0.3)])  # within noise of the baseline
     assert not below_clean_range([], [(0.97, 0.3)])
 
-    def point(method, lam, at_eps, seed, clean, robust):
-        acc = {m: robust for m in ATTACKS + (WORST,)}
-        return {"method": method, "lam": lam, "at_eps": at_eps, "seed": seed,
-                "test_acc_full_test_set": clean, "featured_accuracy": acc}
-    points = [point("fgr", 300, None, s, 0.98, 0.3) for s in (0, 1)]
-    points += [point("fgr+at", 300, 0.05, s, 0.95, 0.6) for s in (0, 1)]
+    points = [_masked_point(m, "fgr", 300, None, s, 0.98, 0, 300) for s in (0, 1)]
+    points += [_masked_point(m, "fgr+at", 300, 0.05, s, 0.95, 0, 600) for s in (0, 1)]
     rows = {(r[0], r[1]): r[-1] for r in judge_claims(points, [0, 1], 1000)}
     assert rows[("FGR+AT above FGR", "flowpgd")] == "above; less accurate clean than every baseline point"
 
@@ -416,3 +415,144 @@ def test_train_step_seconds_ignores_a_slowed_epoch():
     slowed = steady[:1] + [{"epoch": 2, "images_per_s": 100.0}] + steady[2:]
     assert train_step_seconds(slowed, 40000) == pytest.approx(10 * 100.0)
     assert train_step_seconds([{"epoch": 1}], 40000) == 0.0
+
+
+def _masked_point(m, method, lam, at_eps, seed, clean, first, last, n=1000):
+    """A synthetic frontier record whose model is correct, under every attack, on attacked images
+    first..last-1 of n (clean on all of them), with the per-example masks the claims test."""
+    featured = {"flowpgd": 0.05, "adef": 1.0, "stadv": 1.0, "rt": None}
+    mask = "".join("1" if first <= i < last else "0" for i in range(n))
+    keys = ["flowpgd@0.05", "adef@1", "stadv@1", "rt"]
+    return {"tag": f"{method}-{lam}-{at_eps}-s{seed}", "method": method, "lam": lam, "at_eps": at_eps, "seed": seed,
+            "test_acc_full_test_set": clean, "featured": featured,
+            "featured_accuracy": {k: (last - first) / n for k in m.ATTACKS + (m.WORST,)},
+            "evaluation": {"masks": {"clean": "1" * n, **{k: mask for k in keys}}}}
+
+
+def test_frontier_mcnemar_exact_values():
+    """The paired test of the claims: exact two-sided McNemar, binomial on the discordant pairs."""
+    import math
+
+    mcnemar_p = example_module("frontier").mcnemar_p
+    assert mcnemar_p(0, 10) == 2 / 1024 and mcnemar_p(10, 0) == 2 / 1024
+    assert mcnemar_p(1, 9) == 22 / 1024  # 2 * (C(10,0) + C(10,1)) / 2**10
+    assert mcnemar_p(5, 5) == 1.0 and mcnemar_p(37, 37) == 1.0 and mcnemar_p(0, 0) == 1.0
+    assert mcnemar_p(3, 4) == 1.0  # 2 * P(X <= 3 | n 7) = 1 exactly
+    # thousands of pairs: no underflow or overflow, and it agrees with a log-space sum
+    b, c = 430, 570
+    logs = [math.lgamma(b + c + 1) - math.lgamma(i + 1) - math.lgamma(b + c - i + 1) - (b + c) * math.log(2)
+            for i in range(b + 1)]
+    top = max(logs)
+    expected = 2 * math.exp(top) * sum(math.exp(v - top) for v in logs)
+    assert mcnemar_p(b, c) == pytest.approx(expected, rel=1e-9) and 1e-5 < mcnemar_p(b, c) < 2e-5
+    assert mcnemar_p(0, 3000) == 0.0  # below the smallest double, not an error
+    for bad in ((-1, 2), (1.5, 2), (True, 2)):
+        with pytest.raises(ValueError):
+            mcnemar_p(*bad)
+
+
+def test_frontier_small_consistent_paired_difference_is_above():
+    """A gap of 0.02 (half the old 0.045 threshold) that every seed's paired test finds
+    (p < 0.01, same sign) is 'above' and labelled 'small'; the same gap with one seed's test
+    short of 0.01 is 'no clear difference'. The per-seed counts and p appear in the row."""
+    m = example_module("frontier")
+
+    def curves(fgr_lo, fgr_extra, seed):
+        # IGR correct on [0, 300) and [0, 400); FGR shifted: loses fgr_lo images, wins fgr_extra
+        return [_masked_point(m, "igr", 1e4, None, seed, 0.990, 0, 300),
+                _masked_point(m, "igr", 1e5, None, seed, 0.985, 0, 400),
+                _masked_point(m, "fgr", 300, None, seed, 0.990, fgr_lo, 300 + fgr_extra),
+                _masked_point(m, "fgr", 3000, None, seed, 0.985, fgr_lo, 400 + fgr_extra)]
+
+    points = curves(10, 30, 0) + curves(10, 30, 1)  # 30:10 per comparison, gap +0.02
+    rows = {(r[0], r[1]): r for r in m.judge_claims(points, [0, 1], 1000)}
+    row = rows[("FGR above IGR at equal clean accuracy", "flowpgd")]
+    assert row[2] == "+0.020 (2 points)" and row[3] == "+0.020, +0.020"
+    assert row[4].startswith("s0: 60:10, p ") and row[5] == "small" and row[6] == "above"
+    assert m.mcnemar_p(60, 10) < m.ALPHA and 0.02 < m.LARGE
+    detail = m.judge(points, [0, 1])[0]["seeds"][0]["comparisons"][0]
+    assert (detail["ahead"], detail["behind"]) == (30, 10) and detail["p"] == m.mcnemar_p(30, 10)
+    # the old threshold rule would not have called it: 0.02 < 0.045
+    weak = curves(10, 30, 0) + curves(4, 8, 1)  # seed 1: 8:4 per comparison, 16:4 images, p 0.012
+    judged = {(r["claim"], r["attack"]): r for r in m.judge(weak, [0, 1])}
+    seed1 = judged[("FGR above IGR at equal clean accuracy", "flowpgd")]["seeds"][1]
+    assert seed1["p"] >= m.ALPHA and seed1["gap"] > 0
+    assert judged[("FGR above IGR at equal clean accuracy", "flowpgd")]["verdict"] == "no clear difference"
+    # seeds that disagree in sign are no verdict either, however small their p
+    flipped = curves(10, 30, 0) + [dict(r, method={"fgr": "igr", "igr": "fgr"}[r["method"]]) for r in curves(10, 30, 1)]
+    judged = {(r["claim"], r["attack"]): r for r in m.judge(flipped, [0, 1])}
+    assert judged[("FGR above IGR at equal clean accuracy", "flowpgd")]["verdict"].startswith("no clear difference")
+    # points without masks (written without them) are reported, not tested
+    bare = [{k: v for k, v in r.items() if k != "evaluation"} for r in points]
+    row = {(r[0], r[1]): r for r in m.judge_claims(bare, [0, 1])}[("FGR above IGR at equal clean accuracy", "flowpgd")]
+    assert row[-1] == "not tested (per-example masks missing)" and row[4] == "s0: -; s1: -"
+
+
+def test_frontier_point_records_attack_settings_and_commit(tmp_path, monkeypatch):
+    """A point written by the frontier runner carries every attack's constructor arguments and
+    budgets and the library commit; an attack cache written before they were stored is kept and
+    reported as 'not recorded', one made with other attack settings is attacked again. No
+    training: an untrained tiny CNN stands in for the trained model."""
+    import subprocess
+    import types
+
+    import torch
+
+    m = example_module("frontier")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(2 * 28 * 28, 10)).eval()
+    images = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    trainer = types.SimpleNamespace(cfg=None, ctx=types.SimpleNamespace(device=torch.device("cpu")))
+    result = types.SimpleNamespace(status="finished", best_val_acc=0.5, best_epoch=1, test_acc=0.5,
+                                   history=[{"val_acc": 0.5, "images_per_s": 100.0}])
+
+    class Train(list):
+        num_classes = 10
+    data = types.SimpleNamespace(train=Train(range(50)))
+    monkeypatch.setattr(m, "train_point", lambda *a: (trainer, result, {"fit_wall_s": 1.0, "fit_sessions": 1}))
+    monkeypatch.setattr(m, "load_best", lambda t: model)
+    monkeypatch.setattr(m, "eval_batch", lambda cfg, data, count, device: (images, labels))
+    args = m.parse_args(["--dataset", "mnist-subset", "--attack-size", "small", "--eval-subset", "3", "--no-progress",
+                         "--pgd-budgets", "0.05", "--tnorm-budgets", "1.0", "--out-dir", str(tmp_path)])
+    point = ("fgr", 300.0, None, 0)
+    record = m.run_point(args, data, tmp_path, point, {})
+    saved = json.loads((tmp_path / "points" / "fgr-lam300-s0.json").read_text())
+    assert saved["attack_settings"] == record["attack_settings"]
+    settings = saved["attack_settings"]
+    assert set(settings) == {"flowpgd", "adef", "stadv", "rt"}
+    pgd = settings["flowpgd"]
+    assert pgd["class"] == "flowtriton.attacks.flow_pgd.FlowPGD" and pgd["budgets"] == [0.05]
+    assert pgd["arguments"]["steps"] == 20 and pgd["arguments"]["units"] == "normalized"
+    assert {"eps", "loss", "restarts", "random_start", "padding_mode"} <= set(pgd["arguments"])
+    assert settings["adef"]["arguments"]["candidates"] == [1, 2, 3] and settings["adef"]["budgets"] == [1.0]
+    assert settings["rt"]["budgets"] is None and settings["rt"]["arguments"]["num_translations"] == 3
+    assert "max_iter" in settings["stadv"]["arguments"] and "search_steps" in settings["stadv"]["arguments"]
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    expected = head.stdout.strip() if head.returncode == 0 and head.stdout.strip() else "unknown"
+    assert saved["library_commit"]["commit"] == expected == pgd["commit"]
+    assert saved["library_commit"]["uncommitted_changes"] in (True, False, "unknown")
+
+    # rt's cache from before settings were stored: kept, 'not recorded'; flowpgd's cache made
+    # with other settings: attacked again
+    (tmp_path / "points" / "fgr-lam300-s0.json").unlink()
+    cache = tmp_path / "ckpt" / "fgr-lam300-s0" / "eval"
+    rt = json.loads((cache / "rt.json").read_text())
+    del rt["settings"]["attack"], rt["settings"]["library"]
+    (cache / "rt.json").write_text(json.dumps(rt))
+    pgd_cache = json.loads((cache / "flowpgd.json").read_text())
+    pgd_cache["settings"]["attack"]["arguments"]["steps"] = 999
+    (cache / "flowpgd.json").write_text(json.dumps(pgd_cache))
+    again = m.run_point(args, data, tmp_path, point, {})
+    assert again["attack_settings"]["rt"] == m.NOT_RECORDED
+    assert again["attack_settings"]["flowpgd"]["arguments"]["steps"] == 20
+    assert json.loads((cache / "flowpgd.json").read_text())["settings"]["attack"]["arguments"]["steps"] == 20
+    assert again["attack_settings"]["adef"] == settings["adef"]
+
+    # the report's protocol section: a point without the record next to one with it
+    old = {k: v for k, v in again.items() if k not in ("attack_settings", "library_commit")}
+    text = m.protocol_text([old, record])
+    assert "recorded for 1 of 2 points (not recorded for the other 1" in text and expected in text
+    assert "not recorded for all 1 points" in m.protocol_text([old])
