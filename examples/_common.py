@@ -184,7 +184,8 @@ class RunRecord:
         self.data = {
             "command": " ".join(shlex.quote(a) for a in command),
             "cwd": portable(os.getcwd()), "seed": seed, "settings": portable(settings), "versions": versions(),
-            "cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "cpu_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         }
         self.session = {"id": uuid.uuid4().hex[:12], "started_utc": _now(), "finished_utc": None, "wall_s": None,
                         "pid": os.getpid(), "command": self.data["command"]}
@@ -316,7 +317,8 @@ def evaluate_one_by_one(model, images, labels, suite: dict, budgets: dict, cache
         if stale:
             commit = commit or library_commit()
             started = time.perf_counter()
-            result = evaluate(model, (images, labels), {name: attack}, {name: budgets[name]} if name in budgets else None,
+            budget = {name: budgets[name]} if name in budgets else None
+            result = evaluate(model, (images, labels), {name: attack}, budget,
                               batch_size=batch_size, progress=progress)
             saved = {**result.to_dict(masks=True), "eval_s": round(time.perf_counter() - started, 1),
                      "settings": {**wanted, "attack": settings, "library": commit}}

@@ -31,8 +31,9 @@ first), so a partial run already holds one whole frontier. Each point:
 Everything resumes: an interrupted training continues from its ``last.pt``, an interrupted
 evaluation from its last finished attack. Several processes may work on one output folder: each
 point is locked while a process trains or attacks it (``ckpt/.<tag>.lock``), others skip it and
-take the next, so the same command started twice uses two cores (give each ``--threads 1``). ``--report`` (also run at the end) writes
-``frontier.md``, ``frontier.json`` and ``frontier.png`` from whatever points are finished.
+take the next, so the same command started twice uses two cores (give each ``--threads 1``).
+``--report`` (also run at the end) writes ``frontier.md``, ``frontier.json`` and ``frontier.png``
+from whatever points are finished.
 Checkpoints go under ``<out-dir>/ckpt/`` (not for version control).
 """
 
@@ -795,9 +796,10 @@ def report(args, out: Path) -> str:
         mean, lo, hi = summarize(records, fn)
         return f"{mean:.3f}" if len(records) == 1 else f"{mean:.3f} ({lo:.3f}-{hi:.3f})"
 
+    headers = [f"{m}" + ("" if featured.get(m) is None else f" @{featured[m]:g}") for m in metrics[1:]]
     table = md_table(
-        ["setting", "seeds", "clean (10k test)"] + [f"{m}" + ("" if featured.get(m) is None else f" @{featured[m]:g}")
-                                                     for m in metrics[1:]] + ["training s (steps s)", "best epoch", "val acc last 3 epochs"],
+        ["setting", "seeds", "clean (10k test)"] + headers
+        + ["training s (steps s)", "best epoch", "val acc last 3 epochs"],
         [[setting_label(*k), len(groups[k]), cell(groups[k], lambda r: r["test_acc_full_test_set"])]
          + [cell(groups[k], lambda r, m=m: r["featured_accuracy"][m]) for m in metrics[1:]]
          + [f"{statistics.fmean(r['fit_wall_s'] for r in groups[k]):.0f} "
@@ -829,14 +831,15 @@ def report(args, out: Path) -> str:
             f"'{WORST}': correct under each of {', '.join(WORST_OVER)} at its featured budget (rt has its own column: "
             f"its full grid fools nearly every model). Training s: wall time of the fit (including "
             f"validation passes; the machine and its load are in run.json), then the step time alone.\n\n" + table +
-            "\n## The paper's claims on the frontiers\n\nGap: for each of the challenger's points, its robust accuracy minus "
-            "the best robust accuracy among the baseline's points that are at least as accurate clean, within two "
-            "standard errors of the clean accuracy on 10,000 test images; averaged over the challenger's points that "
-            "have such a rival (else the baseline's points against the challenger's). The standard model both curves "
+            "\n## The paper's claims on the frontiers\n\nGap: for each of the challenger's points, its robust "
+            "accuracy minus the best robust accuracy among the baseline's points that are at least as accurate "
+            "clean, within two standard errors of the clean accuracy on 10,000 test images; averaged over the "
+            "challenger's points that have such a rival (else the baseline's points against the challenger's). The standard model both curves "
             "start from is neither compared nor a rival: a point more accurate than every setting of the other method "
             "is outside its sampled range. "
             + verdict_text(noise, n_eval, len(seeds), len(judged), matching) + "\n\n"
-            + claims + "\n## Training time to reach a robustness (worst case over FlowPGD, ADef and stAdv at the featured budgets)\n\n"
+            + claims + "\n## Training time to reach a robustness (worst case over FlowPGD, ADef and stAdv at the "
+            "featured budgets)\n\n"
             "Training step time (s) of the setting that reaches the target (seed-mean worst case) with the best "
             "clean accuracy, and that accuracy. Within a method the strength barely changes the cost.\n\n" + cost
             + "\n## Paired comparisons behind the verdicts\n\nPer seed, each compared point against its rival on the "

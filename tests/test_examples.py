@@ -1,8 +1,9 @@
 """The example scripts, run for a few steps on real data, and what they wrote.
 
 Needs real datasets: FLOWTRITON_TEST_DATA names a folder holding ``mnist/`` (IDX files) and
-``cifar10-jpeg/`` (image folders); skipped without it. Each script runs in a fresh process, as a user runs it; a second run of the same
-command must read the finished stages back (resume) rather than train again.
+``cifar10-jpeg/`` (image folders); skipped without it. Each script runs in a fresh process, as a
+user runs it; a second run of the same command must read the finished stages back (resume) rather
+than train again.
 """
 
 from __future__ import annotations
@@ -393,7 +394,7 @@ def test_frontier_flags_a_challenger_below_the_baselines_clean_range():
     """FGR+AT against FGR on MNIST: every challenger point is less accurate clean than every
     baseline point, so "above" there is a trade, and the verdict says so."""
     m = example_module("frontier")
-    ATTACKS, WORST, below_clean_range, judge_claims = m.ATTACKS, m.WORST, m.below_clean_range, m.judge_claims
+    below_clean_range, judge_claims = m.below_clean_range, m.judge_claims
     standard = (0.99, 0.2)
     assert below_clean_range([(0.95, 0.6), standard], [(0.98, 0.3), (0.97, 0.35), standard], skip=(standard,))
     assert not below_clean_range([(0.97, 0.6)], [(0.98, 0.3), (0.97, 0.35)])  # overlaps

@@ -70,9 +70,11 @@ def load_idx_split(images_path: Path, labels_path: Path) -> tuple[torch.Tensor, 
     images = read_idx(images_path)
     labels = read_idx(labels_path)
     if images.dim() != 3 or images.dtype != torch.uint8:
-        raise ValueError(f"{images_path}: expected uint8 images of shape (N, H, W), got {images.dtype} {tuple(images.shape)}")
+        raise ValueError(f"{images_path}: expected uint8 images of shape (N, H, W), got {images.dtype} "
+                         f"{tuple(images.shape)}")
     if labels.dim() != 1:
         raise ValueError(f"{labels_path}: expected labels of shape (N,), got {tuple(labels.shape)}")
     if labels.shape[0] != images.shape[0]:
-        raise ValueError(f"{images_path} holds {images.shape[0]} images but {labels_path} holds {labels.shape[0]} labels")
+        raise ValueError(f"{images_path} holds {images.shape[0]} images but {labels_path} holds "
+                         f"{labels.shape[0]} labels")
     return images.unsqueeze(1).contiguous(), labels.long()

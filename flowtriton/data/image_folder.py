@@ -3,9 +3,11 @@
 Classes are the sub-folders of ``<root>/train`` in sorted order (for CIFAR-10 that is the
 canonical label order), mapped once for every split: a ``test/`` folder that lacks one of the
 classes keeps the others' labels, and a split holding a class that ``train/`` lacks is an error.
-Without a ``train/`` folder the split's own sub-folders are the classes. Decoded uint8 tensors are cached under the user's cache folder (see
-:mod:`flowtriton.data.paths`), keyed by the folder's path and its files' names, sizes and times;
-the data folder itself is never written to.
+Without a ``train/`` folder the split's own sub-folders are the classes. Decoded uint8 tensors
+are cached under the user's cache folder (see :mod:`flowtriton.data.paths`), keyed by the
+folder's path and its files' names, sizes and times; the data folder itself is never written to.
+A class folder with no image is an error; a split whose files are all greyscale loads as one
+channel (``mode='auto'``).
 """
 
 from __future__ import annotations

@@ -3,4 +3,5 @@
 from .flow_gradient import SCHEMES, flow_gradient, flow_gradient_penalty, flow_jvp, spatial_differences
 from .warp import PADDING_MODES, warp
 
-__all__ = ["PADDING_MODES", "SCHEMES", "flow_gradient", "flow_gradient_penalty", "flow_jvp", "spatial_differences", "warp"]
+__all__ = ["PADDING_MODES", "SCHEMES", "flow_gradient", "flow_gradient_penalty", "flow_jvp", "spatial_differences",
+           "warp"]

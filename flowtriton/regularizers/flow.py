@@ -95,9 +95,11 @@ class FlowGradReg:
     cross-entropy); ``generator`` or ``seed`` (an integer, numpy's included, in
     [-2**63, 2**64 - 1]) for the random start; ``backend`` for the flowtriton ops ('auto',
     'triton', 'torch', or None: the setting in force at call time; checked here). Works with any
-    classifier module returning (N, classes) logits, under ``torch.autocast`` and inside DistributedDataParallel (the input gradient is
-    taken with ``autograd.grad``, which does not touch parameter gradients; DDP reduces them in the
-    final ``loss.backward()``).
+    classifier module returning (N, classes) logits, under ``torch.autocast`` and inside
+    DistributedDataParallel (the input gradient is taken with ``autograd.grad``, which does not
+    touch parameter gradients; DDP reduces them in the final ``loss.backward()``; scale ``lam`` by
+    1 / world_size^2 with the 'paper' reduction so it means what it means on one process, as
+    ``flowtriton train`` does).
     """
 
     def __init__(self, lam: float = DEFAULT_FGR_LAM, sigma: float = DEFAULT_SIGMA, units: str = "normalized",

@@ -22,8 +22,9 @@ A custom loop (several loss terms, a model returning a dict)::
 
 The penalty uses the gradient of ``loss`` only (here the cross-entropy); add the other terms
 after. ``fgr_random_start`` checks that the images lie in [0, 1] (its clamp would otherwise turn
-[0, 255] images white, and the penalty's own check would then see nothing wrong). Scales (``reduction``) are those of :mod:`flowtriton.regularizers.common`: with the
-default 'paper', ``loss`` should be the BATCH MEAN, as in the authors' code.
+[0, 255] images white, and the penalty's own check would then see nothing wrong). Scales
+(``reduction``) are those of :mod:`flowtriton.regularizers.common`: with the default 'paper',
+``loss`` should be the BATCH MEAN, as in the authors' code.
 """
 
 from __future__ import annotations

@@ -43,7 +43,8 @@ def demo_table(results: dict) -> str:
         lines += ["", "| median successful T-norm (px) | " + " | ".join(labels) + " |",
                   "|---|" + "---|" * len(labels)]
         for name in medians:
-            lines.append(f"| {name} | " + " | ".join(f"{results[label].median_tnorm[name]:.3f}" for label in labels) + " |")
+            cells = " | ".join(f"{results[label].median_tnorm[name]:.3f}" for label in labels)
+            lines.append(f"| {name} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
@@ -80,7 +81,8 @@ def run_demo(out_dir: str | Path = "flowtriton-demo", quick: bool = False, epoch
     steps = 20 if quick else None
     models = {}
     for method in ("standard", "fgr"):
-        cfg = make_config(None, dataset="mnist-subset", model=DEMO_MODEL, method=method, lam=lam if method == "fgr" else None,
+        cfg = make_config(None, dataset="mnist-subset", model=DEMO_MODEL, method=method,
+                          lam=lam if method == "fgr" else None,
                           epochs=epochs, batch_size=64, lr=0.02, momentum=0.9, weight_decay=5e-4,
                           milestones=[max(epochs - 1, 1)], seed=seed, device=device, max_steps_per_epoch=steps,
                           out_dir=str(out / method), progress=progress, val_size=1000, overwrite=True)

@@ -281,8 +281,8 @@ class Trainer:
         saved = state["config"]
         changed = [k for k in _RESUME_MUST_MATCH if saved.get(k) != getattr(self.cfg, k)]
         if changed:
-            raise ValueError(f"cannot resume {path}: settings differ from the checkpoint's: "
-                             + ", ".join(f"{k}={getattr(self.cfg, k)!r} (checkpoint {saved.get(k)!r})" for k in changed))
+            differ = ", ".join(f"{k}={getattr(self.cfg, k)!r} (checkpoint {saved.get(k)!r})" for k in changed)
+            raise ValueError(f"cannot resume {path}: settings differ from the checkpoint's: {differ}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
