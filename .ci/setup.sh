@@ -15,7 +15,7 @@ PIP=(-m pip install -q --disable-pip-version-check)
 quiet_pip .venv/bin/python "${PIP[@]}" "torch==2.13.0" numpy
 .venv/bin/python -c "import torch"
 quiet_pip .venv/bin/python "${PIP[@]}" "triton==3.8.0"
-quiet_pip .venv/bin/python "${PIP[@]}" -e ".[test]"
+quiet_pip .venv/bin/python "${PIP[@]}" -e ".[test,app]"
 .venv/bin/python -c "import flowtriton, triton, hypothesis; print('flowtriton', flowtriton.__version__, 'triton', triton.__version__)"
 
 if [ "${FLOWTRITON_SKIP_OLD_TRITON:-0}" = "0" ]; then

@@ -13,7 +13,10 @@ _LONG_NAMES = {"rt": "rt: rotation+translation"}
 
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise ValueError("plots need matplotlib: pip install 'flowtriton[app]' (or pass --no-plots)") from None
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt

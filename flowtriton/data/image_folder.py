@@ -67,13 +67,21 @@ def _cache_key(split_dir: Path, files: list[tuple[Path, int]], mode: str) -> str
 MODES = ("auto", "RGB", "L")
 
 
+def _pil():
+    """(PIL.Image, PIL.UnidentifiedImageError); ValueError naming the extra without Pillow."""
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise ValueError("image folders need Pillow: pip install 'flowtriton[app]'") from None
+    return Image, UnidentifiedImageError
+
+
 def decode_images(files: list[tuple[Path, int]], mode: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Decode files with PIL -> (uint8 (N, C, H, W), int64 labels (N,)); all must share one size.
 
     ``mode``: 'RGB' (C=3), 'L' (C=1) or 'auto': one channel when every file is greyscale (PIL
     modes '1', 'L', 'LA', 'I', 'I;16', 'F'), else three."""
-    from PIL import Image, UnidentifiedImageError
-
+    Image, UnidentifiedImageError = _pil()
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode == "auto":
@@ -97,7 +105,7 @@ def decode_images(files: list[tuple[Path, int]], mode: str = "auto") -> tuple[to
 
 def _is_greyscale(path: Path) -> bool:
     """True when the file's own PIL mode has one intensity channel (reads the header only)."""
-    from PIL import Image, UnidentifiedImageError
+    Image, UnidentifiedImageError = _pil()
 
     try:
         with Image.open(path) as image:

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .._io import ensure_writable_dir, remove_stale_temporaries
+from .._progress import progress_bar, write
 from ..data import Augmentation, ImageData, TensorLoader, load_dataset, split_train_val
 from ..models import build_model
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
@@ -323,9 +324,7 @@ class Trainer:
         if not (self.cfg.verbose and self.ctx.is_main):
             return
         if self.cfg.progress:
-            from tqdm.auto import tqdm
-
-            tqdm.write(message)
+            write(message)
         else:
             print(message, flush=True)
 
@@ -424,10 +423,8 @@ class Trainer:
         self._chunk_started = time.perf_counter()
         progress = None
         if cfg.progress and self.ctx.is_main:
-            from tqdm.auto import tqdm
-
-            progress = tqdm(total=steps, initial=self.step, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-                            dynamic_ncols=True, leave=False)
+            progress = progress_bar(total=steps, initial=self.step, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                                    dynamic_ncols=True, leave=False)
         stats = self._epoch_stats
         try:
             for images, labels in self.train_loader:
