@@ -16,10 +16,21 @@ over the rounds), so changes in machine load hit every method alike. Peak memory
 beyond the set-up (model, optimizer state, batch): CUDA max_memory_allocated; on CPU the peak RSS
 growth of a fresh process per (workload, method).
 
+Table 1 times are eager wall time per step with a synchronize on each side (host and device
+together); the device time of a whole step replayed from a CUDA graph is
+benchmarks/bench_graph_step.py's.
+
 Table 2 -- the penalty with its backward w.r.t. grad_image, no network: fused Triton kernel (CUDA)
-vs the eager torch composition and torch.compile of it (--compile; on by default on CUDA).
+vs the eager torch composition and torch.compile of it (--compile; on by default on CUDA), at the
+workloads' full sizes (plus 256x3x64x64 on CUDA; --penalty-shapes to choose). Labelled columns:
+device_ms (CUDA: the case captured in a CUDA graph, replays timed with CUDA events, L2 flushed
+before each), gbps / roofline_frac (5 image-sized float32 tensors moved / device time, against the
+HBM peak from the device name), fwd_bwd_ms (eager wall time, synchronized), enqueue_us (host time
+to issue one eager call). Speed-ups use device time where it was measured. On a CPU the device
+columns are skipped (--timing device is refused there).
 
     python benchmarks/bench_fgr.py --device cuda
+    python benchmarks/bench_fgr.py --device cuda --skip-steps --timing device   # table 2, device time
     python benchmarks/bench_fgr.py --device cpu --quick --threads 1   # reduced sizes, ~4 minutes
     python benchmarks/bench_fgr.py --device cpu --skip-steps --compile  # table 2 only
 
@@ -43,8 +54,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flowtriton.models.resnet import BasicBlock
-from flowtriton.regularizers import DEFAULT_FGR_LAM
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import hbm_peak_gbps  # noqa: E402
+
+from flowtriton.models.resnet import BasicBlock  # noqa: E402
+from flowtriton.regularizers import DEFAULT_FGR_LAM  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("standard", "igr", "fgr-exact", "fgr-functional", "fgr-exact-torch", "fgr-fd", "authors", "grid-sample")
@@ -243,10 +257,22 @@ def step_memory_mb(workload, method, device, batch, size) -> float:
     return _rss_mb("VmHWM") - base
 
 
-def penalty_isolated(device, shapes, repeats, use_compile) -> list[dict]:
-    """The penalty plus its backward w.r.t. grad_image, no network."""
+def penalty_bytes(shape, element: int = 4) -> int:
+    """Bytes the penalty's fwd + bwd (w.r.t. grad_image) must move at least, two kernels: the
+    forward reads x and g, the backward reads x and g and writes d g (float32); the (N,) outputs
+    are negligible."""
+    n, c, h, w = shape
+    return 5 * n * c * h * w * element
+
+
+def penalty_isolated(device, shapes, repeats, use_compile, timing="host", replays=20, peak_gbps=None) -> list[dict]:
+    """The penalty plus its backward w.r.t. grad_image, no network. ``shapes``: {name: (N, C, H, W)}.
+    Host timing: ``fwd_bwd_ms`` (eager wall time, synchronized) and ``enqueue_us`` (host time to
+    issue it); device timing (CUDA): ``device_ms`` from CUDA-graph replays, with bandwidth."""
     import flowtriton
     from flowtriton.reference.flow_gradient import flow_gradient_penalty as eager
+
+    from common import device_time_cuda_graph, host_enqueue_us
 
     variants = {"eager": eager}
     if device.type == "cuda":
@@ -254,32 +280,44 @@ def penalty_isolated(device, shapes, repeats, use_compile) -> list[dict]:
     if use_compile:
         variants["compiled"] = torch.compile(eager)
     rows = []
-    for workload, (n, c, size) in shapes.items():
-        image = torch.rand(n, c, size, size, device=device)
-        seed_grad = torch.randn(n, c, size, size, device=device)
+    for workload, (n, c, h, w) in shapes.items():
+        image = torch.rand(n, c, h, w, device=device)
+        seed_grad = torch.randn(n, c, h, w, device=device)
         for name, fn in variants.items():
             grad = seed_grad.clone().requires_grad_(True)
 
-            def once():
-                fn(image, grad).sum().backward()
-                grad.grad = None
+            def once(fn=fn, grad=grad):
+                torch.autograd.grad(fn(image, grad).sum(), grad)
 
-            for _ in range(3):
-                once()
+            row = {"workload": workload, "shape": [n, c, h, w], "variant": name}
+            try:
+                for _ in range(3):
+                    once()
+            except Exception as exc:  # e.g. a compile failure: report, go on
+                rows.append({**row, "error": f"{type(exc).__name__}: {exc}"[:300]})
+                continue
             _sync(device)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-                base = torch.cuda.memory_allocated(device)
-            times = []
-            for _ in range(repeats):
-                _sync(device)
-                start = time.perf_counter()
-                once()
-                _sync(device)
-                times.append(time.perf_counter() - start)
-            peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda" else float("nan")
-            rows.append({"workload": workload, "shape": [n, c, size, size], "variant": name,
-                         "fwd_bwd_ms": 1e3 * statistics.median(times), "peak_extra_mb": peak})
+            if timing in ("host", "both"):
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                    base = torch.cuda.memory_allocated(device)
+                times = []
+                for _ in range(repeats):
+                    _sync(device)
+                    start = time.perf_counter()
+                    once()
+                    _sync(device)
+                    times.append(time.perf_counter() - start)
+                peak = ((torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda"
+                        else float("nan"))
+                row.update(fwd_bwd_ms=1e3 * statistics.median(times), enqueue_us=host_enqueue_us(once, device, repeats),
+                           peak_extra_mb=peak)
+            if timing in ("device", "both") and device.type == "cuda":
+                row.update(device_time_cuda_graph(once, device, replays=replays))
+                if row.get("device_ms"):
+                    row["gbps"] = penalty_bytes((n, c, h, w)) / (row["device_ms"] * 1e-3) / 1e9
+                    row["roofline_frac"] = row["gbps"] / peak_gbps if peak_gbps else None
+            rows.append(row)
     return rows
 
 
@@ -293,7 +331,8 @@ def _meta(device, args) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     return {"device": str(device), "device_name": name, "torch": torch.__version__, "triton": triton.__version__,
             "python": platform.python_version(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-            "loadavg_1min_at_end": os.getloadavg()[0], "quick": args.quick, "warmup": args.warmup, "repeats": args.repeats, "lam": LAM, "sigma": SIGMA,
+            "loadavg_1min_at_end": os.getloadavg()[0], "quick": args.quick, "warmup": args.warmup,
+            "repeats": args.repeats, "lam": LAM, "sigma": SIGMA,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
@@ -359,27 +398,56 @@ def _print_steps(rows):
 
 
 def _print_penalty(rows):
-    print(f"\n{'workload':<19}{'shape':<22}{'variant':<10}{'fwd+bwd ms':>12}{'x eager':>9}{'peak MB':>10}")
+    """Table 2 with speed-ups against the eager and compiled penalty, on device time where
+    measured (CUDA) and on eager wall time otherwise."""
+    print(f"\n{'workload':<19}{'shape':<20}{'variant':<10}{'device ms':>10}{'GB/s':>8}{'roof':>6}{'eager ms':>10}"
+          f"{'enq us':>8}{'x eager':>8}{'x compiled':>11}{'peak MB':>9}")
     for r in rows:
-        eager = next(e for e in rows if e["workload"] == r["workload"] and e["variant"] == "eager")
-        r["speedup_vs_eager"] = eager["fwd_bwd_ms"] / r["fwd_bwd_ms"]
-        print(f"{r['workload']:<19}{str(tuple(r['shape'])):<22}{r['variant']:<10}{r['fwd_bwd_ms']:>12.3f}"
-              f"{r['speedup_vs_eager']:>9.2f}{r['peak_extra_mb']:>10.1f}")
+        group = {e["variant"]: e for e in rows if e["workload"] == r["workload"]}
+        clock = "device_ms" if r.get("device_ms") is not None else "fwd_bwd_ms"
+        r["speedup_clock"] = clock
+        for other, field in (("eager", "speedup_vs_eager"), ("compiled", "speedup_vs_compiled")):
+            base = group.get(other, {}).get(clock)
+            r[field] = base / r[clock] if (base and r.get(clock)) else None
+        if "error" in r:
+            print(f"{r['workload']:<19}{str(tuple(r['shape'])):<20}{r['variant']:<10}  failed: {r['error']}")
+            continue
+
+        def fmt(v, spec):
+            return format(v, spec) if isinstance(v, (int, float)) and v == v else "-".rjust(int(spec.split(".")[0]))
+
+        print(f"{r['workload']:<19}{str(tuple(r['shape'])):<20}{r['variant']:<10}{fmt(r.get('device_ms'), '10.3f')}"
+              f"{fmt(r.get('gbps'), '8.0f')}{fmt(r.get('roofline_frac'), '6.2f')}{fmt(r.get('fwd_bwd_ms'), '10.3f')}"
+              f"{fmt(r.get('enqueue_us'), '8.0f')}{fmt(r.get('speedup_vs_eager'), '8.2f')}"
+              f"{fmt(r.get('speedup_vs_compiled'), '11.2f')}{fmt(r.get('peak_extra_mb'), '9.1f')}")
+        if r.get("device_error"):
+            print(f"    device time: {r['device_error']}")
 
 
-def _write(rows, penalty_rows, meta, tag):
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS / f"fgr_{tag}.json", "w") as out:
+def _write(rows, penalty_rows, meta, tag, folder=RESULTS):
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"fgr_{tag}.json", "w") as out:
         json.dump({"meta": meta, "training_step": rows, "penalty_isolated": penalty_rows}, out, indent=1)
     for name, table in (("step", rows), ("penalty", penalty_rows)):
         if not table:
             continue
         keys = list(dict.fromkeys(k for r in table for k in r))
-        with open(RESULTS / f"fgr_{tag}_{name}.csv", "w", newline="") as out:
+        with open(folder / f"fgr_{tag}_{name}.csv", "w", newline="") as out:
             writer = csv.DictWriter(out, fieldnames=keys)
             writer.writeheader()
             writer.writerows(table)
-    print(f"\nwrote benchmarks/results/fgr_{tag}.json")
+    print(f"\nwrote {folder / f'fgr_{tag}.json'}")
+
+
+def _shape(text: str):
+    try:
+        shape = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"shape must be NxCxHxW with positive sizes, got {text!r}")
+    return shape
 
 
 def main(argv=None) -> int:
@@ -395,6 +463,14 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="add torch.compile(reference) to table 2 (default: on for CUDA, off for CPU)")
     parser.add_argument("--skip-steps", action="store_true", help="only table 2")
+    parser.add_argument("--timing", choices=["both", "device", "host"], default="both",
+                        help="table 2: device time from CUDA-graph replays (CUDA), host time (eager wall and "
+                             "enqueue), or both; table 1 is always eager wall time")
+    parser.add_argument("--penalty-shapes", nargs="+", type=_shape, default=None, metavar="NxCxHxW",
+                        help="table 2 shapes (default: the workloads' full sizes, plus 256x3x64x64 on CUDA)")
+    parser.add_argument("--replays", type=int, default=20, help="CUDA-graph replays per table-2 case")
+    parser.add_argument("--peak-gbps", type=float, default=None, help="HBM roofline for table 2, GB/s")
+    parser.add_argument("--out-dir", default=str(RESULTS), help="folder for the JSON and CSV results")
     parser.add_argument("--case-timeout", type=int, default=1200)
     parser.add_argument("--case", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -402,25 +478,46 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     args.repeats = args.repeats if args.repeats is not None else (2 if args.quick else 10)
+    if args.warmup < 0 or args.repeats < 1 or args.replays < 1:
+        parser.error("--warmup must be >= 0, --repeats and --replays >= 1")
     torch.set_num_threads(args.threads)
     if args.case:
         return _child(args)
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device is visible; use --device cpu")
+        return 2
+    if args.timing == "device" and device.type != "cuda":
+        print("--timing device needs a CUDA device (device time is measured by replaying CUDA graphs); "
+              "on a CPU use --timing host")
+        return 2
+    if args.timing == "both" and device.type != "cuda":
+        print("table 2 device time: skipped (needs CUDA); host time only")
     methods = [m for m in args.methods if not (m == "fgr-exact-torch" and device.type != "cuda")]
     rows = []
     if not args.skip_steps:
+        print("table 1: step_ms = eager wall time per step, synchronized (host + device); the device time of a "
+              "whole step, replayed from a CUDA graph: benchmarks/bench_graph_step.py")
         for workload in args.workloads:
             channels, size, batch, quick_batch, quick_size = WORKLOADS[workload]
             if args.quick:
                 batch, size = quick_batch, quick_size
             rows += measure_workload(args, workload, methods, batch, size)
         _print_steps(rows)
-    shapes = {w: (WORKLOADS[w][2], WORKLOADS[w][0], WORKLOADS[w][1]) for w in args.workloads}  # full size: cheap
+    if args.penalty_shapes:
+        shapes = {"x".join(map(str, s)): s for s in args.penalty_shapes}
+    else:  # full size: cheap
+        shapes = {w: (WORKLOADS[w][2], WORKLOADS[w][0], WORKLOADS[w][1], WORKLOADS[w][1]) for w in args.workloads}
+        if device.type == "cuda":
+            shapes["256x3x64x64"] = (256, 3, 64, 64)
     use_compile = device.type == "cuda" if args.compile is None else args.compile
-    penalty_rows = penalty_isolated(device, shapes, max(args.repeats, 5), use_compile)
+    meta = _meta(device, args)
+    peak = args.peak_gbps or hbm_peak_gbps(meta["device_name"])
+    meta.update(timing=args.timing, replays=args.replays, peak_gbps=peak)
+    penalty_rows = penalty_isolated(device, shapes, max(args.repeats, 5), use_compile, args.timing, args.replays, peak)
     _print_penalty(penalty_rows)
     tag = device.type + ("_quick" if args.quick else "") + ("_penalty_only" if args.skip_steps else "")
-    _write(rows, penalty_rows, _meta(device, args), tag)
+    _write(rows, penalty_rows, meta, tag, args.out_dir)
     return 0
 
 

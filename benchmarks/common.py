@@ -83,13 +83,15 @@ def environment(device: torch.device) -> dict:
     return info
 
 
-def write_results(name: str, env: dict, rows: list[dict]) -> Path:
-    """Write ``results/<name>.json`` (environment + rows) and ``results/<name>.csv`` (rows)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_results(name: str, env: dict, rows: list[dict], folder: Path = RESULTS) -> Path:
+    """Write ``<folder>/<name>.json`` (environment + rows) and ``<folder>/<name>.csv`` (rows);
+    ``folder`` defaults to benchmarks/results."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     path.write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")
     keys = sorted({k for row in rows for k in row})
-    with open(RESULTS / f"{name}.csv", "w", newline="") as fh:
+    with open(folder / f"{name}.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
@@ -105,3 +107,76 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Device time (CUDA graphs) and host time, measured apart
+# ----------------------------------------------------------------------------------------------
+
+#: HBM bandwidth (GB/s) by device-name fragment, most specific first: the roofline of
+#: memory-bound kernels. Pass --peak-gbps for another card.
+HBM_PEAK_GBPS = (("H200", 4800.0), ("H100 NVL", 3900.0), ("H100 PCIe", 2000.0), ("H100", 3350.0),
+                 ("A100-SXM4-80GB", 2039.0), ("A100 80GB", 1935.0), ("A100", 1555.0))
+
+
+def hbm_peak_gbps(device_name: str | None) -> float | None:
+    """The HBM roofline of the named device (GB/s), or None when unknown."""
+    for fragment, gbps in HBM_PEAK_GBPS:
+        if device_name and fragment in device_name:
+            return gbps
+    return None
+
+
+def host_enqueue_us(fn, device: torch.device, repeats: int = 10) -> float:
+    """Median host time (us) to issue one call of ``fn``: the device is idle when each call
+    starts (synchronized), and the clock stops when the call returns, before its work finishes.
+    On a CPU device this is the whole call."""
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e6)
+    sync(device)
+    return statistics.median(times)
+
+
+def device_time_cuda_graph(fn, device: torch.device, replays: int = 20, warmup: int = 3,
+                           flush_mib: int = 256) -> dict:
+    """Device time of ``fn``: captured once in a CUDA graph (after ``warmup`` eager calls on a
+    side stream), then replayed ``replays`` times, each replay timed with CUDA events and preceded
+    (outside the events) by a write of ``flush_mib`` MiB, so no replay finds its inputs in L2.
+    Returns ``device_ms`` (median), ``device_ms_min``, or ``device_error`` when ``fn`` cannot be
+    captured. The host is out of the loop: this is what the GPU spends on the case."""
+    if device.type != "cuda":
+        return {"device_ms": None, "device_error": "device time needs CUDA"}
+    try:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                fn()
+        torch.cuda.current_stream(device).wait_stream(side)
+        torch.cuda.synchronize(device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        flush = torch.empty(flush_mib * 2**20, dtype=torch.int8, device=device)
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
+        graph.replay()  # first replay: uploads the graph
+        for start, end in zip(starts, ends):
+            flush.zero_()
+            start.record()
+            graph.replay()
+            end.record()
+        torch.cuda.synchronize(device)
+        times = [s.elapsed_time(e) for s, e in zip(starts, ends)]
+        del graph, flush
+        return {"device_ms": statistics.median(times), "device_ms_min": min(times)}
+    except Exception as exc:  # report, keep going
+        try:
+            torch.cuda.synchronize(device)
+        except Exception:  # pragma: no cover - a broken capture may leave an error behind
+            pass
+        return {"device_ms": None, "device_error": f"{type(exc).__name__}: {exc}"[:300]}

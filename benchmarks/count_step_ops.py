@@ -3,8 +3,8 @@
 One step = ``loss = reg(model, images, labels)`` (or plain cross-entropy), ``zero_grad``,
 ``backward``, ``optimizer.step`` of the small MNIST CNN, batch 8, after one warm-up step. Triton
 launches are counted by wrapping the launch entry of the interpreter (on CPU: run with
-TRITON_INTERPRET=1 and ``--backend triton``) or of the JIT (on a GPU: ``--device cuda``), so the count does not depend on
-flowtriton's own bookkeeping; torch ops are the profiler's top-level ``aten::`` events (one per op
+TRITON_INTERPRET=1 and ``--backend triton``) or of the JIT (on a GPU: ``--device cuda``), so the count
+does not depend on flowtriton's own bookkeeping; torch ops are the profiler's top-level ``aten::`` events (one per op
 the code issues, forward and backward; ops nested inside another aten op are not counted again). The difference between
 the FGR and the plain step is what the regularizer adds, the model's double backward included.
 

@@ -4,13 +4,16 @@
 # from this source tree without touching an index, says clearly what is missing, logs to
 # benchmarks/results/, and copies at most 8 result files into $OUT when it is set.
 #
-#   bash benchmarks/gpu_suite.sh check       # environment, GPU, imports, one warp on the GPU   (~1 min)
+#   bash benchmarks/gpu_suite.sh check       # environment, GPU, imports, the ops on the GPU    (~1 min)
 #   bash benchmarks/gpu_suite.sh tests       # gpu-marked tests, CUDA-vs-reference tests          (~5 min)
-#   bash benchmarks/gpu_suite.sh bench       # warp, FGR step, attack benchmarks; op counts     (~6 min)
+#   bash benchmarks/gpu_suite.sh bench       # host overhead, warp and FGR (device + host time),
+#                                            # graphed steps, attack benchmarks; op counts      (~9 min)
 #   bash benchmarks/gpu_suite.sh reproduce   # the authors' CIFAR-10 recipe in stages (examples/gpu_recipe.py)
 #   bash benchmarks/gpu_suite.sh all         # check + tests + bench, back to back
-#   bash benchmarks/gpu_suite.sh lease       # check + the whole test suite + bench, capped to fit
-#                                            # one 15-minute lease (LEASE_S seconds, default 480)
+#   bash benchmarks/gpu_suite.sh lease       # every GPU figure of the README in one capped run
+#                                            # (LEASE_S seconds, default 480): check, the eager/traced
+#                                            # tests, host overhead, device-time warp and penalty,
+#                                            # graphed steps, then the rest of the test suite
 #
 # Missing pure-Python packages can travel as wheels in .whl/ (see the README's GPU section); they
 # are installed from there with --no-index.
@@ -62,10 +65,17 @@ check() {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
   "$PY" - <<'EOF'
 import torch, flowtriton
+from flowtriton.kernels import utils as ku
 x = torch.rand(4, 3, 32, 32, device="cuda"); f = torch.randn(4, 2, 32, 32, device="cuda").requires_grad_()
-out = flowtriton.warp(x, f, backend="triton"); ref = flowtriton.warp(x, f.detach(), backend="torch")
-(g,) = torch.autograd.grad(out.sum(), f)
-print("warp on the GPU: max |triton - torch| =", (out - ref).abs().max().item(), " grad finite:", bool(torch.isfinite(g).all()))
+g = torch.randn_like(x).requires_grad_()
+for attempt in ("JIT launch", "cached handle"):  # the second call of each kernel takes the handle path
+    out = flowtriton.warp(x, f, backend="triton"); ref = flowtriton.warp(x, f.detach(), backend="torch")
+    (gf,) = torch.autograd.grad(out.sum(), f); (gr,) = torch.autograd.grad(ref.sum(), f)
+    p = flowtriton.flow_gradient_penalty(x, g, backend="triton"); q = flowtriton.flow_gradient_penalty(x, g, backend="torch")
+    (dp,) = torch.autograd.grad(p.sum(), g); (dq,) = torch.autograd.grad(q.sum(), g)
+    print(f"{attempt} (handles {'on' if ku.USE_HANDLES else 'off'}): warp max |triton - torch| = "
+          f"{(out - ref).abs().max().item():.2e}, flow grad {(gf - gr).abs().max().item():.2e}; penalty rel. "
+          f"{((p - q).abs().max() / q.abs().max()).item():.2e}, grad rel. {((dp - dq).abs().max() / dq.abs().max()).item():.2e}")
 EOF
 }
 
@@ -76,8 +86,10 @@ tests() {
 }
 
 bench() {
-  timeout 120 "$PY" benchmarks/bench_warp.py --device cuda
-  timeout 200 "$PY" benchmarks/bench_fgr.py --device cuda --case-timeout 60
+  timeout 60 "$PY" benchmarks/bench_host_overhead.py --device cuda
+  timeout 240 "$PY" benchmarks/bench_warp.py --device cuda
+  timeout 300 "$PY" benchmarks/bench_fgr.py --device cuda --case-timeout 60
+  timeout 120 "$PY" benchmarks/bench_graph_step.py --device cuda
   timeout 60 "$PY" benchmarks/count_step_ops.py --backend triton --device cuda --json benchmarks/results/step_ops_cuda.json
   # No advertorch or ADef reference code there: flowtriton's own attack throughput only.
   timeout 120 "$PY" benchmarks/bench_attacks.py --device cuda --no-advertorch --throughput --quick \
@@ -97,24 +109,33 @@ capped() {  # capped SECONDS CMD...: run CMD under min(SECONDS, time left); skip
 }
 
 lease() {
-  # Everything a short lease can prove, most important first: the kernels work on the GPU, the
-  # whole test suite passes with CUDA as the device (packaging and the CPU cubin-build checks
-  # left out: they test this machine's set-up, not the GPU), then the benchmarks.
+  # Every GPU figure the README quotes, most important first, inside LEASE_S seconds (default 480):
+  # the ops work on the GPU (check, then the tests that compare the eager and traced routes and
+  # the GPU-marked ones), host overhead on the real driver, device time (CUDA-graph replays) of
+  # the warp and the penalty at GPU-bound sizes, the graphed training steps; then the rest of the
+  # test suite with the time left (packaging and the CPU cubin-build checks left out: they test
+  # this machine's set-up, not the GPU), op counts and attacks if time remains.
   deadline=$(( $(date +%s) + ${LEASE_S:-480} ))
   check
   local xdist=(); "$PY" -c "import xdist" 2>/dev/null && xdist=(-n 8)
-  # LEASE_TESTS: test files or node ids (default: the whole suite); LEASE_SKIP: benchmarks to
-  # leave out (warp fgr ops attacks), e.g. on a second lease that only re-checks fixes.
-  # shellcheck disable=SC2086
-  CI=true capped 200 "$PY" -m pytest -q -p no:cacheprovider "${xdist[@]}" ${LEASE_TESTS:-tests} \
-    --ignore=tests/test_packaging.py --ignore=tests/test_kernels_compile.py \
-    --junitxml=benchmarks/results/tests_cuda.xml -rfE
+  # LEASE_SKIP: items to leave out (first host warp fgr graph tests ops attacks), e.g. on a second
+  # lease that only re-checks fixes; LEASE_TESTS: test files or node ids for the suite (default all).
   local skip=" ${LEASE_SKIP:-} "
-  [[ $skip == *" warp "* ]] || capped 60 "$PY" benchmarks/bench_warp.py --device cuda
-  [[ $skip == *" fgr "* ]] || capped 170 "$PY" benchmarks/bench_fgr.py --device cuda --case-timeout 45
+  [[ $skip == *" first "* ]] || CI=true capped 60 "$PY" -m pytest -q -p no:cacheprovider -x \
+    tests/test_eager_path.py tests/test_library_ops.py tests/test_warp_gpu.py -rfE
+  [[ $skip == *" host "* ]] || capped 40 "$PY" benchmarks/bench_host_overhead.py --device cuda
+  [[ $skip == *" warp "* ]] || capped 90 "$PY" benchmarks/bench_warp.py --device cuda --quick --paddings zeros border
+  [[ $skip == *" fgr "* ]] || capped 90 "$PY" benchmarks/bench_fgr.py --device cuda --skip-steps --repeats 5 \
+    --replays 10
+  [[ $skip == *" graph "* ]] || capped 70 "$PY" benchmarks/bench_graph_step.py --device cuda --steps 20
+  # shellcheck disable=SC2086
+  [[ $skip == *" tests "* ]] || CI=true capped 200 "$PY" -m pytest -q -p no:cacheprovider "${xdist[@]}" \
+    ${LEASE_TESTS:-tests} --ignore=tests/test_packaging.py --ignore=tests/test_kernels_compile.py \
+    --junitxml=benchmarks/results/tests_cuda.xml -rfE
   [[ $skip == *" ops "* ]] || capped 30 "$PY" benchmarks/count_step_ops.py --backend triton --device cuda \
     --json benchmarks/results/step_ops_cuda.json
-  [[ $skip == *" attacks "* ]] || capped 90 "$PY" benchmarks/bench_attacks.py --device cuda --no-advertorch --throughput --quick
+  [[ $skip == *" attacks "* ]] || capped 60 "$PY" benchmarks/bench_attacks.py --device cuda --no-advertorch \
+    --throughput --quick
   if [ -n "${LEASE_FRONTIER:-}" ]; then
     # What is left of the lease: MNIST frontier points on the GPU (cost per point on this card);
     # needs MNIST under $FLOWTRITON_DATA. Finished points come back in the results archive.

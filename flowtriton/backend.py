@@ -134,3 +134,28 @@ def traced(*tensors: torch.Tensor) -> bool:
         if type(t) not in _PLAIN_TENSORS:
             return True
     return False
+
+
+_raw_apply = torch._C._FunctionBase.__dict__.get("apply")
+_unwrap_if_dead = getattr(getattr(torch._C, "_functorch", None), "unwrap_if_dead", None)
+
+
+def eager_apply(function: type[torch.autograd.Function]):
+    """``function.apply`` for two leading tensor arguments, without ``Function.apply``'s Python
+    wrapper (1-2 us per call), for use only where :func:`traced` is False. That wrapper binds
+    default arguments when ``setup_context`` is defined (not for these Functions), hands over to
+    functorch when a transform is active (excluded by :func:`traced`), and otherwise unwraps dead
+    functorch wrappers before the C++ ``apply``: this does that last step itself. Falls back to
+    ``function.apply`` on a torch without these internals."""
+    from torch.autograd.function import _is_setup_context_defined
+
+    if _raw_apply is None or _unwrap_if_dead is None or _is_setup_context_defined(function.setup_context):
+        return function.apply
+    raw = _raw_apply.__get__(None, function)
+    unwrap = _unwrap_if_dead
+
+    def apply(first, second, *rest):
+        return raw(unwrap(first), unwrap(second), *rest)
+
+    apply.__doc__ = f"{function.__name__}.apply (see flowtriton.backend.eager_apply)"
+    return apply

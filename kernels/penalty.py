@@ -37,7 +37,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import TRITON_DTYPES, block_size, compute_dtype, grid_1d, launch, penalty_block_size, program_pixels
+from . import utils as _utils
+from .utils import (LaunchConfig, block_size, cached_config, compute_dtype, grid_1d, launch_config, penalty_block_size,
+                    program_pixels)
 
 SCHEMES = ("forward", "central")
 
@@ -214,71 +216,89 @@ def _image_vjp_kernel(g_ptr, field_ptr, coef_ptr, out_ptr, C, H, W, scale_x, sca
 
 
 # ----------------------------------------------------------------------------------------------
-# Launchers: assert, allocate, launch. ``scale`` is (s_x, s_y); ``coef`` an optional (N,) tensor
-# (any stride, e.g. the expanded gradient of a mean) multiplied by ``coef_scale``.
+# Launchers: allocate, launch with a configuration cached per (shape, dtype, scheme, variant).
+# ``scale`` is (s_x, s_y); ``coef`` an optional (N,) tensor (any stride, e.g. the expanded
+# gradient of a mean) multiplied by ``coef_scale``. They trust their callers (the functional layer
+# validates once, at the public entry): images (N, C, H, W) and fields (N, 2, H, W) of one dtype
+# and device, contiguous.
 # ----------------------------------------------------------------------------------------------
 
-def _check_images(*tensors: torch.Tensor) -> None:
-    first = tensors[0]
-    assert first.dim() == 4, first.shape
-    assert first.dtype in TRITON_DTYPES, first.dtype
-    for t in tensors:
-        assert t.shape == first.shape, (t.shape, first.shape)
-        assert t.dtype == first.dtype and t.device == first.device, (t.dtype, t.device, first.dtype, first.device)
-        assert t.is_contiguous(), "inputs must be contiguous"
+_PENALTY, _FLOW_GRADIENT, _JVP_FROM_GRAD_COEF = ("penalty",), ("flow_gradient",), ("flow_jvp", True, True)
+_VARIANTS = {  # variant name -> (kernel name, the constexpr flags its remaining entries set)
+    "penalty": ("_penalty_partial_kernel", ()),
+    "flow_gradient": ("_flow_gradient_kernel", ()),
+    "flow_jvp": ("_flow_jvp_kernel", ("FIELD_FROM_GRAD", "HAS_COEF")),
+    "image_vjp": ("_image_vjp_kernel", ("HAS_COEF",)),
+}
 
 
-def _check_field(field: torch.Tensor, like: torch.Tensor) -> None:
-    n, _, h, w = like.shape
-    assert field.shape == (n, 2, h, w), (field.shape, like.shape)
-    assert field.dtype == like.dtype and field.device == like.device, (field.dtype, like.dtype)
-    assert field.is_contiguous(), "field must be contiguous"
+def _config(variant: tuple, shape, dtype: torch.dtype, scheme: str, scale, coef_stride: int = 0,
+            coef_scale: float = 1.0) -> LaunchConfig:
+    """Grid, constexprs and every scalar argument of one kernel for (variant, shape, dtype,
+    scheme, scale, coef stride and scale), cached; ``variant`` is (name, *flags). Triton
+    specializes on the coefficient's (integer) stride, not on the float scales: those are in the
+    key only so that a launch passes nothing but its pointers. ``cfg.extra`` is (block, blocks per
+    image)."""
+    key = (variant, shape, dtype, scheme, scale, coef_stride, coef_scale, _utils._forced_block)
+    cfg = _utils._configs.get(key)
+    if cfg is not None:
+        return cfg
 
+    def make():
+        n, c, h, w = shape
+        name, flag_names = _VARIANTS[variant[0]]
+        block = penalty_block_size(h * w) if variant[0] == "penalty" else block_size(h * w)
+        blocks = triton.cdiv(h * w, block)
+        constexprs = dict(CENTRAL=scheme == "central", **dict(zip(flag_names, variant[1:])),
+                          IS_FP64=dtype == torch.float64, BLOCK=block)
+        ints = (c, h, w, blocks) if variant[0] == "penalty" else (c, h, w)
+        scalars = ints + (float(scale[0]), float(scale[1]))
+        if variant[0] in ("flow_jvp", "image_vjp"):
+            scalars += (coef_stride, float(coef_scale))
+        return LaunchConfig(globals()[name], grid_1d(n, h * w, block), ints, constexprs, scalars=scalars,
+                            extra=(block, blocks))
 
-def _coef_args(coef: torch.Tensor | None, like: torch.Tensor) -> tuple:
-    """(pointer, stride) of ``coef``; ``like`` and stride 0 when there is none (never read)."""
-    if coef is None:
-        return like, 0
-    assert coef.dim() == 1 and coef.shape[0] == like.shape[0], (coef.shape, like.shape)
-    assert coef.device == like.device and coef.dtype in TRITON_DTYPES, (coef.device, coef.dtype)
-    return coef, coef.stride(0)
-
-
-def _launch(like: torch.Tensor, scheme: str, block: int | None = None):
-    assert scheme in SCHEMES, scheme
-    n, c, h, w = like.shape
-    block = block or block_size(h * w)
-    common = dict(CENTRAL=scheme == "central", IS_FP64=like.dtype == torch.float64, BLOCK=block)
-    return grid_1d(n, h * w, block), common
+    return cached_config(key, make)
 
 
 def penalty(image: torch.Tensor, grad_image: torch.Tensor, scheme: str,
             scale: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
     """(N,) ``sum ||B(image, grad_image)||^2`` per example, in float32 (float64 for float64)."""
-    _check_images(image, grad_image)
-    n, c, h, w = image.shape
+    n = image.shape[0]
     if image.numel() == 0:
         return torch.zeros(n, dtype=compute_dtype(image.dtype), device=image.device)
-    block = penalty_block_size(h * w)
-    blocks = triton.cdiv(h * w, block)
-    grid, common = _launch(image, scheme, block)
-    partial = torch.empty((n, blocks), dtype=compute_dtype(image.dtype), device=image.device)
-    launch(_penalty_partial_kernel, grid, image, image, grad_image, partial, c, h, w, blocks,
-           float(scale[0]), float(scale[1]), **common)
-    return partial.view(n) if blocks == 1 else partial.sum(dim=1)
+    cfg = _config(_PENALTY, image.shape, image.dtype, scheme, scale)
+    blocks = cfg.extra[1]
+    if image.dtype == torch.float32 or image.dtype == torch.float64:  # positional sizes: the cheapest allocation
+        partial = image.new_empty(n, blocks) if blocks > 1 else image.new_empty(n)
+    else:
+        partial = torch.empty((n, blocks) if blocks > 1 else (n,), dtype=torch.float32, device=image.device)
+    launch_config(cfg, partial, (image, grad_image, partial))
+    return partial if blocks == 1 else partial.sum(dim=1)
 
 
 def flow_gradient(image: torch.Tensor, grad_image: torch.Tensor, scheme: str,
                   scale: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
     """(N, 2, H, W) ``B(image, grad_image)`` in the inputs' dtype."""
-    _check_images(image, grad_image)
     n, c, h, w = image.shape
-    out = torch.empty((n, 2, h, w), dtype=image.dtype, device=image.device)
+    out = image.new_empty(n, 2, h, w)
     if image.numel() == 0:
         return out.zero_()
-    grid, common = _launch(image, scheme)
-    launch(_flow_gradient_kernel, grid, image, image, grad_image, out, c, h, w,
-           float(scale[0]), float(scale[1]), **common)
+    cfg = _config(_FLOW_GRADIENT, image.shape, image.dtype, scheme, scale)
+    launch_config(cfg, out, (image, grad_image, out))
+    return out
+
+
+def penalty_grad(image: torch.Tensor, grad_image: torch.Tensor, coef: torch.Tensor, scheme: str,
+                 scale: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
+    """(N, C, H, W) gradient of ``sum_n coef[n] P_n`` w.r.t. ``grad_image``: ``2 coef[n] J(image,
+    B(image, grad_image))`` in one kernel (:func:`flow_jvp` with the field computed on the fly),
+    on the shortest path (the backward of every FGR step goes through here)."""
+    out = torch.empty_like(image)
+    if image.numel() == 0:
+        return out.zero_()
+    cfg = _config(_JVP_FROM_GRAD_COEF, image.shape, image.dtype, scheme, scale, coef.stride(0), 2.0)
+    launch_config(cfg, out, (image, grad_image, image, coef, out), guard=(image, grad_image, coef, out))
     return out
 
 
@@ -288,22 +308,19 @@ def flow_jvp(image: torch.Tensor, scheme: str, scale: tuple[float, float] = (1.0
     """(N, C, H, W) ``coef_scale * coef[n] * J(image, T)`` with ``T = field`` or, given
     ``grad_image`` instead, ``T = B(image, grad_image)`` computed on the fly (then, with
     ``coef_scale=2``, the result is the gradient of ``sum_n coef[n] P_n`` w.r.t. ``grad_image``)."""
-    assert (field is None) != (grad_image is None), "give exactly one of field, grad_image"
-    if grad_image is not None:
-        _check_images(image, grad_image)
-    else:
-        _check_images(image)
-        _check_field(field, image)
-    n, c, h, w = image.shape
     out = torch.empty_like(image)
     if image.numel() == 0:
         return out.zero_()
-    grid, common = _launch(image, scheme)
     from_grad = grad_image is not None
-    coef_ptr, coef_stride = _coef_args(coef, image)
-    launch(_flow_jvp_kernel, grid, image, image, grad_image if from_grad else image,
-           field if not from_grad else image, coef_ptr, out, c, h, w, float(scale[0]), float(scale[1]),
-           coef_stride, float(coef_scale), FIELD_FROM_GRAD=from_grad, HAS_COEF=coef is not None, **common)
+    if from_grad == (field is not None):
+        raise ValueError("give exactly one of field, grad_image")
+    stride = 0 if coef is None else coef.stride(0)
+    cfg = _config(("flow_jvp", from_grad, coef is not None), image.shape, image.dtype, scheme, scale, stride,
+                  coef_scale)
+    other = grad_image if from_grad else field
+    launch_config(cfg, out, (image, grad_image if from_grad else image, image if from_grad else field,
+                             image if coef is None else coef, out),
+                  guard=(image, other, out) if coef is None else (image, other, coef, out))
     return out
 
 
@@ -312,15 +329,12 @@ def image_vjp(grad_image: torch.Tensor, field: torch.Tensor, scheme: str,
               coef_scale: float = 1.0) -> torch.Tensor:
     """(N, C, H, W) ``coef_scale * coef[n] * K(grad_image, field)``: the gradient of
     ``<B(x, grad_image), field>`` w.r.t. the image ``x``."""
-    _check_images(grad_image)
-    _check_field(field, grad_image)
-    n, c, h, w = grad_image.shape
     out = torch.empty_like(grad_image)
     if grad_image.numel() == 0:
         return out.zero_()
-    grid, common = _launch(grad_image, scheme)
-    coef_ptr, coef_stride = _coef_args(coef, grad_image)
-    launch(_image_vjp_kernel, grid, grad_image, grad_image, field, coef_ptr, out, c, h, w,
-           float(scale[0]), float(scale[1]), coef_stride, float(coef_scale),
-           HAS_COEF=coef is not None, **common)
+    stride = 0 if coef is None else coef.stride(0)
+    cfg = _config(("image_vjp", coef is not None), grad_image.shape, grad_image.dtype, scheme, scale, stride,
+                  coef_scale)
+    launch_config(cfg, out, (grad_image, field, grad_image if coef is None else coef, out),
+                  guard=(grad_image, field, out) if coef is None else (grad_image, field, coef, out))
     return out

@@ -17,8 +17,10 @@ over channels:
 * ``_warp_scatter_kernel``: ``grad_image[corner_k(p)] += coef_k(p) * go(p)`` with coef = w
   (backward w.r.t. the image) or ``dw . t`` (double backward), with atomics.
 
-Launchers (``warp_gather``, ``warp_grad_flow``, ``warp_scatter``) check shapes and dtypes,
-allocate outputs and pick the grid. No autograd, no dispatch, no GPU query at import time.
+Launchers (``warp_gather``, ``warp_grad_flow``, ``warp_scatter``) allocate outputs and launch
+with a launch configuration cached per (shape, dtype, padding mode, variant); they trust their
+callers (``flowtriton.ops`` validates at the public entry). No autograd, no dispatch, no GPU query
+at import time.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import alert_nondeterministic, block_size, compute_dtype, grid_1d, launch, program_pixels
+from . import utils as _utils
+from .utils import (LaunchConfig, alert_nondeterministic, block_size, cached_config, compute_dtype, grid_1d,
+                    launch_config, program_pixels)
 
 PADDING_CODES = {"zeros": 0, "border": 1, "reflection": 2}
 
@@ -229,42 +233,67 @@ def _inv_period(size: int) -> float:
     return 1.0 / (2.0 * (size - 1)) if size > 1 else 0.0
 
 
-def _check(image: torch.Tensor, flow: torch.Tensor, name: str = "image") -> None:
-    assert image.dim() == 4 and flow.dim() == 4, (image.shape, flow.shape)
-    assert flow.shape == (image.shape[0], 2, image.shape[2], image.shape[3]), (image.shape, flow.shape)
-    assert image.is_contiguous() and flow.is_contiguous(), f"{name} and flow must be contiguous"
-    assert image.device == flow.device, (image.device, flow.device)
+_FLAGS = {  # variant name -> the constexpr flags its remaining entries set, and the kernel
+    "gather": (("HAS_VALUE", "HAS_TANGENT"), "_warp_gather_kernel"),
+    "grad_flow": (("HAS_FIRST", "HAS_CROSS"), "_warp_grad_flow_kernel"),
+    "scatter": (("USE_TANGENT",), "_warp_scatter_kernel"),
+}
 
 
-def _launch_args(image_like: torch.Tensor, padding_mode: str):
-    n, c, h, w = image_like.shape
-    block = block_size(h * w)
-    grid = grid_1d(n, h * w, block)
-    common = dict(PAD=PADDING_CODES[padding_mode], IS_FP64=image_like.dtype == torch.float64, BLOCK=block)
-    return grid, (c, h, w, _inv_period(w), _inv_period(h)), common
+def _config(variant: tuple, shape, dtype: torch.dtype, padding_mode: str) -> LaunchConfig:
+    """Grid, sizes and constexprs of one warp kernel for (variant, shape, dtype, padding mode),
+    cached; ``variant`` is (name, *flags)."""
+    key = (variant, shape, dtype, padding_mode, _utils._forced_block)
+    cfg = _utils._configs.get(key)
+    if cfg is not None:
+        return cfg
+
+    def make():
+        n, c, h, w = shape
+        names, kernel = _FLAGS[variant[0]]
+        block = block_size(h * w)
+        constexprs = dict(PAD=PADDING_CODES[padding_mode], **dict(zip(names, variant[1:])),
+                          IS_FP64=dtype == torch.float64, BLOCK=block)
+        return LaunchConfig(globals()[kernel], grid_1d(n, h * w, block), (c, h, w), constexprs,
+                            scalars=(c, h, w, _inv_period(w), _inv_period(h)))
+
+    return cached_config(key, make)
+
+
+# The launchers trust their callers (the functional layer validates once, at the public entry):
+# flow (N, 2, H, W), the other tensors (N, C, H, W) of the same dtype and device, all contiguous.
+
+_PLAIN_GATHER = ("gather", True, False)
+
+
+def warp_forward(image: torch.Tensor, flow: torch.Tensor, padding_mode: str) -> torch.Tensor:
+    """``warp(image, flow)``: :func:`warp_gather` with only ``value_src``, on the shortest path (the
+    forward of every warp goes through here)."""
+    out = torch.empty_like(image)
+    if image.numel() == 0:
+        return out.zero_()
+    cfg = _config(_PLAIN_GATHER, image.shape, image.dtype, padding_mode)
+    launch_config(cfg, out, (image, image, flow, flow, out), guard=(image, flow, out))
+    return out
 
 
 def warp_gather(flow: torch.Tensor, padding_mode: str, value_src: torch.Tensor | None = None,
                 tangent_src: torch.Tensor | None = None, tangent: torch.Tensor | None = None,
                 out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """``warp(value_src, flow) + jvp(tangent_src, flow; tangent)``, (N, C, H, W)."""
-    assert value_src is not None or tangent_src is not None
-    assert (tangent_src is None) == (tangent is None)
     ref = value_src if value_src is not None else tangent_src
-    _check(ref, flow)
-    if tangent_src is not None:
-        _check(tangent_src, tangent, "tangent_src")
-        assert tangent.shape == flow.shape and tangent_src.shape == ref.shape
+    if out_dtype is None or out_dtype == ref.dtype:
+        out = torch.empty_like(ref)
+    else:
+        out = torch.empty(ref.shape, dtype=out_dtype, device=ref.device)
     if ref.numel() == 0:
-        return torch.zeros(ref.shape, dtype=out_dtype or ref.dtype, device=ref.device)
-    out = torch.empty(ref.shape, dtype=out_dtype or ref.dtype, device=ref.device)
-    grid, sizes, common = _launch_args(ref, padding_mode)
-    launch(
-        _warp_gather_kernel, grid, out,
-        value_src if value_src is not None else tangent_src,
-        tangent_src if tangent_src is not None else value_src,
-        flow, tangent if tangent is not None else flow, out, *sizes,
-        HAS_VALUE=value_src is not None, HAS_TANGENT=tangent_src is not None, **common)
+        return out.zero_()
+    has_value, has_tangent = value_src is not None, tangent_src is not None
+    cfg = _config(("gather", has_value, has_tangent), ref.shape, ref.dtype, padding_mode)
+    launch_config(cfg, out, (value_src if has_value else tangent_src, tangent_src if has_tangent else value_src,
+                             flow, tangent if has_tangent else flow, out),
+                  guard=(ref, tangent_src, flow, tangent, out) if has_value and has_tangent else
+                  (ref, flow, tangent, out) if has_tangent else (ref, flow, out))
     return out
 
 
@@ -273,23 +302,15 @@ def warp_grad_flow(flow: torch.Tensor, grad_out: torch.Tensor, padding_mode: str
                    tangent: torch.Tensor | None = None) -> torch.Tensor:
     """``sum_c grad_out * d warp(src)/d flow`` plus the mixed term for ``cross_src`` along
     ``tangent``; (N, 2, H, W) in ``flow.dtype``."""
-    assert src is not None or cross_src is not None
-    assert (cross_src is None) == (tangent is None)
-    _check(grad_out, flow, "grad_out")
-    for t in (src, cross_src):
-        if t is not None:
-            assert t.shape == grad_out.shape and t.is_contiguous(), (t.shape, grad_out.shape)
-    if tangent is not None:
-        assert tangent.shape == flow.shape and tangent.is_contiguous()
-    out = torch.empty(flow.shape, dtype=flow.dtype, device=flow.device)
+    out = torch.empty_like(flow)
     if flow.numel() == 0:
         return out
-    grid, sizes, common = _launch_args(grad_out, padding_mode)
-    launch(
-        _warp_grad_flow_kernel, grid, out,
-        src if src is not None else cross_src, cross_src if cross_src is not None else src,
-        flow, tangent if tangent is not None else flow, grad_out, out, *sizes,
-        HAS_FIRST=src is not None, HAS_CROSS=cross_src is not None, **common)
+    has_first, has_cross = src is not None, cross_src is not None
+    cfg = _config(("grad_flow", has_first, has_cross), grad_out.shape, grad_out.dtype, padding_mode)
+    launch_config(cfg, out, (src if has_first else cross_src, cross_src if has_cross else src,
+                             flow, tangent if has_cross else flow, grad_out, out),
+                  guard=(src, cross_src, flow, tangent, grad_out, out) if has_first and has_cross else
+                  (cross_src, flow, tangent, grad_out, out) if has_cross else (src, flow, grad_out, out))
     return out
 
 
@@ -297,16 +318,12 @@ def warp_scatter(flow: torch.Tensor, grad_out: torch.Tensor, padding_mode: str,
                  tangent: torch.Tensor | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Adjoint of the warp w.r.t. the image: scatter ``grad_out`` into the four corners with the
     bilinear weights (or their derivative along ``tangent``); (N, C, H, W)."""
-    _check(grad_out, flow, "grad_out")
-    if tangent is not None:
-        assert tangent.shape == flow.shape and tangent.is_contiguous()
     acc = torch.zeros(grad_out.shape, dtype=compute_dtype(grad_out.dtype), device=grad_out.device)
     if grad_out.numel() > 0:
         alert_nondeterministic("flowtriton warp backward w.r.t. the image (atomic scatter)")
-        grid, sizes, common = _launch_args(grad_out, padding_mode)
-        launch(
-            _warp_scatter_kernel, grid, acc,
-            grad_out, flow, tangent if tangent is not None else flow, acc, *sizes,
-            USE_TANGENT=tangent is not None, **common)
+        use_tangent = tangent is not None
+        cfg = _config(("scatter", use_tangent), grad_out.shape, grad_out.dtype, padding_mode)
+        launch_config(cfg, acc, (grad_out, flow, tangent if use_tangent else flow, acc),
+                      guard=(grad_out, flow, tangent, acc) if use_tangent else (grad_out, flow, acc))
     want = out_dtype or grad_out.dtype
     return acc if acc.dtype == want else acc.to(want)

@@ -75,6 +75,8 @@ def drive_launchers(dtypes):
                         kp.flow_jvp(image, scheme, field=flow, coef=coef)
                         kp.flow_jvp(image, scheme, grad_image=other, coef=coef, coef_scale=2.0)
                         kp.image_vjp(other, flow, scheme, coef=coef, coef_scale=2.0)
+                        if coef is not None:  # the penalty's backward: the same kernel, its own entry
+                            kp.penalty_grad(image, other, coef, scheme)
     return records
 
 

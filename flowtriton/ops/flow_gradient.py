@@ -10,11 +10,19 @@ loss gradient ``g`` (N, C, H, W) and a flow field ``T`` (N, 2, H, W) close under
 
 so each one's backward is made of the other two: the Triton path is differentiable to any order
 with four kernels. Each map, and the penalty, is a ``torch.library`` custom op (namespace
-``flowtriton``) with its autograd registered, so ``torch.compile`` keeps it as one op. The penalty ``P = ||B(x, g)||^2`` per example is one fused kernel; its
+``flowtriton``) with its autograd registered, so ``torch.compile`` keeps it as one op. The penalty
+``P = ||B(x, g)||^2`` per example is one fused kernel; its
 backward is one more fused kernel (``dP/dg = 2 J(x, B(x, g))``, no (N, 2, H, W) intermediate)
 unless a graph is being built (``create_graph=True``), when it is composed from the
 differentiable Functions above. Training with FGR needs only the first: the second-order term
 goes through ``g``'s own graph (the network's double backward).
+
+In eager mode (no tracing, see :func:`flowtriton.backend.traced`) the public functions take a
+leaner route with the same structure: the launcher itself when no input needs a gradient, else an
+``autograd.Function`` (``FlowGradientFunction``, ``FlowJVPFunction``, ``ImageVJPFunction``,
+``FlowGradientPenaltyFunction``) whose backward applies the others when a graph is being built
+and calls the launchers directly when not. The custom ops stay for torch.compile, export, fake
+tensors and torch.func.
 """
 
 from __future__ import annotations
@@ -23,22 +31,43 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from ..backend import resolve_backend
+from ..backend import eager_apply, resolve_backend, traced
 from ..reference.flow_gradient import flow_gradient as ref_flow_gradient
 from ..reference.flow_gradient import flow_gradient_penalty as ref_penalty
 from ..reference.flow_gradient import flow_jvp as ref_flow_jvp
 from .units import UNITS, pixel_scale
-from .validation import check_choice, check_flow, check_image, check_same
+from .validation import check_choice, check_image_flow, check_image_pair
+
+SCHEMES = reference.SCHEMES
+
+_KP = None  # flowtriton.kernels.penalty, imported on the first Triton call: TRITON_INTERPRET must be set first
 
 
 def _kernels():
-    from ..kernels import penalty as k  # imported lazily: TRITON_INTERPRET must be set first
+    global _KP
+    if _KP is None:
+        from ..kernels import penalty as k
 
-    return k
+        _KP = k
+    return _KP
+
+
+def _c(t: Tensor) -> Tensor:
+    """Contiguous (the launchers read flat planes); the custom ops are an entry of their own."""
+    return t if t.is_contiguous() else t.contiguous()
+
+
+_PIXELS = (1.0, 1.0)
 
 
 def _scale(units: str, height: int, width: int) -> tuple[float, float]:
-    return (1.0, 1.0) if units == "pixels" else pixel_scale(height, width)
+    return _PIXELS if units == "pixels" else pixel_scale(height, width)
+
+
+def _check_op(image, grad_image, scheme):
+    check_image_pair(image, grad_image)
+    if scheme.__class__ is not str or scheme not in SCHEMES:
+        check_choice(scheme, SCHEMES, "scheme")
 
 
 # --- the three bilinear maps, differentiable to any order ---------------------------------------
@@ -46,7 +75,8 @@ def _scale(units: str, height: int, width: int) -> tuple[float, float]:
 @torch.library.custom_op("flowtriton::flow_gradient", mutates_args=())
 def flow_gradient_op(image: Tensor, grad_image: Tensor, scheme: str, sx: float, sy: float) -> Tensor:
     """B(x, g), (N, 2, H, W)."""
-    return _kernels().flow_gradient(image, grad_image, scheme, (sx, sy))
+    _check_op(image, grad_image, scheme)  # a torch.ops entry: the launchers do not check
+    return (_KP or _kernels()).flow_gradient(_c(image), _c(grad_image), scheme, (sx, sy))
 
 
 @flow_gradient_op.register_fake
@@ -57,7 +87,8 @@ def _(image, grad_image, scheme, sx, sy):
 @torch.library.custom_op("flowtriton::flow_jvp", mutates_args=())
 def flow_jvp_op(image: Tensor, field: Tensor, scheme: str, sx: float, sy: float) -> Tensor:
     """J(x, T), (N, C, H, W); ``<u, J(x, T)> = <B(x, u), T> = <x, K(u, T)>``."""
-    return _kernels().flow_jvp(image, scheme, (sx, sy), field=field)
+    check_image_flow(image, field, scheme, SCHEMES, "scheme", flow_name="field")
+    return (_KP or _kernels()).flow_jvp(_c(image), scheme, (sx, sy), field=_c(field))
 
 
 @flow_jvp_op.register_fake
@@ -68,7 +99,8 @@ def _(image, field, scheme, sx, sy):
 @torch.library.custom_op("flowtriton::image_vjp", mutates_args=())
 def image_vjp_op(grad_image: Tensor, field: Tensor, scheme: str, sx: float, sy: float) -> Tensor:
     """K(g, T), (N, C, H, W); ``<u, K(g, T)> = <B(u, g), T> = <g, J(u, T)>``."""
-    return _kernels().image_vjp(grad_image, field, scheme, (sx, sy))
+    check_image_flow(grad_image, field, scheme, SCHEMES, "scheme", image_name="grad_image", flow_name="field")
+    return (_KP or _kernels()).image_vjp(_c(grad_image), _c(field), scheme, (sx, sy))
 
 
 @image_vjp_op.register_fake
@@ -119,7 +151,9 @@ image_vjp_op.register_autograd(_image_vjp_backward, setup_context=_save)
 @torch.library.custom_op("flowtriton::flow_gradient_penalty", mutates_args=())
 def penalty_op(image: Tensor, grad_image: Tensor, scheme: str, sx: float, sy: float) -> Tensor:
     """(N,) ||B(x, g)||^2 per example, one fused kernel (two stages above 1024 pixels)."""
-    return _kernels().penalty(image, grad_image, scheme, (sx, sy)).to(image.dtype)
+    _check_op(image, grad_image, scheme)
+    out = (_KP or _kernels()).penalty(_c(image), _c(grad_image), scheme, (sx, sy))
+    return out if out.dtype == image.dtype else out.to(image.dtype)
 
 
 @penalty_op.register_fake
@@ -131,7 +165,7 @@ def _(image, grad_image, scheme, sx, sy):
 def _penalty_grad_wrt_grad(image: Tensor, grad_image: Tensor, grad_out: Tensor, scheme: str,
                            sx: float, sy: float) -> Tensor:
     """``2 grad_out[n] J(x, B(x, g))``: one fused kernel, no (N, 2, H, W) intermediate."""
-    return _kernels().flow_jvp(image, scheme, (sx, sy), grad_image=grad_image, coef=grad_out, coef_scale=2.0)
+    return (_KP or _kernels()).penalty_grad(_c(image), _c(grad_image), grad_out, scheme, (sx, sy))
 
 
 @_penalty_grad_wrt_grad.register_fake
@@ -143,7 +177,7 @@ def _(image, grad_image, grad_out, scheme, sx, sy):
 def _penalty_grad_wrt_image(image: Tensor, grad_image: Tensor, grad_out: Tensor, scheme: str,
                             sx: float, sy: float) -> Tensor:
     """``2 grad_out[n] K(g, B(x, g))``."""
-    k = _kernels()
+    k, image, grad_image = (_KP or _kernels()), _c(image), _c(grad_image)
     field = k.flow_gradient(image, grad_image, scheme, (sx, sy))
     return k.image_vjp(grad_image, field, scheme, (sx, sy), coef=grad_out, coef_scale=2.0)
 
@@ -177,14 +211,158 @@ def _penalty_backward(ctx, grad_out):
 penalty_op.register_autograd(_penalty_backward, setup_context=_save)
 
 
+# --- the eager route: autograd.Functions over the launchers --------------------------------------
+
+def _save_pair(ctx, first, second, scheme, sx, sy):
+    ctx.scheme, ctx.scale = scheme, (sx, sy)
+    ctx.save_for_backward(first, second)
+
+
+class FlowGradientFunction(torch.autograd.Function):
+    """B(x, g) in eager mode; differentiable to any order."""
+
+    @staticmethod
+    def forward(ctx, image, grad_image, scheme, sx, sy):
+        _save_pair(ctx, image, grad_image, scheme, sx, sy)
+        return _launch_flow_gradient(image, grad_image, scheme, (sx, sy))
+
+    @staticmethod
+    def backward(ctx, grad_field):
+        image, grad_image = ctx.saved_tensors
+        return (*_flow_gradient_vjp(ctx, image, grad_image, grad_field.contiguous()), None, None, None)
+
+
+class FlowJVPFunction(torch.autograd.Function):
+    """J(x, T) in eager mode; differentiable to any order."""
+
+    @staticmethod
+    def forward(ctx, image, field, scheme, sx, sy):
+        _save_pair(ctx, image, field, scheme, sx, sy)
+        return _launch_flow_jvp(image, field, scheme, (sx, sy))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        image, field = ctx.saved_tensors
+        grad_out, scheme, scale = grad_out.contiguous(), ctx.scheme, ctx.scale
+        graph, need = torch.is_grad_enabled(), ctx.needs_input_grad
+        d_image = d_field = None
+        if need[0]:
+            d_image = (ImageVJPFunction.apply(grad_out, field, scheme, *scale) if graph
+                       else _KP.image_vjp(grad_out, field, scheme, scale))
+        if need[1]:
+            d_field = (FlowGradientFunction.apply(image, grad_out, scheme, *scale) if graph
+                       else _KP.flow_gradient(image, grad_out, scheme, scale))
+        return d_image, d_field, None, None, None
+
+
+class ImageVJPFunction(torch.autograd.Function):
+    """K(g, T) in eager mode; differentiable to any order."""
+
+    @staticmethod
+    def forward(ctx, grad_image, field, scheme, sx, sy):
+        _save_pair(ctx, grad_image, field, scheme, sx, sy)
+        return (_KP or _kernels()).image_vjp(grad_image, field, scheme, (sx, sy))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_image, field = ctx.saved_tensors
+        grad_out, scheme, scale = grad_out.contiguous(), ctx.scheme, ctx.scale
+        graph, need = torch.is_grad_enabled(), ctx.needs_input_grad
+        d_grad = d_field = None
+        if need[0]:
+            d_grad = (FlowJVPFunction.apply(grad_out, field, scheme, *scale) if graph
+                      else _KP.flow_jvp(grad_out, scheme, scale, field=field))
+        if need[1]:
+            d_field = (FlowGradientFunction.apply(grad_out, grad_image, scheme, *scale) if graph
+                       else _KP.flow_gradient(grad_out, grad_image, scheme, scale))
+        return d_grad, d_field, None, None, None
+
+
+def _flow_gradient_vjp(ctx, image, grad_image, grad_field):
+    """(d image, d grad_image) of ``<B(image, grad_image), grad_field>``: K(g, .) and J(x, .)."""
+    scheme, scale = ctx.scheme, ctx.scale
+    graph, need = torch.is_grad_enabled(), ctx.needs_input_grad
+    d_image = d_grad = None
+    if need[0]:
+        d_image = (ImageVJPFunction.apply(grad_image, grad_field, scheme, *scale) if graph
+                   else _KP.image_vjp(grad_image, grad_field, scheme, scale))
+    if need[1]:
+        d_grad = (FlowJVPFunction.apply(image, grad_field, scheme, *scale) if graph
+                  else _KP.flow_jvp(image, scheme, scale, field=grad_field))
+    return d_image, d_grad
+
+
+class FlowGradientPenaltyFunction(torch.autograd.Function):
+    """The fused penalty in eager mode. Backward: the fused kernels without a graph; composed from
+    the differentiable Functions above when one is being built (``create_graph=True``)."""
+
+    @staticmethod
+    def forward(ctx, image, grad_image, scheme, sx, sy):
+        ctx.scheme, ctx.scale = scheme, (sx, sy)
+        ctx.save_for_backward(image, grad_image)
+        out = (_KP or _kernels()).penalty(image, grad_image, scheme, ctx.scale)
+        return out if out.dtype == image.dtype else out.to(image.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        image, grad_image = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        need_image, need_grad = need[0], need[1]
+        scheme, scale = ctx.scheme, ctx.scale
+        d_image = d_grad = None
+        if torch.is_grad_enabled():
+            field = FlowGradientFunction.apply(image, grad_image, scheme, *scale)
+            coef = (2.0 * grad_out).view(-1, 1, 1, 1)
+            if need_image:
+                d_image = coef * ImageVJPFunction.apply(grad_image, field, scheme, *scale)
+            if need_grad:
+                d_grad = coef * FlowJVPFunction.apply(image, field, scheme, *scale)
+            return d_image, d_grad, None, None, None
+        k = _KP
+        if need_grad:
+            d_grad = k.penalty_grad(image, grad_image, grad_out, scheme, scale)
+        if need_image:
+            field = k.flow_gradient(image, grad_image, scheme, scale)
+            d_image = k.image_vjp(grad_image, field, scheme, scale, coef=grad_out, coef_scale=2.0)
+        return d_image, d_grad, None, None, None
+
+
+_APPLY = {f: eager_apply(f) for f in (FlowGradientFunction, FlowJVPFunction, FlowGradientPenaltyFunction)}
+_penalty_apply = _APPLY[FlowGradientPenaltyFunction]
+
+
+# --- public functions ---------------------------------------------------------------------------
+
 def _check(image, grad_image, scheme, units):
-    check_image(image)
-    check_image(grad_image, "grad_image")
-    if grad_image.shape != image.shape:
-        raise ValueError(f"grad_image shape {tuple(grad_image.shape)} must equal image shape {tuple(image.shape)}")
-    check_same(grad_image, image, "grad_image", "image")
-    check_choice(scheme, reference.SCHEMES, "scheme")
-    check_choice(units, UNITS, "units")
+    check_image_pair(image, grad_image)
+    if scheme.__class__ is not str or scheme not in SCHEMES:
+        check_choice(scheme, SCHEMES, "scheme")
+    if units.__class__ is not str or units not in UNITS:
+        check_choice(units, UNITS, "units")
+
+
+def _launch_flow_gradient(image, grad_image, scheme, scale):
+    return (_KP or _kernels()).flow_gradient(image, grad_image, scheme, scale)
+
+
+def _launch_penalty(image, grad_image, scheme, scale):
+    out = (_KP or _kernels()).penalty(image, grad_image, scheme, scale)
+    return out if out.dtype == image.dtype else out.to(image.dtype)
+
+
+def _launch_flow_jvp(image, field, scheme, scale):
+    return (_KP or _kernels()).flow_jvp(image, scheme, scale, field=field)
+
+
+def _triton(function, op, launch, first, second, scheme, scale):
+    """The Triton route for validated inputs: the custom op ``op`` under tracing, else the
+    autograd.Function ``function`` when a gradient is needed, else the launcher ``launch``."""
+    first, second = _c(first), _c(second)
+    if traced(first, second):
+        return op(first, second, scheme, *scale)
+    if (first.requires_grad or second.requires_grad) and torch.is_grad_enabled():
+        return _APPLY[function](first, second, scheme, *scale)
+    return launch(first, second, scheme, scale)
 
 
 def flow_gradient(image: torch.Tensor, grad_image: torch.Tensor, scheme: str = "forward",
@@ -201,7 +379,7 @@ def flow_gradient(image: torch.Tensor, grad_image: torch.Tensor, scheme: str = "
     scale = _scale(units, image.shape[2], image.shape[3])
     if resolve_backend(backend, image) == "torch":
         return ref_flow_gradient(image, grad_image, scheme, scale)
-    return flow_gradient_op(image.contiguous(), grad_image.contiguous(), scheme, *scale)
+    return _triton(FlowGradientFunction, flow_gradient_op, _launch_flow_gradient, image, grad_image, scheme, scale)
 
 
 def flow_gradient_penalty(image: torch.Tensor, grad_image: torch.Tensor, scheme: str = "forward",
@@ -213,10 +391,15 @@ def flow_gradient_penalty(image: torch.Tensor, grad_image: torch.Tensor, scheme:
     differentiable again, as FGR's double backpropagation and gradgradcheck need.
     """
     _check(image, grad_image, scheme, units)
-    scale = _scale(units, image.shape[2], image.shape[3])
+    scale = _PIXELS if units == "pixels" else pixel_scale(image.shape[2], image.shape[3])
     if resolve_backend(backend, image) == "torch":
         return ref_penalty(image, grad_image, scheme, scale)
-    return penalty_op(image.contiguous(), grad_image.contiguous(), scheme, *scale)
+    image, grad_image = _c(image), _c(grad_image)
+    if traced(image, grad_image):
+        return penalty_op(image, grad_image, scheme, *scale)
+    if (image.requires_grad or grad_image.requires_grad) and torch.is_grad_enabled():
+        return _penalty_apply(image, grad_image, scheme, *scale)
+    return _launch_penalty(image, grad_image, scheme, scale)
 
 
 def flow_jvp(image: torch.Tensor, flow: torch.Tensor, scheme: str = "forward",
@@ -226,9 +409,7 @@ def flow_jvp(image: torch.Tensor, flow: torch.Tensor, scheme: str = "forward",
     ``grad_image``). With scheme='forward' it is the derivative of the clamped gather sampler
     along ``flow``. Differentiable in both inputs to any order.
     """
-    check_image(image)
-    check_flow(flow, image)
-    check_choice(scheme, reference.SCHEMES, "scheme")
+    check_image_flow(image, flow, scheme, SCHEMES, "scheme")
     if resolve_backend(backend, image) == "torch":
         return ref_flow_jvp(image, flow, scheme)
-    return flow_jvp_op(image.contiguous(), flow.contiguous(), scheme, 1.0, 1.0)
+    return _triton(FlowJVPFunction, flow_jvp_op, _launch_flow_jvp, image, flow, scheme, (1.0, 1.0))

@@ -34,6 +34,50 @@ def check_flow(flow, image: torch.Tensor, name: str = "flow", image_name: str = 
     check_same(flow, image, name, image_name)
 
 
+_FLOAT_DTYPE_SET = frozenset(FLOAT_DTYPES)
+
+
+def check_image_flow(image, flow, choice: str, choices: tuple, choice_name: str = "padding_mode",
+                     image_name: str = "image", flow_name: str = "flow") -> None:
+    """:func:`check_image` + :func:`check_flow` + :func:`check_choice` of ``choice`` (the padding
+    mode, or a scheme), in one pass on the happy path (these checks run on every call of a public
+    op: their cost is host time per launch); a failure is reported by the detailed checks."""
+    try:
+        n, c, h, w = image.shape
+        fn, two, fh, fw = flow.shape
+        # A dtype in the set means a torch dtype, so both are tensors; one CPU device or one
+        # CUDA index means one device.
+        ok = (two == 2 and fn == n and fh == h and fw == w and c > 0 and h > 0 and w > 0
+              and image.dtype in _FLOAT_DTYPE_SET and flow.dtype == image.dtype
+              and choice.__class__ is str and choice in choices
+              and (flow.get_device() == image.get_device() if image.is_cuda
+                   else (image.is_cpu and flow.is_cpu) or flow.device == image.device))
+    except (AttributeError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        check_image(image, image_name)
+        check_flow(flow, image, flow_name, image_name)
+        check_choice(choice, choices, choice_name)
+
+
+def check_image_pair(image, other, other_name: str = "grad_image") -> None:
+    """:func:`check_image` for both + equal shapes, dtypes and devices, one pass on the happy path."""
+    try:
+        n, c, h, w = image.shape
+        ok = (c > 0 and h > 0 and w > 0 and other.shape == image.shape and image.dtype in _FLOAT_DTYPE_SET
+              and other.dtype == image.dtype
+              and (other.get_device() == image.get_device() if image.is_cuda
+                   else (image.is_cpu and other.is_cpu) or other.device == image.device))
+    except (AttributeError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        check_image(image)
+        check_image(other, other_name)
+        if other.shape != image.shape:
+            raise ValueError(f"{other_name} shape {tuple(other.shape)} must equal image shape {tuple(image.shape)}")
+        check_same(other, image, other_name, "image")
+
+
 def check_same(tensor: torch.Tensor, other: torch.Tensor, name: str, other_name: str) -> None:
     if tensor.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be a floating tensor, got {tensor.dtype}")

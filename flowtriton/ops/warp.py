@@ -12,24 +12,49 @@ The Triton path is a set of ``torch.library`` custom ops (namespace ``flowtriton
 
 The ops run the Triton kernels on CUDA tensors, and on CPU tensors when TRITON_INTERPRET=1 was
 set before flowtriton was imported (that is how CI runs ``torch.library.opcheck`` on them).
+
+In eager mode (no tracing, see :func:`flowtriton.backend.traced`) :func:`warp` takes a leaner
+route to the same launchers, with the same derivative structure: the launcher itself when no
+input needs a gradient, else the ``autograd.Function`` ``WarpFunction``, whose backward runs
+``WarpImageGradFunction`` / ``WarpFlowGradFunction`` when a graph is being built
+(``create_graph=True``) and the launchers directly when not. Those two are differentiable once
+more through the raw launchers; a third derivative raises. A custom op costs tens of
+microseconds of dispatch per call (``benchmarks/bench_host_overhead.py``); this route costs what
+an ``autograd.Function`` and a kernel launch cost.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from .. import reference
-from ..backend import resolve_backend
-from .validation import check_choice, check_flow, check_image
+from ..backend import eager_apply, resolve_backend, traced
+from .validation import check_image_flow, check_image_pair
+
+PADDING_MODES = reference.PADDING_MODES
+
+_KW = None  # flowtriton.kernels.warp, imported on the first Triton call: TRITON_INTERPRET must be set first
+
+THIRD_ORDER_MESSAGE = ("flowtriton: the Triton warp is differentiable twice; a third derivative is not implemented "
+                       "on the Triton path. Use backend='torch' for higher orders.")
 
 
 def _kernels():
-    from ..kernels import warp as k  # imported lazily: TRITON_INTERPRET must be set first
+    global _KW
+    if _KW is None:
+        from ..kernels import warp as k
 
-    return k
+        _KW = k
+    return _KW
+
+
+def _c(t: Optional[Tensor]) -> Optional[Tensor]:
+    """Contiguous (the launchers read flat planes); the custom ops are an entry of their own."""
+    return t if t is None or t.is_contiguous() else t.contiguous()
 
 
 # --- raw kernels (no autograd: a derivative through them raises) ------------------------------
@@ -38,8 +63,8 @@ def _kernels():
 def _warp_gather(flow: Tensor, value_src: Optional[Tensor], tangent_src: Optional[Tensor],
                  tangent: Optional[Tensor], padding_mode: str) -> Tensor:
     """``warp(value_src) + d warp(tangent_src) along tangent``, (N, C, H, W)."""
-    return _kernels().warp_gather(flow, padding_mode, value_src=value_src, tangent_src=tangent_src,
-                                  tangent=tangent)
+    return (_KW or _kernels()).warp_gather(_c(flow), padding_mode, value_src=_c(value_src), tangent_src=_c(tangent_src),
+                                           tangent=_c(tangent))
 
 
 @_warp_gather.register_fake
@@ -51,7 +76,8 @@ def _(flow, value_src, tangent_src, tangent, padding_mode):
 def _warp_grad_flow(flow: Tensor, grad_out: Tensor, src: Optional[Tensor], cross_src: Optional[Tensor],
                     tangent: Optional[Tensor], padding_mode: str) -> Tensor:
     """``sum_c grad_out d warp(src) / d flow`` + the mixed term of ``cross_src`` along ``tangent``."""
-    return _kernels().warp_grad_flow(flow, grad_out, padding_mode, src=src, cross_src=cross_src, tangent=tangent)
+    return (_KW or _kernels()).warp_grad_flow(_c(flow), _c(grad_out), padding_mode, src=_c(src),
+                                              cross_src=_c(cross_src), tangent=_c(tangent))
 
 
 @_warp_grad_flow.register_fake
@@ -62,7 +88,7 @@ def _(flow, grad_out, src, cross_src, tangent, padding_mode):
 @torch.library.custom_op("flowtriton::_warp_scatter", mutates_args=())
 def _warp_scatter(flow: Tensor, grad_out: Tensor, tangent: Optional[Tensor], padding_mode: str) -> Tensor:
     """Adjoint of the warp w.r.t. the image (or its derivative along ``tangent``), (N, C, H, W)."""
-    return _kernels().warp_scatter(flow, grad_out, padding_mode, tangent=tangent)
+    return (_KW or _kernels()).warp_scatter(_c(flow), _c(grad_out), padding_mode, tangent=_c(tangent))
 
 
 @_warp_scatter.register_fake
@@ -70,16 +96,13 @@ def _(flow, grad_out, tangent, padding_mode):
     return torch.empty_like(grad_out)
 
 
-def _contiguous(t: Optional[Tensor]) -> Optional[Tensor]:
-    return None if t is None else t.contiguous()
-
-
 # --- differentiable ops ---------------------------------------------------------------------
 
 @torch.library.custom_op("flowtriton::warp_image_grad", mutates_args=())
 def warp_image_grad(flow: Tensor, grad_out: Tensor, padding_mode: str) -> Tensor:
     """Gradient of ``<grad_out, warp(image, flow)>`` w.r.t. the image, (N, C, H, W)."""
-    return _kernels().warp_scatter(flow, grad_out, padding_mode)
+    check_image_flow(grad_out, flow, padding_mode, PADDING_MODES, image_name="grad_out")  # a torch.ops entry
+    return (_KW or _kernels()).warp_scatter(_c(flow), _c(grad_out), padding_mode)
 
 
 @warp_image_grad.register_fake
@@ -110,7 +133,9 @@ warp_image_grad.register_autograd(_image_grad_backward, setup_context=_image_gra
 @torch.library.custom_op("flowtriton::warp_flow_grad", mutates_args=())
 def warp_flow_grad(image: Tensor, flow: Tensor, grad_out: Tensor, padding_mode: str) -> Tensor:
     """Gradient of ``<grad_out, warp(image, flow)>`` w.r.t. the flow, (N, 2, H, W)."""
-    return _kernels().warp_grad_flow(flow, grad_out, padding_mode, src=image)
+    check_image_flow(image, flow, padding_mode, PADDING_MODES)  # a torch.ops entry
+    check_image_pair(image, grad_out, "grad_out")
+    return (_KW or _kernels()).warp_grad_flow(_c(flow), _c(grad_out), padding_mode, src=_c(image))
 
 
 @warp_flow_grad.register_fake
@@ -142,8 +167,11 @@ warp_flow_grad.register_autograd(_flow_grad_backward, setup_context=_flow_grad_s
 
 @torch.library.custom_op("flowtriton::warp", mutates_args=())
 def warp_op(image: Tensor, flow: Tensor, padding_mode: str) -> Tensor:
-    """The Triton warp as an op: ``flowtriton.warp`` without validation or dispatch."""
-    return _kernels().warp_gather(flow, padding_mode, value_src=image)
+    """The Triton warp as an op: ``flowtriton.warp`` without dispatch. The ops that torch.ops
+    exposes check their inputs (the launchers do not): they run under tracing and for direct
+    callers, never on the eager route."""
+    check_image_flow(image, flow, padding_mode, PADDING_MODES)
+    return (_KW or _kernels()).warp_forward(_c(image), _c(flow), padding_mode)
 
 
 @warp_op.register_fake
@@ -171,6 +199,125 @@ def _warp_backward(ctx, grad_out):
 warp_op.register_autograd(_warp_backward, setup_context=_warp_setup)
 
 
+# --- the eager route: autograd.Functions over the launchers ----------------------------------
+
+class _NoThirdOrder(torch.autograd.Function):
+    """Passes the second-order outputs through; differentiating them raises. Its inputs are the
+    tensors those outputs depend on, so the autograd engine reaches it from any of them (a node
+    hanging off fresh leaves, as ``once_differentiable`` builds, is pruned by ``autograd.grad``
+    and a third-order term would vanish silently)."""
+
+    @staticmethod
+    def forward(ctx, outputs, *depends_on):
+        return tuple(outputs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(THIRD_ORDER_MESSAGE)
+
+
+def third_order_guard(backward):
+    """Decorator for the backward of a second-order Function: it runs without a graph; when a graph
+    was asked for (a third derivative on the way), its outputs pass through :class:`_NoThirdOrder`."""
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        with torch.no_grad():
+            outputs = backward(ctx, *grads)
+        if not torch.is_grad_enabled():
+            return outputs
+        depends_on = [t for t in (*grads, *ctx.saved_tensors) if t is not None and t.requires_grad]
+        present = [i for i, o in enumerate(outputs) if o is not None]
+        if not depends_on or not present:
+            return outputs
+        guarded = _NoThirdOrder.apply([outputs[i] for i in present], *depends_on)
+        outputs = list(outputs)
+        for i, value in zip(present, guarded):
+            outputs[i] = value
+        return tuple(outputs)
+
+    return wrapper
+
+
+class WarpImageGradFunction(torch.autograd.Function):
+    """``warp_image_grad`` in eager mode: (flow, grad_out) -> grad_image; once more differentiable."""
+
+    @staticmethod
+    def forward(ctx, flow, grad_out, padding_mode):
+        ctx.padding_mode = padding_mode
+        ctx.save_for_backward(flow, grad_out)
+        return (_KW or _kernels()).warp_scatter(flow, grad_out, padding_mode)
+
+    @staticmethod
+    @third_order_guard
+    def backward(ctx, gg):
+        flow, grad_out = ctx.saved_tensors
+        k, gg = _KW, gg.contiguous()
+        d_flow = d_go = None
+        if ctx.needs_input_grad[0]:
+            d_flow = k.warp_grad_flow(flow, grad_out, ctx.padding_mode, src=gg)
+        if ctx.needs_input_grad[1]:
+            d_go = k.warp_gather(flow, ctx.padding_mode, value_src=gg)
+        return d_flow, d_go, None
+
+
+class WarpFlowGradFunction(torch.autograd.Function):
+    """``warp_flow_grad`` in eager mode: (image, flow, grad_out) -> grad_flow; once more
+    differentiable."""
+
+    @staticmethod
+    def forward(ctx, image, flow, grad_out, padding_mode):
+        ctx.padding_mode = padding_mode
+        ctx.save_for_backward(image, flow, grad_out)
+        return (_KW or _kernels()).warp_grad_flow(flow, grad_out, padding_mode, src=image)
+
+    @staticmethod
+    @third_order_guard
+    def backward(ctx, gg):
+        image, flow, grad_out = ctx.saved_tensors
+        k, mode, gg = _KW, ctx.padding_mode, gg.contiguous()
+        d_image = d_flow = d_go = None
+        if ctx.needs_input_grad[0]:
+            d_image = k.warp_scatter(flow, grad_out, mode, tangent=gg)
+        if ctx.needs_input_grad[1]:
+            d_flow = k.warp_grad_flow(flow, grad_out, mode, cross_src=image, tangent=gg)
+        if ctx.needs_input_grad[2]:
+            d_go = k.warp_gather(flow, mode, tangent_src=image, tangent=gg)
+        return d_image, d_flow, d_go, None
+
+
+class WarpFunction(torch.autograd.Function):
+    """``flowtriton::warp`` in eager mode; its backward is differentiable again when a graph is
+    being built."""
+
+    @staticmethod
+    def forward(ctx, image, flow, padding_mode):
+        ctx.padding_mode = padding_mode
+        ctx.save_for_backward(image, flow)
+        return (_KW or _kernels()).warp_forward(image, flow, padding_mode)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        image, flow = ctx.saved_tensors
+        mode, grad_out = ctx.padding_mode, grad_out.contiguous()
+        graph = torch.is_grad_enabled()  # create_graph=True: the backward's own graph is needed
+        grad_image = grad_flow = None
+        if ctx.needs_input_grad[0]:  # skipped when the image needs no gradient (attacks, FGR)
+            grad_image = (WarpImageGradFunction.apply(flow, grad_out, mode) if graph
+                          else _KW.warp_scatter(flow, grad_out, mode))
+        if ctx.needs_input_grad[1]:
+            grad_flow = (WarpFlowGradFunction.apply(image, flow, grad_out, mode) if graph
+                         else _KW.warp_grad_flow(flow, grad_out, mode, src=image))
+        return grad_image, grad_flow, None
+
+
+_warp_apply = eager_apply(WarpFunction)
+
+
+def _contiguous(t: Tensor) -> Tensor:
+    return t if t.is_contiguous() else t.contiguous()
+
+
 def warp(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros",
          backend: str | None = None) -> torch.Tensor:
     """Backward-warp ``image`` (N, C, H, W) by ``flow`` (N, 2, H, W) in pixels.
@@ -183,9 +330,12 @@ def warp(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros",
     reference). On the Triton path the gradient w.r.t. the image is an atomic scatter: under
     ``torch.use_deterministic_algorithms(True)`` it raises, as ``F.grid_sample``'s backward does.
     """
-    check_image(image)
-    check_flow(flow, image)
-    check_choice(padding_mode, reference.PADDING_MODES, "padding_mode")
+    check_image_flow(image, flow, padding_mode, PADDING_MODES)
     if resolve_backend(backend, image) == "torch":
         return reference.warp(image, flow, padding_mode)
-    return warp_op(image.contiguous(), flow.contiguous(), padding_mode)
+    image, flow = _contiguous(image), _contiguous(flow)
+    if traced(image, flow):
+        return warp_op(image, flow, padding_mode)
+    if (image.requires_grad or flow.requires_grad) and torch.is_grad_enabled():
+        return _warp_apply(image, flow, padding_mode)
+    return (_KW or _kernels()).warp_forward(image, flow, padding_mode)
