@@ -129,6 +129,7 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="small batches (CPU checks)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--name", help="results file stem (default graph_step_<device>[_quick])")
+    parser.add_argument("--out-dir", type=Path, default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
@@ -144,7 +145,7 @@ def main(argv=None) -> Path:
     rows = run(args)
     device = torch.device(args.device)
     name = args.name or f"graph_step_{device.type}" + ("_quick" if args.quick else "")
-    path = write_results(name, environment(device), rows)
+    path = write_results(name, environment(device), rows, **({"folder": args.out_dir} if args.out_dir else {}))
     print(markdown_table(rows, ["workload", "method", "batch", "eager_ms", "graph_ms", "graph_event_ms", "speedup",
                                 "fgr_over_igr_eager", "fgr_over_igr_graph"]))
     root = Path(__file__).resolve().parent.parent

@@ -17,9 +17,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 def bench(monkeypatch, tmp_path):
     monkeypatch.syspath_prepend(str(BENCH))
     import bench_graph_step
-    import common
 
-    monkeypatch.setattr(common, "RESULTS", tmp_path)
     threads = torch.get_num_threads()
     yield bench_graph_step
     torch.set_num_threads(threads)
@@ -28,7 +26,8 @@ def bench(monkeypatch, tmp_path):
 
 def test_cpu_run_writes_eager_times_and_says_why_no_graph(bench, tmp_path):
     path = bench.main(["--device", "cpu", "--quick", "--steps", "1", "--warmup", "0", "--threads", "1",
-                       "--workloads", "mnist-cnn", "--methods", "standard", "fgr", "igr", "--name", "g"])
+                       "--workloads", "mnist-cnn", "--methods", "standard", "fgr", "igr", "--name", "g",
+                       "--out-dir", str(tmp_path)])
     assert path == tmp_path / "g.json"
     result = json.loads(path.read_text())
     assert result["environment"]["device_type"] == "cpu"
