@@ -173,7 +173,12 @@ reproduce() {
   esac
 } 2>&1 | tee "$raw_log"
 status=${PIPESTATUS[0]}
-sed -E -e "s#$PWD/##g" -e 's#(^|[^[:alnum:]_.])/(tmp|work|root|home)/#\1<\2>/#g' "$raw_log" > "$log"
+# Every absolute path is masked, not only this machine's folders: the checkout, site-packages and
+# the interpreter by name, anything else to <path>.
+sed -E -e "s#$PWD/##g" -e 's#/[^[:space:]"'"'"':]*/site-packages/#<site-packages>/#g' \
+  -e 's#/[^[:space:]"'"'"':]*/bin/python[0-9.]*#<python>#g' \
+  -e 's#(^|[^[:alnum:]_.<>/])/(tmp|work|root|home|opt|usr|var|srv|mnt|pytorch)/[^[:space:]"'"'"':,)]*#\1<path>#g' \
+  "$raw_log" > "$log"
 if [ -n "${OUT:-}" ]; then
   # The log, and every CUDA result in one archive (at most 8 files come back from a lease).
   cp "$log" "$OUT"/ 2>/dev/null || true
