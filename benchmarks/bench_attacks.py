@@ -13,7 +13,19 @@ Reported per implementation: images/s, success rate on correctly classified imag
 T-norm of the successful flows (pixels), model evaluations per image, and the throughput ratio.
 ``--throughput`` adds the older table: every flowtriton attack on the small CNN and a VGG-11.
 
+``--robust-checkpoint PATH`` (a flowtriton checkpoint of a model trained to resist flows, e.g.
+``flowtriton train --dataset mnist --method at --at-eps 0.05 --epochs 2 --out-dir /tmp/at-mnist``)
+adds what matters for evaluation, on its first ``--robust-images`` test images: every attack
+preset (FlowPGD 'standard' = the defaults, 'fast', 'paper' = the authors' attack, at each
+``--robust-eps``; StAdv 'standard' = the defaults and 'fast' = the old defaults; advertorch's stAdv
+at its own defaults (constant 1, 1000 L-BFGS-B iterations) and at tau 0.05) and every evaluation
+preset of ``flowtriton.attacks.evaluate`` ('standard', 'fast', 'paper'): robust accuracy, success on
+correctly classified images, model forward passes per image (counted by a hook on the model;
+all but the last pass of each gradient step come with a backward) and seconds per image; written
+to benchmarks/results/attacks_robust_<device>.json.
+
     python benchmarks/bench_attacks.py --adef-reference /tmp/adef_ref --images 200
+    python benchmarks/bench_attacks.py --robust-checkpoint /tmp/at-mnist/best.pt --robust-only --threads 1
 
 Writes benchmarks/results/attacks_<device>.json and .csv (with the device and versions).
 """
@@ -187,12 +199,19 @@ def vgg11(device, n: int, seed: int = 0):
 def attacks_for(model, quick: bool):
     from flowtriton.attacks import ADef, FlowPGD, RotationTranslation, StAdv
 
+    from flowtriton.attacks import RandomFlow
+
     return {
-        "FlowPGD(eps=0.01 norm., K=%d)" % (20 if quick else 100): FlowPGD(model, steps=20 if quick else 100),
+        "FlowPGD.preset('paper') (eps=0.01 norm., K=%d)" % (20 if quick else 100):
+            FlowPGD.preset("paper", model, steps=20 if quick else 100),
+        "FlowPGD() defaults (APGD 40 x 6 starts x CE+margin)": FlowPGD(model, seed=0),
+        "FlowPGD.preset('fast') (APGD 20, CE, 1 start)": FlowPGD.preset("fast", model),
         "ADef(cand=1..9, iter<=%d, smooth=0.5, os=1.2)" % (30 if quick else 100):
             ADef(model, candidates=range(1, 10), max_iter=30 if quick else 100, smooth=0.5, overshoot=1.2),
-        "StAdv() defaults (Adam<=20, tau 0.05, 2 search steps)": StAdv(model),
+        "StAdv() defaults (Adam<=100, tau 0.05, 5 warm search steps)": StAdv(model),
+        "StAdv.preset('fast') (Adam<=20, 2 search steps)": StAdv.preset("fast", model),
         "StAdv(optimizer='lbfgs')": StAdv(model, optimizer="lbfgs"),
+        "RandomFlow(64 samples)": RandomFlow(model, seed=0),
         "RotationTranslation(5x5x5)": RotationTranslation(model),
     }
 
@@ -334,7 +353,7 @@ def side_by_side(model, images, labels, chunk: int, args, device) -> list[dict]:
               file=sys.stderr)
 
     n = images.shape[0]
-    names = {"stadv": ("flowtriton", "StAdv() defaults: Adam<=20 (0.05 px), tau 0.05, 2 tau search steps"),
+    names = {"stadv": ("flowtriton", "StAdv() defaults: Adam<=100 (0.05 px), tau 0.05, 5 warm tau search steps"),
              "advertorch": ("advertorch", f"SpatialTransformAttack(const=0.05, L-BFGS-B<={args.advertorch_iters})"),
              "adef": ("flowtriton", "ADef(cand=1..9, iter<=100, smooth=0.5, os=1.2)"),
              "reference": ("reference (Alaifari et al.)", "ADef(cand=1..9, iter<=100, smooth=0.5, os=1.2)")}
@@ -362,13 +381,114 @@ def side_by_side(model, images, labels, chunk: int, args, device) -> list[dict]:
     return list(rows.values())
 
 
+class PassCounter:
+    """Counts the images the model sees (forward passes x batch size) through a forward pre-hook."""
+
+    def __init__(self, model):
+        self.images = 0
+        self.handle = model.register_forward_pre_hook(self._count)
+
+    def _count(self, module, args):
+        self.images += int(args[0].shape[0])
+
+    def close(self):
+        self.handle.remove()
+
+
+def robust_section(args, device) -> tuple[list[dict], dict]:
+    """Attack presets and evaluation presets on a model trained to resist flows (``--robust-checkpoint``):
+    robust accuracy, success on correctly classified images, forward passes and seconds per image."""
+    from flowtriton.attacks import FlowPGD, StAdv, evaluate
+    from flowtriton.train.evaluation import eval_images, load_trained_model
+
+    model, cfg, _ = load_trained_model(args.robust_checkpoint, device)
+    images, labels = eval_images(cfg, "test", args.robust_images, args.data_dir, device)
+    n = int(labels.numel())
+    with torch.no_grad():
+        correct = model(images).argmax(dim=1) == labels
+    note = (f"{cfg.method} {cfg.model} on {cfg.dataset} (at_eps {cfg.at_eps} normalized, {cfg.at_steps} steps, "
+            f"{cfg.epochs} epochs), clean {float(correct.float().mean()):.4f} on its first {n} test images")
+    print(f"[bench_attacks] robust model: {note}", file=sys.stderr)
+    rows = []
+
+    def measure(kind, name, run):
+        counter = PassCounter(model)
+        sync(device)
+        start = time.perf_counter()
+        try:
+            out = run()
+        finally:
+            sync(device)
+            counter.close()
+        seconds = time.perf_counter() - start
+        row = {"comparison": kind, "implementation": "flowtriton", "attack": name, "images": n,
+               "forward_passes_per_image": counter.images / n, "seconds_per_image": seconds / n,
+               "load_avg_1min": os.getloadavg()[0]}
+        row.update(out)
+        rows.append(row)
+        print(f"[bench_attacks] {kind} {name}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                            for k, v in out.items() if not isinstance(v, dict)),
+              file=sys.stderr)
+
+    def attack_outcome(attack):
+        def run():
+            fooled = torch.zeros(n, dtype=torch.bool, device=device)
+            for start in range(0, n, args.chunk):
+                fooled[start:start + args.chunk] = attack.run(images[start:start + args.chunk],
+                                                              labels[start:start + args.chunk]).success
+            return {"robust_accuracy": float((correct & ~fooled).float().mean()),
+                    "success_rate": float(fooled[correct].float().mean())}
+        return run
+
+    for eps in args.robust_eps:
+        for preset in ("standard", "fast", "paper"):
+            attack = FlowPGD.preset(preset, model, eps=eps, seed=0)
+            measure("robust: FlowPGD preset", f"FlowPGD.preset({preset!r}) eps={eps:g} normalized",
+                    attack_outcome(attack))
+    for preset in ("standard", "fast"):
+        measure("robust: StAdv preset", f"StAdv.preset({preset!r})", attack_outcome(StAdv.preset(preset, model)))
+    if not args.no_advertorch:
+        keep = correct.nonzero().squeeze(1)
+        for tau, iters in ((1.0, 1000), (0.05, 1000)):
+            out = run_advertorch(args.advertorch_python, model, images[keep], labels[keep], tau, iters)
+            row = {"comparison": "robust: StAdv preset", "implementation": "advertorch",
+                   "attack": f"SpatialTransformAttack(initial_const={tau:g}, max_iterations={iters}, search_steps=1)",
+                   "images": n}
+            if "error" in out:
+                row["error"] = out["error"]
+            else:
+                fooled = torch.tensor(out["success"])
+                row.update({"success_rate": float(fooled.float().mean()),
+                            "robust_accuracy": float(correct.sum().item() - fooled.sum().item()) / n,
+                            "seconds_per_image": out["seconds"] / max(len(keep), 1),
+                            "batch_evaluations": out["evaluations"], "advertorch": out["advertorch"]})
+            rows.append(row)
+            print(f"[bench_attacks] advertorch tau {tau}: {row.get('success_rate', row.get('error'))}", file=sys.stderr)
+    for preset in args.robust_presets:
+        def run(preset=preset):
+            result = evaluate(model, (images, labels), preset=preset, batch_size=args.chunk)
+            worst = {f"{r.attack}@{r.budget:g}": r.accuracy for r in result.rows if r.attack.startswith("worst-case")}
+            return {"worst_case": worst, "union_accuracy": result.accuracy("union"),
+                    "masking_flagged": result.masking_flagged,
+                    "masking_missed": {f"{e['budget']:g}": e["missed"] for e in result.masking},
+                    "preset_version": result.protocol["version"]}
+        measure("robust: evaluation preset", f"evaluate(preset={preset!r})", run)
+    path = Path(args.robust_checkpoint)
+    recipe = (f"flowtriton train --dataset {cfg.dataset} --model {cfg.model} --method {cfg.method} "
+              f"--at-eps {cfg.at_eps} --at-steps {cfg.at_steps} --epochs {cfg.epochs} --seed {cfg.seed}")
+    # the checkpoint's folder and name only: result files hold no machine paths
+    return rows, {"robust_model": note, "robust_checkpoint": f"{path.parent.name}/{path.name}",
+                  "robust_recipe": recipe, "robust_images": n}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--images", type=int, default=200, help="test images attacked (correctly classified ones)")
     parser.add_argument("--chunk", type=int, default=50, help="images per interleaved chunk")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--data-dir", default=None, help="folder holding mnist/ (default: $FLOWTRITON_DATA, else the embedded subset)")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder holding mnist/ (default: $FLOWTRITON_DATA, else the embedded subset)")
     parser.add_argument("--advertorch-python", default="/tmp/advenv/bin/python")
     parser.add_argument("--advertorch-iters", type=int, default=100, help="advertorch max_iterations")
     parser.add_argument("--no-advertorch", action="store_true")
@@ -376,6 +496,15 @@ def main(argv=None) -> None:
                         help="folder holding the authors' ADef deformation.py (Alaifari et al.)")
     parser.add_argument("--throughput", action="store_true", help="also time every flowtriton attack")
     parser.add_argument("--quick", action="store_true", help="with --throughput: small batches, fewer iterations")
+    parser.add_argument("--robust-checkpoint", default=None,
+                        help="a flowtriton checkpoint of a model trained against flows: adds the presets' cost and "
+                             "success on it (attacks_robust_<device>.json)")
+    parser.add_argument("--robust-images", type=int, default=200, help="its test images attacked")
+    parser.add_argument("--robust-eps", type=float, nargs="+", default=[0.02, 0.05],
+                        help="FlowPGD budgets on it, normalized units")
+    parser.add_argument("--robust-presets", nargs="*", default=["standard", "fast", "paper"],
+                        help="evaluation presets run on it")
+    parser.add_argument("--robust-only", action="store_true", help="skip the side-by-side comparison")
     parser.add_argument("--advertorch-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.advertorch_worker:
@@ -389,6 +518,15 @@ def main(argv=None) -> None:
 
     device = torch.device(args.device)
     env = environment(device)
+    if args.robust_checkpoint:
+        robust_rows, robust_env = robust_section(args, device)
+        print(markdown_table(robust_rows, ["attack", "implementation", "images", "robust_accuracy", "success_rate",
+                                           "forward_passes_per_image", "seconds_per_image", "masking_flagged",
+                                           "error"]))
+        path = write_results(f"attacks_robust_{device.type}", {**env, **robust_env}, robust_rows)
+        print(f"wrote benchmarks/results/{path.name}")
+        if args.robust_only:
+            return
     model, x_test, y_test, note = mnist_cnn(device, args.data_dir, n_test=max(args.images * 2, 1000))
     with torch.no_grad():
         correct = model(x_test).argmax(dim=1) == y_test

@@ -175,7 +175,8 @@ def build_suite(args, model, num_classes: int):
     suite, budgets = build_attacks(model, names, args.attack_size, num_classes, pgd_budgets=args.pgd_budgets,
                                    tnorm_budgets=args.tnorm_budgets)
     if args.pgd_steps:
-        suite["flowpgd"] = FlowPGD(model, eps=args.pgd_budgets[0], steps=args.pgd_steps, units="normalized")
+        suite["flowpgd"] = FlowPGD.preset("paper", model, eps=args.pgd_budgets[0], steps=args.pgd_steps,
+                                          units="normalized")
     return suite, budgets
 
 

@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     def attack(steps):
         def run(images, labels):
             model.eval()
-            FlowPGD(model, eps=0.01, steps=steps)(images, labels)
+            FlowPGD.preset("paper", model, eps=0.01, steps=steps)(images, labels)  # adversarial training's attack
         return run
 
     igr = flowtriton.InputGradReg(lam=1.0)

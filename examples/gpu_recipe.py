@@ -278,7 +278,8 @@ def attack_phase(args, state, data, device, stage: Stage, out: Path) -> bool:
         model = build_model(register_vgg(args.width), num_classes=10, in_channels=3).to(device)
         model.load_state_dict(torch.load(out / "models" / f"{tag}.pt", map_location=device)["state_dict"])
         model.eval()
-        attack = FlowPGD(model, eps=args.eps, steps=args.attack_steps, units="normalized", padding_mode="zeros")
+        attack = FlowPGD.preset("paper", model, eps=args.eps, steps=args.attack_steps, units="normalized",
+                                padding_mode="zeros")  # the authors' multi-step attack
         test.set_epoch(0, progress["done"])
         for images, labels in test:
             if stage.should_stop():

@@ -202,7 +202,8 @@ def main(argv=None) -> int:
             model = load_best(trainer)
             images, labels = eval_batch(cfg, data, n_eval, trainer.ctx.device)
         if ev is None or (args.other_attacks and "masks" not in ev):
-            attack = FlowPGD(model, eps=args.eps, steps=args.attack_steps, units="normalized", padding_mode="zeros")
+            attack = FlowPGD.preset("paper", model, eps=args.eps, steps=args.attack_steps, units="normalized",
+                                    padding_mode="zeros")  # the authors' multi-step attack
             t0 = time.perf_counter()
             result = evaluate(model, (images, labels), {"multi-step": attack}, batch_size=args.eval_batch_size)
             ev = {"clean_acc": result.clean_accuracy, "robust_acc": result.accuracy("multi-step"),

@@ -165,7 +165,8 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from ._io import ensure_writable_dir
-    from .train.evaluation import evaluate_checkpoint
+    from .attacks.presets import EVALUATION_PRESETS
+    from .train.evaluation import evaluate_checkpoint, resolve_preset
 
     from .train.distributed import resolve_device, set_threads
 
@@ -175,7 +176,17 @@ def cmd_evaluate(args) -> int:
     set_threads(_threads_wanted(args.threads), "--threads")
     out = args.out_dir or str(Path(args.checkpoint).parent / "eval")
     ensure_writable_dir(out, "--out-dir")  # before any attack runs
-    result = evaluate_checkpoint(args.checkpoint, out, attacks=args.attacks, size=args.size, split=args.split,
+    try:
+        preset = resolve_preset(args.preset, args.size)
+        suite_names = list(EVALUATION_PRESETS[preset]["kinds"])
+    except ValueError as err:
+        raise ValueError(f"--preset / --size: {err}") from None
+    if args.attacks is not None:
+        unknown = [name for name in args.attacks if name not in suite_names]
+        if unknown:
+            raise ValueError(f"--attacks {' '.join(unknown)}: not in preset {preset!r} (its attacks: "
+                             f"{' '.join(suite_names)})")
+    result = evaluate_checkpoint(args.checkpoint, out, attacks=args.attacks, preset=preset, split=args.split,
                                  num_examples=args.num_examples, batch_size=args.batch_size, device=args.device,
                                  data_dir=args.data_dir, plots=not args.no_plots, progress=not args.no_progress,
                                  say=lambda line: print(line, flush=True))
@@ -194,6 +205,7 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .attacks.presets import EVALUATION_PRESETS
     from .train.evaluation import ATTACK_NAMES
 
     parser = argparse.ArgumentParser(
@@ -227,12 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", help="attack a checkpoint; write results.json, results.md and plots",
-                        description="Robust accuracy of a checkpoint under flow attacks. Budgets: FlowPGD eps in "
-                        "normalized units (1 = (size-1)/2 px); ADef/stAdv T-norm in pixels.")
+                        description="Robust accuracy of a checkpoint under a fixed, versioned ensemble of flow "
+                        "attacks (a preset), the worst case per image at each budget, and a gradient-masking "
+                        "check. Budgets: FlowPGD/RandomFlow eps in normalized units (1 = (size-1)/2 px, L-inf per "
+                        "flow component); ADef/stAdv T-norm in pixels. docs/attacks.md lists each preset.")
     ev.add_argument("checkpoint", help="a best.pt / last.pt written by flowtriton train")
-    ev.add_argument("--attacks", nargs="+", choices=ATTACK_NAMES, default=list(ATTACK_NAMES))
-    ev.add_argument("--size", choices=("full", "small"), default="full",
-                    help="full: the paper's 100-step FlowPGD etc.; small: few steps (quick looks)")
+    ev.add_argument("--preset", choices=tuple(EVALUATION_PRESETS), default=None,
+                    help="standard (default): the full-strength ensemble to quote (FlowPGD, RandomFlow, ADef, stAdv, "
+                         "rotation+translation); paper: the suite before it (the authors' 100-step FlowPGD, weak "
+                         "stAdv); fast: a few steps each, for smoke tests")
+    ev.add_argument("--attacks", nargs="+", choices=ATTACK_NAMES + ("random",), default=None,
+                    help="a subset of the preset's attacks (default: all of them)")
+    ev.add_argument("--size", choices=("full", "small"), default=None,
+                    help="older spelling of --preset: full = paper, small = fast")
     ev.add_argument("--split", choices=("test", "val"), default="test")
     ev.add_argument("--num-examples", type=_positive_int, default=1000,
                     help="images attacked: the split's first N when they cover every class, else a fixed "

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 import flowtriton
-from flowtriton.attacks import (ADef, EvaluationResult, EvaluationRow, FlowPGD, RotationTranslation, StAdv,
-                                evaluate, flow_norms, flow_smoothness, rigid_flow)
+from flowtriton.attacks import (ADef, EvaluationResult, EvaluationRow, FlowPGD, RandomFlow, RotationTranslation,
+                                StAdv, evaluate, flow_norms, flow_smoothness, rigid_flow)
 from flowtriton.attacks.adef import gaussian_kernel
 from flowtriton.attacks.evaluate import row_key
 
@@ -88,16 +88,18 @@ def predictions(model, images):
 
 
 ATTACKS = {
-    "pgd": lambda m: FlowPGD(m, eps=0.3, steps=5),
+    "pgd": lambda m: FlowPGD(m, eps=0.3, steps=5, restarts=2, seed=0),
+    "pgd_paper": lambda m: FlowPGD.preset("paper", m, eps=0.3, steps=5),
     "pgd_tnorm_restarts": lambda m: FlowPGD(m, eps=1.0, units="pixels", norm="tnorm", loss="margin",
                                             random_start=True, restarts=2, steps=3, seed=0),
     "adef": lambda m: ADef(m, candidates=[1, 2], max_iter=10, overshoot=1.2, smooth=0.5),
     "stadv": lambda m: StAdv(m, max_iter=10),
     "stadv_lbfgs": lambda m: StAdv(m, max_iter=6, optimizer="lbfgs"),
     "rotation_translation": lambda m: RotationTranslation(m, num_rotations=3, num_translations=3),
+    "random_flow": lambda m: RandomFlow(m, eps=0.1, samples=6, seed=0),
 }
-PADDING = {"pgd": "zeros", "pgd_tnorm_restarts": "zeros", "adef": "border", "stadv": "border",
-           "stadv_lbfgs": "border", "rotation_translation": "zeros"}
+PADDING = {"pgd": "zeros", "pgd_paper": "zeros", "pgd_tnorm_restarts": "zeros", "adef": "border", "stadv": "border",
+           "stadv_lbfgs": "border", "rotation_translation": "zeros", "random_flow": "zeros"}
 
 
 # -- every attack ----------------------------------------------------------------------------------
@@ -235,11 +237,12 @@ def test_bad_arguments_raise_naming_them(call, error, word):
 
 
 # -- FlowPGD ---------------------------------------------------------------------------------------
-def test_pgd_defaults_are_the_authors_attack():
-    attack = FlowPGD(Linear())
+def test_pgd_paper_preset_is_the_authors_attack():
+    attack = FlowPGD.preset("paper", Linear())
     assert (attack.eps, attack.steps, attack.units, attack.norm, attack.loss) == (0.01, 100, "normalized", "linf", "ce")
     assert attack.effective_step_size == pytest.approx(1e-4)
     assert (attack.random_start, attack.restarts, attack.padding_mode, attack.targeted) == (False, 1, "zeros", False)
+    assert (attack.schedule, attack.keep) == ("constant", "last")
 
 
 @pytest.mark.parametrize("units, norm, eps", [("normalized", "linf", 0.05), ("pixels", "linf", 0.4),
@@ -269,7 +272,7 @@ def test_pgd_single_step_is_one_sign_step(units):
     scale = 3.5 if units == "normalized" else 1.0  # (8 - 1) / 2 pixels per normalized unit
     loss = F.cross_entropy(model(flowtriton.warp(x, flow * scale).clamp(0, 1)), labels, reduction="sum")
     (grad,) = torch.autograd.grad(loss, flow)
-    result = FlowPGD(model, eps=eps, steps=1, units=units).run(x, labels)
+    result = FlowPGD.preset("paper", model, eps=eps, steps=1, units=units).run(x, labels)
     torch.testing.assert_close(result.flow, eps * scale * grad.sign())
     assert result.iterations.tolist() == [1] * 4
 
@@ -278,7 +281,7 @@ def test_pgd_loss_not_below_clean_loss():
     model = TinyConv().eval()
     x = smooth_images(8)
     labels = predictions(model, x)
-    result = FlowPGD(model, eps=0.05, steps=10).run(x, labels)
+    result = FlowPGD.preset("paper", model, eps=0.05, steps=10).run(x, labels)
     with torch.no_grad():
         clean = F.cross_entropy(model(x), labels, reduction="none")
         attacked = F.cross_entropy(model(result.images), labels, reduction="none")
@@ -306,7 +309,8 @@ def test_pgd_seed_reproducible_and_targeted():
     x = blob_images(6)
     labels = predictions(model, x)
     first = FlowPGD(model, eps=0.3, steps=3, random_start=True, seed=7).run(x, labels)
-    again = FlowPGD(model, eps=0.3, steps=3, random_start=True, generator=torch.Generator().manual_seed(7)).run(x, labels)
+    again = FlowPGD(model, eps=0.3, steps=3, random_start=True,
+                    generator=torch.Generator().manual_seed(7)).run(x, labels)
     assert torch.equal(first.flow, again.flow)
     targets = (labels + 1) % 3
     result = FlowPGD(model, eps=1.0, steps=20, units="pixels", targeted=True).run(x, targets)
@@ -315,9 +319,10 @@ def test_pgd_seed_reproducible_and_targeted():
 
 
 def test_pgd_with_budget_copies():
-    attack = FlowPGD(Linear(), eps=0.01, steps=10)
+    attack = FlowPGD(Linear(), eps=0.01, steps=10, schedule="constant")
     other = attack.with_budget(0.03)
     assert other.eps == 0.03 and attack.eps == 0.01 and other.effective_step_size == pytest.approx(0.003)
+    assert FlowPGD(Linear(), eps=0.01).with_budget(0.03).effective_step_size == pytest.approx(0.06)  # APGD: 2 eps
     with pytest.raises(ValueError, match="budget"):
         attack.with_budget(-1)
 
@@ -522,7 +527,7 @@ def test_rotation_translation_picks_first_fooling_else_worst():
     with torch.no_grad():
         per_transform = torch.stack([model(flowtriton.warp(x, f.expand(6, 2, 8, 8))) for f in flows])
     fooled = per_transform.argmax(dim=2) != labels  # (T, N)
-    losses = torch.stack([F.cross_entropy(l, labels, reduction="none") for l in per_transform])
+    losses = torch.stack([F.cross_entropy(z, labels, reduction="none") for z in per_transform])
     for b in range(6):
         if fooled[:, b].any():
             expected = int(fooled[:, b].nonzero()[0])
@@ -536,7 +541,7 @@ def test_rotation_translation_picks_first_fooling_else_worst():
 # -- evaluate --------------------------------------------------------------------------------------
 def _evaluation(data, **kwargs):
     model = TinyConv(classes=3).eval()
-    attacks = {"pgd": FlowPGD(model, steps=3), "adef": ADef(model, candidates=[1, 2], max_iter=8),
+    attacks = {"pgd": FlowPGD(model, steps=3, restarts=2, seed=0), "adef": ADef(model, candidates=[1, 2], max_iter=8),
                "rt": RotationTranslation(model, num_rotations=3, num_translations=3)}
     budgets = {"pgd": [0.05, 0.01], "adef": [0.1, 0.5]}
     return evaluate(model, data, attacks, budgets, **kwargs)
@@ -563,7 +568,7 @@ def test_evaluate_table_json_markdown():
     assert EvaluationResult.from_json(text).to_dict() == result.to_dict()
     markdown = result.to_markdown()
     lines = markdown.splitlines()
-    assert lines[0].startswith("| attack | budget") and len([l for l in lines if l.startswith("| pgd")]) == 2
+    assert lines[0].startswith("| attack | budget") and len([t for t in lines if t.startswith("| pgd")]) == 2
     assert "median successful T-norm" in markdown
 
 
@@ -587,7 +592,7 @@ def test_evaluate_masks_worst_case_and_merge():
     back = EvaluationResult.from_json(json.dumps(result.to_dict(masks=True)))
     assert all(torch.equal(back.masks[k], result.masks[k]) for k in result.masks)
     assert "masks" not in result.to_dict()
-    attacks = {"pgd": FlowPGD(model, steps=3), "adef": ADef(model, candidates=[1, 2], max_iter=8),
+    attacks = {"pgd": FlowPGD(model, steps=3, restarts=2, seed=0), "adef": ADef(model, candidates=[1, 2], max_iter=8),
                "rt": RotationTranslation(model, num_rotations=3, num_translations=3)}
     budgets = {"pgd": [0.05, 0.01], "adef": [0.1, 0.5]}
     parts = [evaluate(model, (x, labels), {name: attack}, {name: budgets[name]} if name in budgets else None,
@@ -732,7 +737,7 @@ def test_evaluate_union_is_the_worst_case_per_example():
     labels[0] = (labels[0] + 1) % 3
     attacks = {"adef": ADef(model, candidates=[1, 2], max_iter=8),
                "stadv": StAdv(model, max_iter=8, search_steps=1),
-               "pgd_px": FlowPGD(model, units="pixels", norm="tnorm", steps=3),
+               "pgd_px": FlowPGD(model, units="pixels", norm="tnorm", steps=3, restarts=2, seed=0),
                "rt": RotationTranslation(model, num_rotations=3, num_translations=3)}
     budgets = {"adef": [0.2, 1.0], "stadv": [0.5, 1.0], "pgd_px": [1.0]}
     seen = []
@@ -778,8 +783,10 @@ def test_evaluate_inside_no_grad_and_refuses_inference_mode():
 # -- StAdv at full strength ------------------------------------------------------------------------
 def test_stadv_defaults_are_the_published_loss_with_a_tau_search():
     attack = StAdv(Linear())
-    assert (attack.tau, attack.kappa, attack.optimizer, attack.max_iter, attack.lr) == (0.05, 0.0, "adam", 20, 0.05)
-    assert attack.search_steps == 2 and attack.padding_mode == "border"
+    assert (attack.tau, attack.kappa, attack.optimizer, attack.max_iter, attack.lr) == (0.05, 0.0, "adam", 100, 0.05)
+    assert attack.search_steps == 5 and attack.warm_start and attack.padding_mode == "border"
+    fast = StAdv.preset("fast", Linear())  # the defaults before issue 20
+    assert (fast.max_iter, fast.search_steps, fast.warm_start) == (20, 2, False)
 
 
 def _objective(model, x, labels, flow, tau):
@@ -957,3 +964,289 @@ def test_attacks_on_an_empty_batch_return_an_empty_result(name):
     result = ATTACKS[name](model).run(smooth_images(2)[:0], torch.zeros(0, dtype=torch.long))
     assert result.images.shape == (0, 1, 8, 8) and result.flow.shape == (0, 2, 8, 8)
     assert result.success.shape == result.tnorm.shape == (0,)
+
+
+# -- issue 20: strong defaults, presets, the standard ensemble, the gradient-masking check ---------
+def _old_flow_pgd(model, x, labels, eps, steps, step_size=None, scale=3.5, loss="ce", targeted=False):
+    """FlowPGD's defaults before issue 20 (git HEAD 4761278), written out: zero start, ``steps``
+    sign steps of eps / steps on the per-example loss summed, clipped to the box, final iterate."""
+    step = eps / steps if step_size is None else step_size
+    flow = x.new_zeros((x.shape[0], 2) + tuple(x.shape[2:]))
+
+    def objective(logits):
+        if loss == "ce":
+            ce = F.cross_entropy(logits, labels, reduction="none")
+            return -ce if targeted else ce
+        true = logits.gather(1, labels[:, None]).squeeze(1)
+        other = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), -math.inf).amax(dim=1)
+        return true - other if targeted else other - true
+
+    for _ in range(steps):
+        flow = flow.detach().requires_grad_(True)
+        value = objective(model(flowtriton.warp(x, flow * scale, "zeros").clamp(0, 1))).sum()
+        (grad,) = torch.autograd.grad(value, flow)
+        with torch.no_grad():
+            flow = (flow + step * grad.sign()).clamp(-eps, eps)
+    with torch.no_grad():
+        final = objective(model(flowtriton.warp(x, flow * scale, "zeros").clamp(0, 1)))
+    return flow * scale, final
+
+
+@pytest.mark.parametrize("kwargs", [dict(eps=0.01, steps=100), dict(eps=0.05, steps=7),
+                                    dict(eps=0.3, steps=5, loss="margin"), dict(eps=0.2, steps=6, targeted=True),
+                                    dict(eps=0.1, steps=5, step_size=0.03)])
+def test_paper_preset_reproduces_the_old_flowpgd_bit_for_bit(kwargs):
+    """Preset 'paper' (and the cheap attack of adversarial training) is the old default algorithm
+    exactly: same flows, images, losses, bit for bit (checked against git HEAD 4761278's FlowPGD
+    too, by loading its source: identical on 7 settings including restarts and the T-norm)."""
+    model = TinyConv().eval()
+    x = smooth_images(8)
+    labels = predictions(model, x)
+    labels[0] = (labels[0] + 1) % 4
+    if kwargs.get("targeted"):
+        labels = (labels + 1) % 4
+    flow, loss = _old_flow_pgd(model, x, labels, **kwargs)
+    result = FlowPGD.preset("paper", model, **kwargs).run(x, labels)
+    assert torch.equal(result.flow, flow) and torch.equal(result.info["loss"], loss)
+    assert torch.equal(result.images, flowtriton.warp(x, flow, "zeros").clamp(0, 1))
+    assert result.iterations.tolist() == [kwargs["steps"]] * 8
+
+
+def test_defaults_changed_only_where_documented():
+    """FlowPGD's and StAdv's defaults are their 'standard' presets (docs/attacks.md); the old
+    defaults are presets 'paper' / 'fast'; ADef and rotation + translation keep theirs."""
+    from flowtriton.attacks.flow_pgd import PRESETS
+
+    model = Linear()
+    pgd, old = FlowPGD(model).settings(), FlowPGD.preset("paper", model).settings()
+    assert {k: pgd[k] for k in PRESETS["standard"]} == {k: list(v) if isinstance(v, tuple) else v
+                                                         for k, v in PRESETS["standard"].items()}
+    assert (pgd["steps"], pgd["restarts"], pgd["loss"], pgd["schedule"], pgd["keep"], pgd["random_start"]) == \
+        (40, 6, ["ce", "margin"], "apgd", "best", True)
+    assert (old["steps"], old["restarts"], old["loss"], old["schedule"], old["keep"], old["random_start"]) == \
+        (100, 1, "ce", "constant", "last", False)
+    differ = sorted(k for k in pgd if pgd[k] != old[k])
+    assert differ == ["keep", "loss", "random_start", "restarts", "schedule", "steps"]
+    stadv, fast = StAdv(model).settings(), StAdv.preset("fast", model).settings()
+    assert sorted(k for k in stadv if stadv[k] != fast[k]) == ["max_iter", "search_steps", "warm_start"]
+    assert (fast["max_iter"], fast["search_steps"], fast["warm_start"]) == (20, 2, False)
+    adef = ADef(model)
+    assert (adef.candidates, adef.max_iter, adef.max_norm, adef.overshoot, adef.smooth) == ([1], 50, math.inf, 1.0, 0.0)
+    rt = RotationTranslation(model)
+    assert (rt.max_rotation, rt.max_translation, rt.num_rotations, rt.num_translations) == (30.0, 3.0, 5, 5)
+    with pytest.raises(ValueError, match="preset"):
+        FlowPGD.preset("strong", model)
+    assert FlowPGD.preset("fast", model, eps=0.02).eps == 0.02
+
+
+def test_apgd_checkpoints_fooled_examples_stop_and_best_iterate_kept():
+    from flowtriton.attacks.flow_pgd import apgd_checkpoints
+
+    assert apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]  # as APGD's reference code
+    assert apgd_checkpoints(40) == [8, 15, 21, 26, 30, 33, 35, 37, 39] and apgd_checkpoints(1) == []
+    model = TinyConv().eval()
+    x = smooth_images(8)
+    labels = predictions(model, x)
+    labels[0] = (labels[0] + 1) % 4  # fooled by the very first evaluation
+    attack = FlowPGD(model, eps=0.1, steps=6, restarts=2, seed=0)
+    result = attack.run(x, labels)
+    assert result.success[0] and result.info["evaluations"][0] == 1 and result.iterations[0] == 0
+    assert (result.info["evaluations"] <= attack.runs * (attack.steps + 1)).all()
+    survivors = ~result.success
+    assert (result.info["evaluations"][survivors] == attack.runs * (attack.steps + 1)).all()
+    assert result.linf.max() <= 0.1 * 3.5 * (1 + 1e-6)
+    # the best iterate, not the last: success never below the same starts keeping the final iterate
+    last = FlowPGD(model, eps=0.1, steps=6, restarts=2, seed=0, keep="last").run(x, labels)
+    assert result.success.sum() >= last.success.sum()
+    constant = FlowPGD(model, eps=0.1, steps=6, schedule="constant", restarts=2, seed=0).run(x, labels)
+    assert constant.success.shape == (8,)
+    with pytest.raises(ValueError, match="schedule"):
+        FlowPGD(model, schedule="cosine")
+    with pytest.raises(ValueError, match="keep"):
+        FlowPGD(model, keep="first")
+    with pytest.raises(ValueError, match="momentum"):
+        FlowPGD(model, momentum=1.5)
+
+
+def test_random_flow_stays_inside_its_box_and_is_reproducible():
+    model = TinyConv().eval()
+    x = smooth_images(6)
+    labels = predictions(model, x)
+    attack = RandomFlow(model, eps=0.05, samples=12, seed=3)
+    flows = attack.flows(8, 8, x)
+    assert flows.shape == (12, 2, 8, 8) and flows.abs().max() <= 0.05 + 1e-7
+    assert (flows[0].abs() == 0.05).all()  # resolution 1: a rigid shift to a corner of the box
+    first, again = attack.run(x, labels), attack.run(x, labels)
+    assert torch.equal(first.flow, again.flow)
+    assert first.linf.max() <= 0.05 * 3.5 * (1 + 1e-6)
+    assert attack.with_budget(0.2).run(x, labels).success.sum() >= first.success.sum()
+    assert first.info["evaluations"].tolist() == [12] * 6
+
+
+def test_evaluation_presets_are_fixed_and_versioned():
+    from flowtriton.attacks import EVALUATION_PRESETS, preset_suite
+    from flowtriton.train.evaluation import build_attacks
+
+    model = TinyConv(classes=10)
+    versions = {name: spec["version"] for name, spec in EVALUATION_PRESETS.items()}
+    assert versions == {"standard": 1, "paper": 1, "fast": 1}
+    suite, budgets = preset_suite(model, "standard", 10)
+    assert list(suite) == ["flowpgd", "random", "adef", "stadv", "rt"]
+    assert budgets == {"flowpgd": [0.005, 0.01, 0.02, 0.04], "random": [0.005, 0.01, 0.02, 0.04],
+                       "adef": [0.25, 0.5, 1.0, 2.0], "stadv": [0.25, 0.5, 1.0, 2.0]}
+    s = {name: attack.settings() for name, attack in suite.items()}
+    assert s["flowpgd"] == {**FlowPGD(model, seed=0).settings()}  # FlowPGD's defaults, seeded
+    assert (s["flowpgd"]["units"], s["flowpgd"]["norm"], s["flowpgd"]["seed"]) == ("normalized", "linf", 0)
+    assert s["random"] == RandomFlow(model, seed=0).settings() and s["random"]["samples"] == 64
+    assert s["adef"] == ADef(model, candidates=range(1, 10), max_iter=100, smooth=0.5, overshoot=1.2).settings()
+    assert s["stadv"] == StAdv(model).settings() and s["rt"] == RotationTranslation(model).settings()
+    # 'paper' and 'fast' are the suites of build_attacks(size='full' / 'small') before issue 20
+    paper, _ = build_attacks(model, size="full")
+    assert {k: a.settings() for k, a in paper.items()} == {
+        "flowpgd": FlowPGD.preset("paper", model).settings(),
+        "adef": ADef(model, candidates=range(1, 10), max_iter=100, smooth=0.5, overshoot=1.2).settings(),
+        "stadv": StAdv.preset("fast", model).settings(), "rt": RotationTranslation(model).settings()}
+    small, _ = build_attacks(model, size="small")
+    assert small["flowpgd"].settings() == FlowPGD.preset("paper", model, steps=20).settings()
+    assert small["adef"].candidates == [1, 2, 3] and small["rt"].num_translations == 3
+    assert list(build_attacks(model, preset="standard")[0]) == list(suite)
+    with pytest.raises(ValueError, match="preset"):
+        preset_suite(model, "strong")
+    with pytest.raises(ValueError, match="no attack"):
+        preset_suite(model, "paper", names=["random"])
+
+
+def test_evaluate_with_a_preset_records_protocol_worst_case_and_masking_check():
+    model = TinyConv(classes=4).eval()
+    x = smooth_images(8)
+    labels = predictions(model, x)
+    labels[0] = (labels[0] + 1) % 4
+    result = evaluate(model, (x, labels), preset="fast", budgets={"linf": [0.05], "tnorm": [0.5]}, batch_size=4)
+    names = [(row.attack, row.budget) for row in result.rows]
+    assert names[:6] == [("clean", None), ("flowpgd", 0.05), ("adef", 0.5), ("stadv", 0.5), ("rt", None),
+                         ("union", None)]
+    assert ("worst-case-linf", 0.05) in names and ("worst-case-tnorm", 0.5) in names
+    for attack, budget in (("flowpgd", 0.05), ("adef", 0.5), ("stadv", 0.5)):
+        assert result.accuracy("worst-case-tnorm" if attack != "flowpgd" else "worst-case-linf",
+                               0.5 if attack != "flowpgd" else 0.05) <= result.accuracy(attack, budget)
+    # worst case at L-inf 0.05: no run's successful flow inside the box (0.05 * 3.5 px per axis)
+    inside = torch.zeros(8, dtype=torch.bool)
+    for values in result.norms.values():
+        inside |= (values[:, 1] <= 0.175 * (1 + 1e-5)) & (values[:, 2] <= 0.175 * (1 + 1e-5))
+    expected = result.masks["clean"] & ~inside
+    assert result.accuracy("worst-case-linf", 0.05) == pytest.approx(expected.float().mean().item())
+    p = result.protocol
+    assert (p["preset"], p["version"]) == ("fast", 1) and list(p["attacks"]) == ["flowpgd", "adef", "stadv", "rt"]
+    assert p["attacks"]["flowpgd"]["schedule"] == "constant" and p["attacks"]["flowpgd"]["budgets"] == [0.05]
+    assert p["attacks"]["adef"]["candidates"] == [1, 2, 3] and isinstance(p["library"]["commit"], str)
+    assert [e["budget"] for e in result.masking] == [0.05] and result.masking[0]["missed"] is not None
+    data = json.loads(result.to_json())
+    assert data["protocol"] == p and data["masking_check"] == result.masking
+    back = EvaluationResult.from_json(result.to_json(masks=True, norms=True))
+    assert back.to_dict() == result.to_dict() and back.image_size == (8, 8)
+    assert all(torch.allclose(back.norms[k], result.norms[k], atol=1e-5) for k in result.norms)
+    assert "Gradient-masking check" in result.to_markdown() and "preset 'fast' version 1" in result.to_markdown()
+    part = evaluate(model, (x, labels), ["flowpgd", "rt"], preset="fast", budgets={"linf": 0.05}, batch_size=4)
+    assert [r.attack for r in part.rows][:3] == ["clean", "flowpgd", "rt"]
+    with pytest.raises(ValueError, match="preset"):
+        evaluate(model, (x, labels), preset="strong")
+    with pytest.raises(TypeError, match="linf"):
+        evaluate(model, (x, labels), preset="fast", budgets={"flowpgd": [0.1]})
+    with pytest.raises(TypeError, match="attack names"):
+        evaluate(model, (x, labels), {"pgd": FlowPGD(model)}, preset="fast")
+    with pytest.raises(TypeError, match="preset"):
+        evaluate(model, (x, labels))
+    with pytest.raises(ValueError, match="reserved"):
+        evaluate(model, (x, labels), {"worst-case-linf": FlowPGD(model)})
+
+
+def test_masking_check_counts_flows_inside_the_box_by_hand():
+    from flowtriton.attacks import masking_check
+
+    inf = math.inf
+    correct = torch.tensor([True] * 6 + [False] * 2)
+    masks = {"pgd@0.1": torch.tensor([0, 1, 1, 1, 1, 1, 0, 0], dtype=torch.bool)}  # pgd fooled example 0 only
+    norms = {"adef": torch.tensor([[0.1, 0.1, 0.1], [0.5, 0.2, 0.3], [0.6, 0.6, 0.1], [inf] * 3, [0.3, 0.3, 0.3],
+                                   [0.3, 0.3, 0.3], [inf] * 3, [inf] * 3], dtype=torch.float64)}
+    info = {"pgd@0.1": {"gradient": True, "norm": "linf", "units": "normalized", "budget": 0.1},
+            "adef": {"gradient": False, "norm": "tnorm", "units": "pixels", "budget": None}}
+    # 7 x 11 images: 0.1 normalized = 0.5 px along x, 0.3 px along y
+    [entry] = masking_check(correct, masks, norms, info, (7, 11))
+    assert (entry["missed"], entry["by"], entry["flagged"]) == (3, {"adef": 3}, True)  # examples 1, 4, 5
+    assert entry["fraction"] == pytest.approx(3 / 8) and "gradient masking" in entry["advice"]
+    [quiet] = masking_check(correct, masks, norms, info, (3, 3))  # 0.1 normalized = 0.1 px: nothing inside
+    assert (quiet["missed"], quiet["flagged"], quiet["advice"]) == (0, False, None)
+    [alone] = masking_check(correct, masks, {}, {"pgd@0.1": info["pgd@0.1"]}, (7, 11))
+    assert alone["missed"] is None and not alone["flagged"] and "no weaker attack" in alone["advice"]
+
+
+class _Quantize(torch.nn.Module):
+    """x -> round(4 x) / 4: a non-differentiable input layer (torch.round's gradient is zero)."""
+
+    def forward(self, x):
+        return torch.round(x * 4) / 4
+
+
+def _mnist_cnn(seed=0, n=4000, epochs=2):
+    from flowtriton.data import load_dataset
+    from flowtriton.models import build_model
+
+    train, test = load_dataset("mnist-subset", "train"), load_dataset("mnist-subset", "test")
+    images, labels = train.float_images()[:n], train.labels[:n]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        model = build_model("tiny-cnn", 10, 1)
+        optimizer = torch.optim.Adam(model.parameters(), 3e-3)
+        for _ in range(epochs):
+            for start in range(0, n, 64):
+                loss = F.cross_entropy(model(images[start:start + 64]), labels[start:start + 64])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval(), test.float_images()[:200], test.labels[:200]
+
+
+def test_masking_check_fires_on_a_quantized_model_and_stays_quiet_on_a_standard_cnn():
+    """A tiny CNN trained for seconds on the embedded MNIST subset: behind round(4x)/4 (zero
+    gradient) FlowPGD cannot move, random flows inside its box still fool it -> flagged; the same
+    CNN without the quantizer -> FlowPGD finds everything the random flows find -> quiet."""
+    cnn, x, y = _mnist_cnn()
+    masked = torch.nn.Sequential(_Quantize(), cnn).eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        checks = {}
+        for name, model in (("standard", cnn), ("masked", masked)):
+            attacks = {"flowpgd": FlowPGD.preset("fast", model), "random": RandomFlow(model, samples=16, seed=0)}
+            result = evaluate(model, (x, y), attacks, {"flowpgd": [0.02, 0.05], "random": [0.02, 0.05]})
+            checks[name] = result
+    finally:
+        torch.set_num_threads(threads)
+    assert checks["standard"].clean_accuracy > 0.5
+    assert not checks["standard"].masking_flagged
+    assert all(e["fraction"] <= 0.005 for e in checks["standard"].masking)
+    assert checks["masked"].masking_flagged
+    assert [e["flagged"] for e in checks["masked"].masking] == [True, True]
+    assert checks["masked"].masking[1]["missed"] >= 5  # 2.5 % of 200: far above the 0.5 % threshold
+    assert "FLAGGED" in checks["masked"].to_markdown() and "BPDA" in checks["masked"].to_markdown()
+
+
+def test_adversarial_training_still_builds_the_cheap_attack():
+    from flowtriton.train.config import TrainConfig
+    from flowtriton.train.objectives import Objective
+
+    model = TinyConv().eval()
+    for method in ("at", "fgr+at"):
+        cfg = TrainConfig(method=method, at_eps=0.03, at_steps=4)
+        attack = Objective(cfg, attack_model=model).attack
+        assert attack.settings() == FlowPGD.preset("paper", model, eps=0.03, steps=4).settings()
+        assert (attack.schedule, attack.keep, attack.loss, attack.restarts, attack.random_start) == \
+            ("constant", "last", "ce", 1, False)
+    x = smooth_images(4)
+    labels = predictions(model, x)
+    flow, _ = _old_flow_pgd(model, x, labels, eps=0.03, steps=4)
+    assert torch.equal(attack.run(x, labels).flow, flow)

@@ -316,3 +316,39 @@ def test_cuda_graph_without_cuda_is_one_line_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--cuda-graph) needs a CUDA device" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_evaluate_preset_argument_handling(tmp_path, capsys):
+    """--preset picks the ensemble and is recorded with its version, settings and the commit;
+    --size is its older spelling (small = fast); contradictions and attacks outside the preset
+    are one-line errors before any attack runs."""
+    run = tmp_path / "run"
+    assert main(["train", *_QUICK, "--out-dir", str(run)]) == 0
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run / "best.pt"), "--preset", "fast", "--attacks", "flowpgd", "rt", "--num-examples",
+                 "8", "--no-plots", "--no-progress", "--out-dir", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    protocol = results["protocol"]
+    assert results["preset"] == "fast" and (protocol["preset"], protocol["version"]) == ("fast", 1)
+    assert list(protocol["attacks"]) == ["flowpgd", "rt"]
+    assert protocol["attacks"]["flowpgd"]["schedule"] == "constant" and protocol["attacks"]["flowpgd"]["steps"] == 20
+    assert protocol["attacks"]["flowpgd"]["budgets"] == [0.005, 0.01, 0.02, 0.04]
+    assert isinstance(protocol["library"]["commit"], str) and protocol["library"]["commit"]
+    assert [e["budget"] for e in results["masking_check"]] == [0.005, 0.01, 0.02, 0.04]
+    assert [r["attack"] for r in results["rows"]].count("worst-case-linf") == 4
+    assert "preset 'fast' version 1" in (out / "results.md").read_text()
+    capsys.readouterr()
+    small = tmp_path / "small"
+    assert main(["evaluate", str(run / "best.pt"), "--size", "small", "--attacks", "rt", "--num-examples", "8",
+                 "--no-plots", "--no-progress", "--out-dir", str(small)]) == 0
+    assert json.loads((small / "results.json").read_text())["protocol"]["preset"] == "fast"
+    capsys.readouterr()
+    for bad, word in ((["--size", "small", "--preset", "standard"], "contradicts"),
+                      (["--preset", "paper", "--attacks", "random"], "not in preset 'paper'")):
+        assert main(["evaluate", str(run / "best.pt"), *bad, "--out-dir", str(tmp_path / "bad")]) == 1
+        err = capsys.readouterr().err
+        assert word in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "bad" / "results.json").exists()
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(run / "best.pt"), "--preset", "strong"])
+    assert "invalid choice" in capsys.readouterr().err

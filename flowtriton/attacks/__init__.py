@@ -1,5 +1,7 @@
-"""Flow attacks: the paper's multi-step attack (FlowPGD), ADef, stAdv, rotation + translation,
-and :func:`evaluate` for robust-accuracy tables.
+"""Flow attacks: FlowPGD (an APGD-style evaluation attack by default; ``FlowPGD.preset('paper')``
+is the FGR authors' multi-step attack), ADef, stAdv, rotation + translation, RandomFlow (the
+gradient-free canary), and :func:`evaluate` for robust-accuracy tables (``preset='standard'``: the
+fixed, versioned ensemble of :mod:`flowtriton.attacks.presets`).
 
 Every attack: ``attack = Attack(model, ...)``; ``adv = attack(images, labels)`` or
 ``result = attack.run(images, labels)`` (:class:`AttackResult`: images, flow in pixels
@@ -8,22 +10,29 @@ Every attack: ``attack = Attack(model, ...)``; ``adv = attack(images, labels)`` 
 
 from .adef import ADef
 from .base import AttackResult, FlowAttack, flow_norms
-from .evaluate import EvaluationResult, EvaluationRow, evaluate
+from .evaluate import EvaluationResult, EvaluationRow, evaluate, masking_check
 from .flow_pgd import FlowPGD
+from .presets import EVALUATION_PRESETS, library_commit, preset_suite
+from .random_flow import RandomFlow
 from .spatial import RotationTranslation, rigid_flow
 from .stadv import StAdv, flow_smoothness
 
 __all__ = [
     "ADef",
     "AttackResult",
+    "EVALUATION_PRESETS",
     "EvaluationResult",
     "EvaluationRow",
     "FlowAttack",
     "FlowPGD",
+    "RandomFlow",
     "RotationTranslation",
     "StAdv",
     "evaluate",
     "flow_norms",
     "flow_smoothness",
+    "library_commit",
+    "masking_check",
+    "preset_suite",
     "rigid_flow",
 ]

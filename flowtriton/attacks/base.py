@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import numbers
 from dataclasses import dataclass, field
 
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 
 from ..backend import check_backend
 from ..ops.units import UNITS, unit_scale  # noqa: F401 - re-exported for attack modules
-from ..ops.validation import check_choice, check_unit_range
+from ..ops.validation import check_unit_range
 from ..reference import PADDING_MODES  # noqa: F401 - re-exported for attack modules
 from ..regularizers.common import check_seed as _check_seed
 
@@ -52,6 +53,21 @@ class AttackResult:
     def norms(self) -> dict:
         """{'tnorm', 'linf', 'l2'} -> (N,) tensors in pixels."""
         return {"tnorm": self.tnorm, "linf": self.linf, "l2": self.l2}
+
+
+def _jsonable(value):
+    """``value`` as JSON-ready data: numbers, strings, None, lists; inf as the string 'inf'."""
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (list, tuple, range)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, torch.Generator):
+        return "torch.Generator"
+    return repr(value)
 
 
 def flow_norms(flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -207,6 +223,29 @@ class FlowAttack:
     #: True for attacks that search the smallest flow (ADef, StAdv): budgets are applied after
     #: the fact to their T-norm (see :func:`flowtriton.attacks.evaluate`).
     minimum_norm = False
+    #: True for attacks that follow the model's gradient inside a budget (FlowPGD): the
+    #: gradient-masking check of :func:`flowtriton.attacks.evaluate` compares them with the others.
+    gradient_budgeted = False
+    #: Named settings: {name: constructor keyword arguments}; see :meth:`preset`.
+    PRESETS: dict = {}
+
+    @classmethod
+    def preset(cls, name: str, model, **overrides) -> "FlowAttack":
+        """``cls(model, **cls.PRESETS[name], **overrides)``: a named setting of this attack
+        (docs/attacks.md lists them); ``overrides`` replace the preset's values."""
+        if not isinstance(name, str) or name not in cls.PRESETS:
+            raise ValueError(f"preset must be one of {tuple(cls.PRESETS)} for {cls.__name__}, got {name!r}")
+        return cls(model, **{**cls.PRESETS[name], **overrides})
+
+    def settings(self) -> dict:
+        """Every constructor setting of this attack, JSON-ready (the model left out; a generator
+        recorded as its class name), with the class name under 'class'."""
+        out = {"class": type(self).__name__}
+        for key, value in vars(self).items():
+            if key == "model" or key.startswith("_"):
+                continue
+            out[key] = _jsonable(value)
+        return out
 
     def __init__(self, model, targeted: bool = False, backend: str | None = None):
         if not callable(model):

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
+from .._progress import progress_bar
 from ..ops.validation import check_unit_range
 from .base import FlowAttack, check_grad_mode, check_images, check_int, check_label_range, check_number, eval_mode
 
@@ -45,10 +45,27 @@ class EvaluationResult:
     rows: list[EvaluationRow]
     median_tnorm: dict[str, float] = field(default_factory=dict)
     masks: dict[str, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
+    #: the gradient-masking check, one dict per L-inf budget of a gradient attack (see
+    #: :func:`masking_check`); None when the result does not say (e.g. read from an old file).
+    masking: list | None = None
+    #: what ran: preset name and version, every attack's settings and budgets, library commit.
+    protocol: dict | None = None
+    #: per run (keyed like ``masks``; a minimum-norm attack once, under its name) a (N, 3) CPU
+    #: tensor: T-norm, largest |x| and |y| component (pixels) of the flow where the run fooled a
+    #: correctly classified example, inf elsewhere; and what each run was (``run_info``).
+    norms: dict[str, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
+    run_info: dict[str, dict] = field(default_factory=dict, compare=False, repr=False)
+    #: (height, width) of the images, for converting normalized budgets to pixels.
+    image_size: tuple | None = field(default=None, compare=False, repr=False)
 
     @property
     def clean_accuracy(self) -> float:
         return self.rows[0].accuracy
+
+    @property
+    def masking_flagged(self) -> bool:
+        """True when the gradient-masking check fired at any budget (see :func:`masking_check`)."""
+        return any(entry["flagged"] for entry in (self.masking or []))
 
     def accuracy(self, attack: str, budget: float | None = None) -> float:
         """The accuracy of one row."""
@@ -99,7 +116,24 @@ class EvaluationResult:
                 rows.append(row)
                 masks[key] = result._mask(key)
             medians.update(result.median_tnorm)
-        merged = cls(rows=rows, median_tnorm=medians, masks=masks)
+        norms, run_info, protocols = {}, {}, []
+        for result in results:
+            norms.update(result.norms)
+            run_info.update(result.run_info)
+            if result.protocol:
+                protocols.append(result.protocol)
+        size = next((r.image_size for r in results if r.image_size is not None), None)
+        protocol = None
+        if protocols:
+            protocol = {**protocols[0], "attacks": {k: v for p in protocols for k, v in p["attacks"].items()}}
+            if len({(p["preset"], p["version"]) for p in protocols}) > 1:
+                protocol["preset"] = [p["preset"] for p in protocols]
+                protocol["version"] = [p["version"] for p in protocols]
+        masking = None
+        if all(result.masking is not None for result in results) and run_info:
+            masking = masking_check(clean, masks, norms, run_info, size)
+        merged = cls(rows=rows, median_tnorm=medians, masks=masks, masking=masking, protocol=protocol, norms=norms,
+                     run_info=run_info, image_size=size)
         names = list(dict.fromkeys(row.attack for row in rows[1:]))
         if len(names) >= 2:
             everything = clean.clone()
@@ -108,29 +142,47 @@ class EvaluationResult:
             merged.rows.append(EvaluationRow(UNION, None, None, float(everything.float().mean()), int(clean.numel())))
         return merged
 
-    def to_dict(self, masks: bool = False) -> dict:
-        """JSON-ready dict; ``masks=True`` adds the per-example masks as strings of '0'/'1'."""
+    def to_dict(self, masks: bool = False, norms: bool = False) -> dict:
+        """JSON-ready dict: rows, medians, the masking check ('masking_check') and the protocol;
+        ``masks=True`` adds the per-example masks as strings of '0'/'1'; ``norms=True`` the
+        per-example flow norms of every run (``[tnorm, |x|, |y|]`` in pixels, None where the run
+        did not fool the example), the runs' descriptions and the image size, so that
+        :meth:`merge` can redo the masking check after a JSON round trip."""
         out = {"rows": [asdict(row) for row in self.rows],
                "median_tnorm": {k: (None if math.isnan(v) else v) for k, v in self.median_tnorm.items()}}
+        if self.masking is not None:
+            out["masking_check"] = self.masking
+        if self.protocol is not None:
+            out["protocol"] = self.protocol
         if masks:
             out["masks"] = {k: "".join("1" if v else "0" for v in m.tolist()) for k, m in self.masks.items()}
+        if norms:
+            out["flow_norms"] = {k: [None if math.isinf(row[0]) else [round(v, 6) for v in row] for row in t.tolist()]
+                                 for k, t in self.norms.items()}
+            out["runs"] = self.run_info
+            out["image_size"] = list(self.image_size) if self.image_size is not None else None
         return out
 
-    def to_json(self, masks: bool = False, **kwargs) -> str:
-        """``json.dumps`` of :meth:`to_dict` (``masks`` as there; other arguments go to json)."""
-        return json.dumps(self.to_dict(masks=masks), **kwargs)
+    def to_json(self, masks: bool = False, norms: bool = False, **kwargs) -> str:
+        """``json.dumps`` of :meth:`to_dict` (``masks``, ``norms`` as there; other arguments go to json)."""
+        return json.dumps(self.to_dict(masks=masks, norms=norms), **kwargs)
 
     @classmethod
     def from_dict(cls, data: dict) -> "EvaluationResult":
         rows = [EvaluationRow(**row) for row in data["rows"]]
         medians = {k: (math.nan if v is None else float(v)) for k, v in data.get("median_tnorm", {}).items()}
         masks = {k: torch.tensor([c == "1" for c in v], dtype=torch.bool) for k, v in data.get("masks", {}).items()}
-        if masks and rows:
+        norms = {k: torch.tensor([[math.inf] * 3 if r is None else r for r in v], dtype=torch.float64).view(-1, 3)
+                 for k, v in data.get("flow_norms", {}).items()}
+        if rows:
             total = rows[0].examples
-            wrong = sorted(k for k, m in masks.items() if m.numel() != total)
+            wrong = sorted(k for k, m in {**masks, **norms}.items() if m.shape[0] != total)
             if wrong:
                 raise ValueError(f"masks {wrong} do not hold one flag per example ({total})")
-        return cls(rows=rows, median_tnorm=medians, masks=masks)
+        size = data.get("image_size")
+        return cls(rows=rows, median_tnorm=medians, masks=masks, masking=data.get("masking_check"),
+                   protocol=data.get("protocol"), norms=norms, run_info=dict(data.get("runs", {})),
+                   image_size=tuple(size) if size else None)
 
     @classmethod
     def from_json(cls, text: str) -> "EvaluationResult":
@@ -144,6 +196,16 @@ class EvaluationResult:
         if self.median_tnorm:
             lines += ["", "| attack | median successful T-norm (px) |", "|---|---|"]
             lines += [f"| {name} | {value:.4f} |" for name, value in self.median_tnorm.items()]
+        if self.masking is not None:
+            lines += ["", masking_text(self.masking)]
+        if self.protocol:
+            p = self.protocol
+            library = p.get("library", {})
+            named = f"preset {p['preset']!r} version {p['version']}" if p.get("preset") else "no preset"
+            lines += ["", f"Protocol: {named}; flowtriton {library.get('flowtriton')} at commit "
+                          f"{library.get('commit')}" + (" (with uncommitted changes)"
+                                                        if library.get("uncommitted_changes") is True else "")
+                      + "; every attack's settings are in results.json ('protocol')."]
         return "\n".join(lines) + "\n"
 
 
@@ -242,7 +304,21 @@ def _model_device(model) -> torch.device:
 
 
 UNION = "union"
-RESERVED = ("clean", UNION)
+WORST_LINF = "worst-case-linf"
+WORST_TNORM = "worst-case-tnorm"
+RESERVED = ("clean", UNION, WORST_LINF, WORST_TNORM)
+#: The masking check flags a budget when weaker attacks beat the gradient attack on more than
+#: this share of the examples.
+MASKING_THRESHOLD = 0.005
+#: Relative slack when testing whether a flow lies within a budget (float32 rounding of flows
+#: projected onto the budget exactly).
+BUDGET_SLACK = 1e-5
+MASKING_ADVICE = ("the signature of gradient masking (or of a gradient attack too weak for this model): do not quote "
+                  "FlowPGD's accuracy alone. Quote the worst case over every attack (the preset's worst-case rows, "
+                  "or EvaluationResult.worst_case); strengthen the gradient attack (more restarts and steps: "
+                  "FlowPGD's defaults, preset 'standard'); and look for non-differentiable, randomized or saturating "
+                  "parts of the model (quantization, JPEG, thresholds, stochastic layers: attack them with BPDA or "
+                  "EOT).")
 
 
 def _plan(attacks, budgets, model) -> dict:
@@ -281,8 +357,120 @@ def _tnorm_pixels(attack) -> bool:
                                    and getattr(attack, "norm", None) == "tnorm")
 
 
-def _table(correct, attacks, robust, needed, tnorms) -> EvaluationResult:
-    """The result for the attacks finished so far (``robust`` holds only those)."""
+def _pixels_per_unit(units, image_size):
+    """(sx, sy): pixels per budget unit along x and y (None when normalized units lack a size)."""
+    if units == "pixels":
+        return 1.0, 1.0
+    if image_size is None:
+        return None
+    height, width = image_size
+    return (width - 1) / 2.0, (height - 1) / 2.0
+
+
+def _inside_linf(norms: torch.Tensor, budget: float, scale) -> torch.Tensor:
+    """(N,) bool: the run fooled the example with a flow inside the L-inf box ``budget``."""
+    sx, sy = scale
+    slack = 1.0 + BUDGET_SLACK
+    return (torch.isfinite(norms[:, 0]) & (norms[:, 1] <= budget * sx * slack + 1e-12)
+            & (norms[:, 2] <= budget * sy * slack + 1e-12))
+
+
+def masking_check(correct: torch.Tensor, masks: dict, norms: dict, run_info: dict, image_size,
+                  threshold: float = MASKING_THRESHOLD) -> list:
+    """The gradient-masking self-check: for every L-inf budget a gradient attack (FlowPGD with
+    ``norm='linf'``) ran at, the examples that it did NOT fool but that a weaker-by-design attack
+    (every other run: ADef, StAdv, RandomFlow, rotation + translation, ...) fooled with a flow
+    inside the same L-inf box (largest |x| and |y| flow component within the budget, converted to
+    pixels per axis). A gradient attack at full strength finds (nearly) everything a weaker one
+    finds; when it misses more than ``threshold`` (0.5 %) of the examples, the entry is flagged.
+
+    Returns one dict per (units, budget): 'budget', 'units', 'gradient_attacks' (run keys),
+    'examples', 'missed' (count; None when no weaker attack ran), 'fraction', 'by' ({run key:
+    count} for each weaker run), 'flagged', 'threshold', 'advice' (what to do, when flagged)."""
+    total = int(correct.numel())
+    levels = {}
+    for key, info in run_info.items():
+        if info.get("gradient") and info.get("norm") == "linf" and info.get("budget") is not None and key in masks:
+            levels.setdefault((info["units"], float(info["budget"])), []).append(key)
+    weaker = [key for key, info in run_info.items() if not info.get("gradient") and key in norms]
+    out = []
+    for (units, budget), keys in sorted(levels.items(), key=lambda item: (str(item[0][0]), item[0][1])):
+        entry = {"budget": budget, "units": units, "gradient_attacks": keys, "examples": total, "missed": None,
+                 "fraction": None, "by": {}, "flagged": False, "threshold": threshold, "advice": None}
+        scale = _pixels_per_unit(units, image_size)
+        if not weaker or scale is None or total == 0:
+            entry["advice"] = "not checked: no weaker attack ran" if not weaker else "not checked: image size unknown"
+            out.append(entry)
+            continue
+        fooled = torch.zeros_like(correct)
+        for key in keys:
+            fooled |= correct & ~masks[key]
+        missed = torch.zeros_like(correct)
+        for key in weaker:
+            hit = correct & ~fooled & _inside_linf(norms[key], budget, scale)
+            entry["by"][key] = int(hit.sum())
+            missed |= hit
+        entry["missed"] = int(missed.sum())
+        entry["fraction"] = entry["missed"] / total
+        entry["flagged"] = entry["fraction"] > threshold
+        if entry["flagged"]:
+            entry["advice"] = (f"{', '.join(keys)} missed {entry['missed']} of {total} examples "
+                               f"({100 * entry['fraction']:.1f} % > {100 * threshold:g} %) that weaker attacks fooled "
+                               f"inside the same L-inf budget ({budget:g} {units}): " + MASKING_ADVICE)
+        out.append(entry)
+    return out
+
+
+def masking_text(entries: list) -> str:
+    """The masking check as a markdown paragraph and table."""
+    if not entries:
+        return ("Gradient-masking check: not run (no FlowPGD L-inf budget, or no other attack, in this "
+                "evaluation).")
+    lines = [f"Gradient-masking check: examples fooled inside FlowPGD's own L-inf budget by a weaker attack but not "
+             f"by FlowPGD (flagged above {100 * entries[0]['threshold']:g} % of the examples).", "",
+             "| budget | units | missed | share | by | verdict |", "|---|---|---|---|---|---|"]
+    for e in entries:
+        if e["missed"] is None:
+            lines.append(f"| {e['budget']:g} | {e['units']} | - | - | - | {e['advice']} |")
+            continue
+        by = ", ".join(f"{k} {v}" for k, v in e["by"].items() if v) or "-"
+        verdict = "**FLAGGED**" if e["flagged"] else "ok"
+        lines.append(f"| {e['budget']:g} | {e['units']} | {e['missed']} | {100 * e['fraction']:.2f} % | {by} "
+                     f"| {verdict} |")
+    flagged = [e for e in entries if e["flagged"]]
+    if flagged:
+        lines += ["", "**Warning**: " + flagged[0]["advice"]]
+    return "\n".join(lines)
+
+
+def _worst_case_rows(correct, norms, linf_levels, tnorm_levels, image_size):
+    """(rows, masks): per L-inf budget (units, b) and per T-norm budget b (pixels), the examples
+    correct and fooled by no run with a flow within that budget (any attack, any budget)."""
+    total = int(correct.numel())
+    rows, masks = [], {}
+    for units, budget in linf_levels:
+        scale = _pixels_per_unit(units, image_size)
+        if scale is None:
+            continue
+        survived = correct.clone()
+        for values in norms.values():
+            survived &= ~_inside_linf(values, budget, scale)
+        rows.append(EvaluationRow(WORST_LINF, budget, units, float(survived.float().mean()), total))
+        masks[row_key(WORST_LINF, budget)] = survived
+    for budget in tnorm_levels:
+        survived = correct.clone()
+        for values in norms.values():
+            survived &= ~(values[:, 0] <= budget * (1 + BUDGET_SLACK))
+        rows.append(EvaluationRow(WORST_TNORM, budget, "pixels", float(survived.float().mean()), total))
+        masks[row_key(WORST_TNORM, budget)] = survived
+    return rows, masks
+
+
+def _table(correct, attacks, robust, needed, tnorms, norms=None, run_info=None, image_size=None,
+           worst=None, protocol=None) -> EvaluationResult:
+    """The result for the attacks finished so far (``robust`` holds only those). ``worst``:
+    (L-inf levels [(units, budget)], T-norm levels [pixels]) for the worst-case rows of a preset."""
+    norms, run_info = norms or {}, run_info or {}
     total = int(correct.numel())
     rows = [EvaluationRow("clean", None, None, float(correct.float().mean()), total)]
     row_masks = {"clean": correct}
@@ -312,15 +500,65 @@ def _table(correct, attacks, robust, needed, tnorms) -> EvaluationResult:
                     count += 1
             if count >= 2:
                 rows.append(EvaluationRow(UNION, b, "pixels", float(survived.float().mean()), total))
+    if worst is not None:
+        extra_rows, extra_masks = _worst_case_rows(correct, norms, worst[0], worst[1], image_size)
+        rows += extra_rows
+        row_masks.update(extra_masks)
     medians = {}
     for name, values in tnorms.items():
         values = values[~torch.isnan(values)]
         medians[name] = float(values.median()) if values.numel() else math.nan
-    return EvaluationResult(rows=rows, median_tnorm=medians, masks=row_masks)
+    masking = masking_check(correct, row_masks, norms, run_info, image_size)
+    return EvaluationResult(rows=rows, median_tnorm=medians, masks=row_masks, masking=masking, protocol=protocol,
+                            norms=dict(norms), run_info=dict(run_info), image_size=image_size)
 
 
-def evaluate(model, data, attacks, budgets=None, batch_size: int = 256, device=None,
-             max_batches: int | None = None, progress: bool = False, on_attack_done=None) -> EvaluationResult:
+def _run_info(attack, budget) -> dict:
+    """What one run was, for the masking check: gradient L-inf attack or not, units, norm, budget."""
+    return {"attack": type(attack).__name__, "gradient": bool(getattr(attack, "gradient_budgeted", False)),
+            "units": "pixels" if attack.minimum_norm else getattr(attack, "units", None),
+            "norm": "tnorm" if attack.minimum_norm else getattr(attack, "norm", None),
+            "budget": None if budget is None else float(budget)}
+
+
+def _flow_norms(result, ok: torch.Tensor) -> torch.Tensor:
+    """(N, 3) CPU float64: [T-norm, largest |x|, largest |y|] (pixels) where ``result`` fooled a
+    correctly classified example, inf elsewhere."""
+    flow = result.flow.detach()
+    values = torch.stack((result.tnorm, flow[:, 0].abs().flatten(1).amax(dim=1) if flow.numel() else result.tnorm,
+                          flow[:, 1].abs().flatten(1).amax(dim=1) if flow.numel() else result.tnorm), dim=1)
+    values = values.to(device="cpu", dtype=torch.float64)
+    fooled = (ok & result.success.cpu())[:, None]
+    return torch.where(fooled, values, torch.full_like(values, math.inf))
+
+
+def _preset_plan(preset, attacks, budgets):
+    """Check the preset arguments before any work: -> (names or None, linf budgets, tnorm budgets)."""
+    from .presets import check_preset
+
+    check_preset(preset)
+    names = None
+    if attacks is not None:
+        names = [attacks] if isinstance(attacks, str) else attacks
+        if isinstance(names, Mapping) or not all(isinstance(n, str) for n in names):
+            raise TypeError("with a preset, attacks must be None (all of the preset's attacks) or a list of its "
+                            "attack names")
+        names = list(names)
+    linf = tnorm = None
+    if budgets is not None:
+        if not isinstance(budgets, Mapping) or set(budgets) - {"linf", "tnorm"}:
+            raise TypeError("with a preset, budgets must be a {'linf': [...], 'tnorm': [...]} dict (L-inf budgets "
+                            f"in normalized units, T-norm budgets in pixels), got {budgets!r}")
+        if "linf" in budgets:
+            linf = sorted(check_number(b, "budgets['linf']") for b in _budget_list("linf", budgets["linf"]))
+        if "tnorm" in budgets:
+            tnorm = sorted(check_number(b, "budgets['tnorm']") for b in _budget_list("tnorm", budgets["tnorm"]))
+    return names, linf, tnorm
+
+
+def evaluate(model, data, attacks=None, budgets=None, batch_size: int = 256, device=None,
+             max_batches: int | None = None, progress: bool = False, on_attack_done=None,
+             preset: str | None = None) -> EvaluationResult:
     """Clean and robust accuracy of ``model`` on ``data`` under each attack at each budget, and
     against the union of the attacks (the worst case per example).
 
@@ -332,7 +570,8 @@ def evaluate(model, data, attacks, budgets=None, batch_size: int = 256, device=N
       more than once is numbered: 'FlowPGD-1', 'FlowPGD-2', ... in order), or one attack.
       Untargeted attacks built on this ``model`` (the same module, or the module under a
       torch.compile / DataParallel / DistributedDataParallel wrapper; another model is a
-      ValueError). 'clean' and 'union' are reserved names.
+      ValueError). 'clean', 'union', 'worst-case-linf' and 'worst-case-tnorm' are reserved names.
+      With a ``preset``: None (every attack of the preset) or a list of the preset's attack names.
     budgets: {name: [budget, ...]} or {name: budget} (optional, per attack; a number is one
       budget).
       * FlowPGD (and any attack with ``with_budget``): one run per budget, eps in the attack's
@@ -341,6 +580,14 @@ def evaluate(model, data, attacks, budgets=None, batch_size: int = 256, device=N
         counts an example as robust when it is correct and the attack either failed or needed a
         T-norm > b. Budget-less rows give the accuracy with no norm limit.
       * An attack without budgets runs once at its settings (row budget None).
+      With a ``preset``: {'linf': [...], 'tnorm': [...]} (normalized L-inf budgets of FlowPGD and
+      RandomFlow, pixel T-norm budgets of ADef and StAdv), each optional (default: the preset's).
+    preset: 'standard', 'fast' or 'paper' (:mod:`flowtriton.attacks.presets`, docs/attacks.md):
+      build the preset's attacks on ``model`` (ADef's labels from the model's class count) and add,
+      after the union rows, one worst-case row per budget: 'worst-case-linf' at each L-inf budget
+      (normalized) and 'worst-case-tnorm' at each T-norm budget (pixels), where an example counts
+      as robust when it is correct and NO run of ANY attack fooled it with a flow within that
+      budget (the L-inf box per flow component; the T-norm ball).
     device: where to attack (default: the model's). max_batches: stop after that many batches.
     progress: show a progress bar (off by default; total = batches x attack runs, one tick per
       attack run on a batch; ``flowtriton evaluate`` turns it on).
@@ -354,13 +601,21 @@ def evaluate(model, data, attacks, budgets=None, batch_size: int = 256, device=N
     budgets ascending, then with two or more attacks the 'union' rows: budget None = robust
     against every attack run at every budget; budget b (pixels) = robust against every
     minimum-norm attack at T-norm b and every pixel-T-norm FlowPGD run at b, when at least two
-    attacks share that budget) and the median successful T-norm of each minimum-norm attack.
+    attacks share that budget; then a preset's worst-case rows) and the median successful T-norm
+    of each minimum-norm attack; ``masking``: the gradient-masking check (:func:`masking_check`),
+    also in the markdown and JSON; ``protocol``: the preset's name and version (None without
+    one), every attack's settings and budgets, the library version and commit.
     """
     check_grad_mode("evaluate")
     if not callable(model):
         raise TypeError(f"model must be callable (an nn.Module), got {type(model).__name__}")
-    attacks = _name_attacks(attacks)
-    plans = _plan(attacks, budgets, model)
+    if preset is not None:
+        preset_names, linf_budgets, tnorm_budgets = _preset_plan(preset, attacks, budgets)
+    else:
+        if attacks is None:
+            raise TypeError("evaluate needs attacks or a preset (preset='standard' for the standard ensemble)")
+        attacks = _name_attacks(attacks)
+        plans = _plan(attacks, budgets, model)
     batch_size = check_int(batch_size, "batch_size")
     if on_attack_done is not None and not callable(on_attack_done):
         raise TypeError(f"on_attack_done must be callable, got {type(on_attack_done).__name__}")
@@ -374,25 +629,45 @@ def evaluate(model, data, attacks, budgets=None, batch_size: int = 256, device=N
     if not batches or sum(int(labels.numel()) for _, labels in batches) == 0:
         raise ValueError("data holds no examples")
     clean = []
+    classes = None
     for images, labels in batches:
         _check_batch(images, labels)
         check_unit_range(images, "images")
         with eval_mode(model), torch.no_grad():
             logits = model(images.to(device))
             check_label_range(labels, logits.shape[1])
+            classes = int(logits.shape[1])
             clean.append((logits.argmax(dim=1) == labels.to(device)).cpu())
     correct = torch.cat(clean)
+    image_size = tuple(int(v) for v in batches[0][0].shape[-2:])
+    worst = None
+    if preset is not None:
+        from .presets import preset_suite
+
+        attacks, plans = preset_suite(model, preset, classes, preset_names, linf_budgets, tnorm_budgets)
+        plans = _plan(attacks, plans, model)
+        spec_kinds = {name: getattr(attack, "units", None) for name, attack in attacks.items()}
+        linf_levels = sorted({(spec_kinds[n], b) for n, a in attacks.items()
+                              if not a.minimum_norm and getattr(a, "norm", None) == "linf" for b in plans[n]})
+        tnorm_levels = sorted({b for n, a in attacks.items() if a.minimum_norm for b in plans[n]})
+        worst = (linf_levels, tnorm_levels)
+    from .presets import protocol as describe
+
+    protocol = describe(attacks, plans, preset)
 
     runs = {name: 1 if attacks[name].minimum_norm or not plans[name] else len(plans[name]) for name in attacks}
-    bar = tqdm(desc="evaluate", unit="run", total=len(batches) * sum(runs.values()), disable=not progress,
-               dynamic_ncols=True)
-    robust, needed, tnorms = {}, {}, {}
+    bar = progress_bar(progress, desc="evaluate", unit="run", total=len(batches) * sum(runs.values()),
+                       dynamic_ncols=True)
+    robust, needed, tnorms, norms, run_info = {}, {}, {}, {}, {}
     try:
         for name, attack in attacks.items():
             values = plans[name]
             masks = {b: [] for b in (values or [None])}
             if attack.minimum_norm:
-                norms, medians = [], []
+                norms_parts, medians = [], []
+                flow_parts = []
+            else:
+                flow_parts = {b: [] for b in masks}
             for (images, labels), ok in zip(batches, clean):
                 images, labels = images.to(device), labels.to(device).long()
                 if attack.minimum_norm:
@@ -401,22 +676,32 @@ def evaluate(model, data, attacks, budgets=None, batch_size: int = 256, device=N
                     for b in masks:
                         fooled = result.success.cpu() if b is None else norm <= b
                         masks[b].append(ok & ~fooled)
-                    norms.append(norm)
+                    norms_parts.append(norm)
                     medians.append(torch.where(ok & result.success.cpu(), result.tnorm.cpu(),
                                                torch.full_like(norm, math.nan)))
+                    flow_parts.append(_flow_norms(result, ok))
                     bar.set_postfix(attack=name)
                     bar.update(1)
                 else:
                     for b in masks:
                         run = attack if b is None else attack.with_budget(b)
-                        masks[b].append(ok & ~run.run(images, labels).success.cpu())
+                        result = run.run(images, labels)
+                        masks[b].append(ok & ~result.success.cpu())
+                        flow_parts[b].append(_flow_norms(result, ok))
                         bar.set_postfix(attack=name, budget=b)
                         bar.update(1)
             robust[name] = {b: torch.cat(parts) for b, parts in masks.items()}
             if attack.minimum_norm:
-                needed[name], tnorms[name] = torch.cat(norms), torch.cat(medians)
+                needed[name], tnorms[name] = torch.cat(norms_parts), torch.cat(medians)
+                norms[name] = torch.cat(flow_parts)
+                run_info[name] = _run_info(attack, None)
+            else:
+                for b, parts in flow_parts.items():
+                    norms[row_key(name, b)] = torch.cat(parts)
+                    run_info[row_key(name, b)] = _run_info(attack, b)
             if on_attack_done is not None:
-                on_attack_done(name, _table(correct, attacks, robust, needed, tnorms))
+                on_attack_done(name, _table(correct, attacks, robust, needed, tnorms, norms, run_info, image_size,
+                                            worst, protocol))
     finally:
         bar.close()
-    return _table(correct, attacks, robust, needed, tnorms)
+    return _table(correct, attacks, robust, needed, tnorms, norms, run_info, image_size, worst, protocol)

@@ -23,36 +23,45 @@ from .engine import resolve_augment
 ATTACK_NAMES = ("flowpgd", "adef", "stadv", "rt")
 PGD_BUDGETS = [0.005, 0.01, 0.02, 0.04]          # normalized units
 TNORM_BUDGETS = [0.25, 0.5, 1.0, 2.0]             # pixels
+#: ``size`` (the older spelling) -> evaluation preset: the same suites, bit for bit.
+SIZE_PRESETS = {"full": "paper", "small": "fast"}
+DEFAULT_PRESET = "standard"
 
 
-def build_attacks(model, names=ATTACK_NAMES, size: str = "full", num_classes: int = 10,
-                  pgd_budgets=None, tnorm_budgets=None):
-    """({name: attack}, {name: budgets}) for the named attacks. ``size``: 'full' (the paper's
-    100-step FlowPGD, ADef 100 iterations over every candidate label, foolbox's 5x5x5
-    rotation/translation grid) or 'small' (a few steps each: demos and CI); stAdv runs at its
-    defaults in both (the published loss and tau, Adam, 20 steps per tau, two tau search steps).
-    ``pgd_budgets`` (normalized) and ``tnorm_budgets`` (pixels) replace the default budgets."""
-    from ..attacks import ADef, FlowPGD, RotationTranslation, StAdv
+def resolve_preset(preset: str | None = None, size: str | None = None) -> str:
+    """The evaluation preset for ``preset`` / ``size`` ('full' = 'paper', 'small' = 'fast'); with
+    neither, 'standard'. ValueError when both are given and disagree, or either is unknown."""
+    from ..attacks.presets import check_preset
 
-    if size not in ("full", "small"):
+    if size is not None and size not in SIZE_PRESETS:
         raise ValueError(f"size must be 'full' or 'small', got {size!r}")
-    unknown = set(names) - set(ATTACK_NAMES)
-    if unknown:
-        raise ValueError(f"attack names must be among {ATTACK_NAMES}, got {sorted(unknown)}")
-    small = size == "small"
-    factories = {
-        "flowpgd": lambda: FlowPGD(model, eps=0.01, steps=20 if small else 100, units="normalized"),
-        "adef": lambda: ADef(model, candidates=range(1, min(num_classes, 4 if small else num_classes)),
-                             max_iter=20 if small else 100, smooth=0.5, overshoot=1.2),
-        "stadv": lambda: StAdv(model),  # its defaults are cheap (about 36 model passes per image)
-        "rt": lambda: RotationTranslation(model, max_rotation=15.0 if small else 30.0,
-                                          max_translation=2.0 if small else 3.0,
-                                          num_rotations=5, num_translations=3 if small else 5),
-    }
-    pgd, tnorm = list(pgd_budgets or PGD_BUDGETS), list(tnorm_budgets or TNORM_BUDGETS)
-    budgets = {"flowpgd": pgd, "adef": tnorm, "stadv": tnorm}
-    attacks = {name: factories[name]() for name in names}
-    return attacks, {name: budgets[name] for name in names if name in budgets}
+    if preset is not None:
+        check_preset(preset)
+        if size is not None and SIZE_PRESETS[size] != preset:
+            raise ValueError(f"size {size!r} means preset {SIZE_PRESETS[size]!r}, which contradicts preset {preset!r}: "
+                             "give one of them")
+        return preset
+    return SIZE_PRESETS[size] if size is not None else DEFAULT_PRESET
+
+
+def build_attacks(model, names=None, size: str = "full", num_classes: int = 10,
+                  pgd_budgets=None, tnorm_budgets=None, preset: str | None = None):
+    """({name: attack}, {name: budgets}) of an evaluation preset (:mod:`flowtriton.attacks.presets`).
+
+    ``preset``: 'standard' (the full-strength ensemble: FlowPGD's defaults, RandomFlow, ADef over
+    every label, StAdv's defaults, the rotation + translation grid), 'paper' or 'fast'. Without a
+    preset, ``size`` picks one as before: 'full' = 'paper' (the authors' 100-step FlowPGD, ADef 100
+    iterations over every label, StAdv preset 'fast', foolbox's 5x5x5 rotation/translation grid:
+    the suite this function built before the standard preset, bit for bit) and 'small' = 'fast'
+    (a few steps each: demos and CI). ``names``: a subset of the preset's attacks (default: the
+    four of ``ATTACK_NAMES`` without a preset, all of the preset's with one).
+    ``pgd_budgets`` (normalized L-inf) and ``tnorm_budgets`` (pixels) replace the default budgets."""
+    from ..attacks.presets import preset_suite
+
+    name = resolve_preset(preset, None if preset is not None else size)
+    if names is None and preset is None:
+        names = ATTACK_NAMES
+    return preset_suite(model, name, num_classes, names, linf_budgets=pgd_budgets, tnorm_budgets=tnorm_budgets)
 
 
 def load_trained_model(checkpoint: str | Path, device="cpu"):
@@ -161,34 +170,47 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, attacks=ATTACK_NAMES, size: str = "full",
+def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, attacks=None, size: str | None = None,
                         split: str = "test", num_examples: int | None = 1000, batch_size: int = 256,
                         device: str = "auto", data_dir=None, plots: bool = True, progress: bool = True,
-                        say=None):
-    """Attack a checkpoint; write ``results.json`` and ``results.md`` (and plots) to ``out_dir``.
-    ``say``: a callable given one line (e.g. ``print``): what is attacked and the estimated time
-    (:func:`estimate_seconds`) before the attacks start. Returns the
+                        say=None, preset: str | None = None):
+    """Attack a checkpoint with an evaluation preset; write ``results.json`` and ``results.md``
+    (and plots) to ``out_dir``. ``preset``: 'standard' (default), 'paper' or 'fast'; ``size``, the
+    older spelling, maps 'full' to 'paper' and 'small' to 'fast'. ``attacks``: a subset of the
+    preset's attack names (default all). results.json holds the table, the gradient-masking
+    check ('masking_check') and the protocol ('protocol': preset name and version, every attack's
+    settings and budgets, library version and commit). ``say``: a callable given one line (e.g.
+    ``print``): what is attacked and the estimated time (:func:`estimate_seconds`) before the
+    attacks start, and a warning when the masking check fires. Returns the
     :class:`flowtriton.attacks.EvaluationResult`."""
     from ..attacks import evaluate
 
+    name = resolve_preset(preset, size)
     dev = resolve_device(device)
     model, cfg, _ = load_trained_model(checkpoint, dev)
     images, labels = eval_images(cfg, split, num_examples, data_dir, dev)
-    suite, budgets = build_attacks(model, attacks, size, int(labels.max()) + 1)
+    classes = int(labels.max()) + 1
+    with torch.no_grad():
+        classes = max(classes, int(model(images[:1]).shape[1]))
+    suite, budgets = build_attacks(model, attacks, num_classes=classes, preset=name)
     if say is not None:
         estimates = estimate_seconds(suite, budgets, images, labels)
-        parts = ", ".join(f"{name} {format_seconds(sec)}" for name, sec in estimates.items())
-        say(f"attacking {labels.numel()} {split} images of {checkpoint} on {dev}: about "
+        parts = ", ".join(f"{n} {format_seconds(sec)}" for n, sec in estimates.items())
+        say(f"attacking {labels.numel()} {split} images of {checkpoint} on {dev} with preset {name!r}: about "
             f"{format_seconds(sum(estimates.values()))} ({parts}; timed on {min(8, labels.numel())} images). "
-            "For a quicker look: --size small, --num-examples, --attacks")
+            "For a quicker look: --preset fast, --num-examples, --attacks")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"checkpoint": str(checkpoint), "model": cfg.model, "method": cfg.method, "dataset": cfg.dataset,
-            "split": split, "examples": int(labels.numel()), "size": size,
-            "units": {"flowpgd": "normalized (L-inf per flow component)", "adef": "pixels (T-norm)",
-                      "stadv": "pixels (T-norm)", "union": "pixels (T-norm) where budgeted: the worst case "
-                      "per example over the attacks at that budget; no budget: over every attack run"}}
-    title = f"# {cfg.method} {cfg.model} on {cfg.dataset} ({split}, {labels.numel()} examples)\n\n"
+            "split": split, "examples": int(labels.numel()), "preset": name, "size": size,
+            "units": {"flowpgd": "normalized (L-inf per flow component)", "random": "normalized (L-inf per flow "
+                      "component)", "adef": "pixels (T-norm)", "stadv": "pixels (T-norm)",
+                      "union": "pixels (T-norm) where budgeted: the worst case per example over the attacks at that "
+                      "budget; no budget: over every attack run",
+                      "worst-case-linf": "normalized (L-inf per flow component): no attack's successful flow "
+                      "within the box", "worst-case-tnorm": "pixels (T-norm): no attack's successful flow within "
+                      "the ball"}}
+    title = f"# {cfg.method} {cfg.model} on {cfg.dataset} ({split}, {labels.numel()} examples, preset {name})\n\n"
 
     def write(result, done: list) -> None:
         """results.json / results.md for the attacks finished so far (rewritten after each)."""
@@ -200,18 +222,24 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, attacks=ATT
 
     finished = []
 
-    def on_attack_done(name, partial) -> None:
-        finished.append(name)
+    def on_attack_done(attack_name, partial) -> None:
+        finished.append(attack_name)
         write(partial, list(finished))
 
-    result = evaluate(model, (images, labels), suite, budgets, batch_size=batch_size, progress=progress,
-                      on_attack_done=on_attack_done)
+    plan = {"linf": budgets.get("flowpgd", budgets.get("random", PGD_BUDGETS)),
+            "tnorm": budgets.get("adef", budgets.get("stadv", TNORM_BUDGETS))}
+    result = evaluate(model, (images, labels), list(suite), plan, batch_size=batch_size, progress=progress,
+                      on_attack_done=on_attack_done, preset=name)
+    if say is not None and result.masking_flagged:
+        say("WARNING (gradient-masking check): " + next(e["advice"] for e in result.masking if e["flagged"]))
     if plots:
         from ..plots import plot_accuracy_vs_budget, plot_gallery
 
         if any(row.budget is not None for row in result.rows):
             plot_accuracy_vs_budget(curves_from(result, cfg.method), out / "accuracy_vs_budget.png",
-                                    xlabel={"flowpgd": "eps (normalized)", "adef": "T-norm (px)",
-                                            "stadv": "T-norm (px)", "union": "T-norm (px)"})
+                                    xlabel={"flowpgd": "eps (normalized)", "random": "eps (normalized)",
+                                            "adef": "T-norm (px)", "stadv": "T-norm (px)", "union": "T-norm (px)",
+                                            "worst-case-linf": "eps (normalized)",
+                                            "worst-case-tnorm": "T-norm (px)"})
         plot_gallery(gallery_rows(suite, images, labels, cfg.method), out / "gallery.png")
     return result

@@ -64,7 +64,9 @@ class Objective:
                 raise ValueError(f"method {cfg.method!r} needs attack_model (the model the attack differentiates)")
             from ..attacks import FlowPGD
 
-            self.attack = FlowPGD(attack_model, eps=cfg.at_eps, steps=cfg.at_steps, units="normalized")
+            # The authors' cheap attack (eps / steps sign steps on the cross-entropy, one start, the
+            # final iterate), not FlowPGD's evaluation-grade defaults: training stays as it was.
+            self.attack = FlowPGD.preset("paper", attack_model, eps=cfg.at_eps, steps=cfg.at_steps, units="normalized")
 
     def __call__(self, model, images, labels):
         if self.attack is not None:

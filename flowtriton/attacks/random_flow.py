@@ -1,0 +1,118 @@
+"""RandomFlow: random flows at the corners of an L-infinity box, no gradient. Weak by design: it is
+the gradient-masking canary of :func:`flowtriton.attacks.evaluate` (a model it fools more often
+than FlowPGD at the same budget hides its gradients)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..ops.units import UNITS, unit_scale
+from ..ops.validation import check_choice
+from ..ops.warp import warp
+from .base import (PADDING_MODES, FlowAttack, attack_goal_met, check_int, check_number, check_seed,
+                   resolve_generator, uniform)
+
+
+class RandomFlow(FlowAttack):
+    """Try ``samples`` random flows with every component at +-eps (L-infinity box, in ``units``)
+    and keep, per example, the first that fools the model, else the one with the highest
+    cross-entropy. No gradient is used, so masked or shattered gradients cannot stop it.
+
+    Sample ``s`` draws random signs on a coarse ``r x r`` grid per flow channel, ``r`` cycling
+    through ``resolutions`` (1 = a rigid shift to a corner of the box, larger = more local
+    deformations), upsamples them bilinearly (align_corners=True) to the image and clips to the
+    box: every flow lies inside it, most of its components on its faces. The same flows are tried
+    on every image of a batch.
+
+    Arguments:
+      eps: L-infinity budget per flow component, in ``units`` ('normalized' as FlowPGD, or
+        'pixels').
+      samples: flows tried per image (>= 1).
+      resolutions: coarse grid sizes cycled through (ints >= 1).
+      padding_mode: warp padding ('zeros', as FlowPGD); images are clamped to [0, 1] as FlowPGD's.
+      max_batch: most warped images per model call.
+      generator / seed: the draws; with neither, torch's global generator.
+    ``result.iterations``: flows tried per image. ``result.info``: 'evaluations' (N,) model
+    forward passes per image (no backward).
+    """
+
+    PRESETS = {
+        "standard": dict(samples=64, resolutions=(1, 2, 4, 8)),
+        "fast": dict(samples=16, resolutions=(1, 2, 4, 8)),
+    }
+
+    def __init__(self, model, eps: float = 0.01, samples: int = 64, units: str = "normalized",
+                 resolutions=(1, 2, 4, 8), padding_mode: str = "zeros", max_batch: int = 1024,
+                 targeted: bool = False, generator: torch.Generator | None = None, seed: int | None = None,
+                 backend: str | None = None):
+        super().__init__(model, targeted=targeted, backend=backend)
+        self.eps = check_number(eps, "eps")
+        self.samples = check_int(samples, "samples")
+        self.units = check_choice(units, UNITS, "units")
+        self.norm = "linf"
+        try:
+            self.resolutions = tuple(check_int(r, "resolutions") for r in resolutions)
+        except TypeError as error:
+            raise TypeError(f"resolutions must be a sequence of ints >= 1: {error}") from None
+        if not self.resolutions:
+            raise ValueError("resolutions must not be empty")
+        self.padding_mode = check_choice(padding_mode, PADDING_MODES, "padding_mode")
+        self.max_batch = check_int(max_batch, "max_batch")
+        self.generator = generator
+        self.seed = check_seed(seed)
+
+    def with_budget(self, budget: float) -> "RandomFlow":
+        """A copy with ``eps = budget`` (same units)."""
+        return self._copy_with(eps=check_number(budget, "budget"))
+
+    def flows(self, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+        """(samples, 2, H, W) flows in ``units``, inside the box."""
+        generator = resolve_generator(self.generator, self.seed, like.device)
+        out = like.new_empty((self.samples, 2, height, width))
+        for s in range(self.samples):
+            r = self.resolutions[s % len(self.resolutions)]
+            signs = uniform((1, 2, r, r), like, generator).round() * 2 - 1
+            if r == 1:
+                field = signs.expand(1, 2, height, width)
+            else:
+                field = F.interpolate(signs, size=(height, width), mode="bilinear", align_corners=True)
+            out[s] = field[0].clamp(-1, 1) * self.eps
+        return out
+
+    def _attack(self, images, labels):
+        n, _, height, width = images.shape
+        scale = unit_scale(height, width, self.units, images)
+        flows = self.flows(height, width, images) * scale  # pixels
+        count = flows.shape[0]
+        chosen = torch.full((n,), -1, dtype=torch.int64, device=images.device)
+        best_loss = images.new_full((n,), -math.inf)
+        best_any = torch.zeros(n, dtype=torch.int64, device=images.device)
+        per_call = max(1, self.max_batch // max(n, 1))
+        with torch.no_grad():
+            for start in range(0, count, per_call):
+                block = flows[start:start + per_call]
+                t = block.shape[0]
+                x = images.repeat(t, 1, 1, 1)
+                y = labels.repeat(t)
+                adv = warp(x, block.repeat_interleave(n, dim=0), self.padding_mode, backend=self.backend).clamp(0, 1)
+                logits = self._logits(adv)
+                loss = F.cross_entropy(logits, y, reduction="none").view(t, n)
+                if self.targeted:
+                    loss = -loss
+                fooled = attack_goal_met(logits.argmax(dim=1), y, self.targeted).view(t, n)
+                index = torch.arange(start, start + t, device=images.device)[:, None].expand(t, n)
+                first = torch.where(fooled, index, count).amin(dim=0)
+                chosen = torch.where((chosen < 0) & (first < count), first, chosen)
+                block_loss, block_arg = loss.max(dim=0)
+                higher = block_loss > best_loss
+                best_loss = torch.where(higher, block_loss, best_loss)
+                best_any = torch.where(higher, block_arg + start, best_any)
+        pick = torch.where(chosen >= 0, chosen, best_any)
+        flow = flows[pick] if n else flows[:0]
+        with torch.no_grad():
+            adv = warp(images, flow, self.padding_mode, backend=self.backend).clamp(0, 1)
+        tried = torch.full((n,), count, dtype=torch.int64, device=images.device)
+        return flow, adv, tried, {"evaluations": tried.clone()}
