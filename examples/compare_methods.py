@@ -17,7 +17,8 @@ interruption and finished stages are read back, an unfinished training resumes f
    VALIDATION accuracy stays within ``--clean-tol`` of the standard model's is kept (if none does,
    the smallest). FGR+AT is calibrated the same way against an AT model trained for N steps (its
    grid: ``--fgr-at-grid``, default the FGR grid), so it is compared with AT at comparable clean
-   accuracy; ``--no-calibrate-fgr-at`` gives it FGR's lambda instead. ``--lam-igr`` / ``--lam-fgr`` / ``--lam-fgr-at`` fix a lambda instead. Lambdas are in
+   accuracy; ``--no-calibrate-fgr-at`` gives it FGR's lambda instead. ``--lam-igr`` / ``--lam-fgr`` /
+   ``--lam-fgr-at`` fix a lambda instead. Lambdas are in
    the regularizers' 'paper' scale (the batch-mean loss's gradient, as the authors' code).
    Calibration never sees the test split.
 3. Training: each method for ``--epochs`` epochs (SGD, momentum 0.9, weight decay 5e-4, lr
@@ -320,7 +321,8 @@ def main(argv=None) -> int:
     header = (f"# {args.dataset}: standard vs IGR vs FGR vs AT vs FGR+AT\n\n"
               f"{args.model}, {args.epochs} epoch(s) on {len(data.train)} training images (validation "
               f"{len(data.val)} held out from train selects the checkpoint), batch {args.batch_size}, lr {args.lr:g}; "
-              f"attacked: {len(labels)} test images (the first ones when they hold every class, else a seeded random subset), attack size '{args.attack_size}'. "
+              f"attacked: {len(labels)} test images (the first ones when they hold every class, else a seeded "
+              f"random subset), attack size '{args.attack_size}'. "
               f"AT / FGR+AT: FlowPGD eps {args.at_eps:g} (normalized), {args.at_steps} steps. "
               f"Lambdas ('paper' scale): {', '.join(f'{m} {lams[m]:g}' for m in args.methods if lams[m])} "
               f"({cal['source']}; rule: {cal['rule']}, calibration {cal['steps']} steps, tol {cal['clean_tol']}). "

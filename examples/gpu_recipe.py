@@ -61,7 +61,8 @@ STATE_KEYS = ("dataset", "lams", "epochs", "milestones", "batch_size", "lr", "si
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_recipe_arguments(p, eval_batch_size=1000)
     p.add_argument("--dataset", default="cifar10", choices=("cifar10", "synthetic"))
     p.add_argument("--out-dir", default="runs/gpu-recipe")
@@ -319,11 +320,13 @@ def report(args, state, data, out: Path, wall: float, device) -> str:
     data_name = "CIFAR-10" if args.dataset == "cifar10" else "SYNTHETIC data (embedded MNIST subset as 32x32 RGB)"
     header = (f"# {data_name}, VGG-11-BN, FGR lambda sweep "
               f"({'full recipe' if full else 'REDUCED, not the paper setting'})\n\n"
-              f"{register_vgg(args.width)}, {args.epochs} epochs, milestones {args.milestones}, batch {args.batch_size}, "
+              f"{register_vgg(args.width)}, {args.epochs} epochs, milestones {args.milestones}, "
+              f"batch {args.batch_size}, "
               f"lr {args.lr:g}, {len(data.train)} training images, checkpoint of best accuracy on {len(data.val)} "
               f"VALIDATION images (the authors chose on the test set); multi-step attack eps {args.eps:g} normalized, "
               f"K {args.attack_steps}, zero padding, on {n_eval} test images. Seed {args.seed}, device {device}, "
-              f"{state['stages']} stages, wall time {wall:.0f} s in all (training {state.get('train_s', 0):.0f} s).\n\n")
+              f"{state['stages']} stages, wall time {wall:.0f} s in all "
+              f"(training {state.get('train_s', 0):.0f} s).\n\n")
     return write_results(out, header, rows, {
         "dataset": args.dataset, "model": register_vgg(args.width), "epochs": args.epochs,
         "milestones": args.milestones, "batch_size": args.batch_size, "train_images": len(data.train),

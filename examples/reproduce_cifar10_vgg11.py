@@ -97,7 +97,8 @@ def recipe_milestones(epochs: int, milestones: list | None) -> list:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="See the module docstring for the recipe and the departure from it.")
     add_recipe_arguments(p, eval_batch_size=500)
     p.add_argument("--out-dir", default="runs/repro-cifar10-vgg11")
@@ -145,12 +146,14 @@ def other_attacks_table(payload: dict) -> str:
     budget = runs[0]["other_attacks"]["worst_case_budget_px"]
     names = list(dict.fromkeys(a for a, _ in keys))
     parts = ["multi-step"] + [f"{n} @{budget:g} px" for n in names if n != "rt"]
-    header = ["lambda", "training s", "clean", "multi-step"] + [f"{a}" + ("" if b is None else f" @{b:g} px") for a, b in keys] \
+    header = ["lambda", "training s", "clean", "multi-step"] \
+        + [f"{a}" + ("" if b is None else f" @{b:g} px") for a, b in keys] \
         + [f"worst case ({', '.join(parts)})"]
     rows = []
     for run in runs:
         acc = {(row["attack"], row["budget"]): row["accuracy"] for row in run["other_attacks"]["rows"]}
-        rows.append([f"{run['lam']:g}", f"{run['train_step_s']:.0f}", f"{run['clean_acc']:.4f}", f"{run['robust_acc']:.4f}"]
+        rows.append([f"{run['lam']:g}", f"{run['train_step_s']:.0f}", f"{run['clean_acc']:.4f}",
+                     f"{run['robust_acc']:.4f}"]
                     + [f"{acc[k]:.4f}" for k in keys] + [f"{run['other_attacks']['worst_case']:.4f}"])
     return ("\n## Other attacks\n\nFull strength: ADef 100 iterations over every candidate label, stAdv at its "
             "defaults, rotation +-30 degrees x translation +-3 px grid (5x5x5). ADef/stAdv columns: accuracy when "
@@ -216,7 +219,8 @@ def main(argv=None) -> int:
             from flowtriton.attacks import EvaluationResult
 
             multi = EvaluationResult.from_dict({"rows": [
-                {"attack": "clean", "budget": None, "units": None, "accuracy": ev["clean_acc"], "examples": ev["examples"]},
+                {"attack": "clean", "budget": None, "units": None, "accuracy": ev["clean_acc"],
+                 "examples": ev["examples"]},
                 {"attack": "multi-step", "budget": None, "units": None, "accuracy": ev["robust_acc"],
                  "examples": ev["examples"]}], "masks": ev["masks"]})
             others = other_attacks(args, model, images, labels, out / "ckpt" / tag, multi)
@@ -239,7 +243,8 @@ def main(argv=None) -> int:
         fig, ax = plt.subplots(figsize=(5, 3.6))
         lams = [payload[t]["lam"] for t in payload]
         ax.plot(lams, [payload[t]["clean_acc"] for t in payload], "o-", label="clean (this run)")
-        ax.plot(lams, [payload[t]["robust_acc"] for t in payload], "s-", label=f"multi-step eps {args.eps:g} (this run)")
+        ax.plot(lams, [payload[t]["robust_acc"] for t in payload], "s-",
+                label=f"multi-step eps {args.eps:g} (this run)")
         ax.plot(list(PAPER), [v[0] for v in PAPER.values()], "o--", color="grey", alpha=0.6, label="clean (authors)")
         ax.plot(list(PAPER), [v[1] for v in PAPER.values()], "s--", color="black", alpha=0.6, label="attack (authors)")
         ax.set_xlabel("lambda (paper scale)")

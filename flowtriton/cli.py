@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -155,7 +154,8 @@ def cmd_train(args) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return 0 if result.status == "finished" else _interrupted_code(result)
     if result.status == "interrupted":
-        print(f"interrupted at epoch {result.epoch + 1}; resume with: flowtriton train --resume --out-dir {cfg.out_dir}")
+        print(f"interrupted at epoch {result.epoch + 1}; resume with: "
+              f"flowtriton train --resume --out-dir {cfg.out_dir}")
         return _interrupted_code(result)
     if result.test_acc is not None:
         print(f"done: best val acc {result.best_val_acc:.4f} (epoch {result.best_epoch}), test acc of that "
@@ -218,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Trains a standard and an FGR small CNN on the embedded MNIST subset, attacks "
                           "both (FlowPGD at several budgets, ADef, stAdv, rotation+translation), prints the table "
                           "and writes results.md, results.json, accuracy_vs_budget.png and gallery.png.")
-    demo.add_argument("--out-dir", default="flowtriton-demo", help="where results and plots go (default flowtriton-demo)")
+    demo.add_argument("--out-dir", default="flowtriton-demo",
+                      help="where results and plots go (default flowtriton-demo)")
     demo.add_argument("--quick", action="store_true", help="a much smaller run (20 steps per model): for CI and checks")
     demo.add_argument("--epochs", type=_positive_int, help="training epochs per model (default 4; --quick: 1)")
     demo.add_argument("--lam", type=float, help="FGR weight (default: flowtriton.DEFAULT_FGR_LAM)")
