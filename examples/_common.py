@@ -59,31 +59,11 @@ def versions() -> dict:
 
 
 def library_commit() -> dict:
-    """{'commit': ``git rev-parse HEAD`` of the checkout flowtriton is imported from, or
-    'unknown' (an installed package, no git); 'uncommitted_changes': True when ``git status``
-    lists changes under the package folder (the results then come from code no commit holds),
-    False when it lists none, 'unknown' without git}."""
-    import subprocess
+    """{'commit', 'uncommitted_changes'} of the flowtriton checkout in use: the library's own
+    record (:func:`flowtriton.attacks.presets.library_commit`), as every evaluation stores it."""
+    from flowtriton.attacks.presets import library_commit as recorded
 
-    try:
-        import flowtriton
-
-        package = Path(flowtriton.__file__).resolve().parent
-    except ImportError:
-        package = REPO / "flowtriton"
-    out = {"commit": "unknown", "uncommitted_changes": "unknown"}
-    try:
-        head = subprocess.run(["git", "-C", str(package), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
-        if head.returncode == 0 and head.stdout.strip():
-            out["commit"] = head.stdout.strip()
-            status = subprocess.run(["git", "-C", str(package), "status", "--porcelain", "--", "."],
-                                    capture_output=True, text=True, timeout=30)
-            if status.returncode == 0:
-                out["uncommitted_changes"] = bool(status.stdout.strip())
-    except (OSError, subprocess.SubprocessError):  # no git on this machine
-        pass
-    return out
+    return dict(recorded())
 
 
 def _plain(value):

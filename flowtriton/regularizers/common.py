@@ -261,3 +261,21 @@ class SeededNoise:
             self.generator = torch.Generator(device=like.device)
             self.generator.manual_seed(self.seed)
         return self.generator
+
+
+class GradientRegularizer:
+    """The call every gradient regularizer shares: ``reg(model, images, labels) -> (loss, parts)``.
+
+    Checks the batch (:func:`prepare_batch`; the [0, 1] range and labels as ``self._check_range``,
+    a :class:`RangeCheck`, decides), then returns ``self._loss(model, images, labels, check)``.
+    Under ``torch.no_grad()`` the input gradient is still taken and the loss comes back detached.
+    """
+
+    def __call__(self, model, images: torch.Tensor, labels: torch.Tensor):
+        images, labels = prepare_batch(type(self).__name__, images, labels)
+        check = self._check_range(images)
+        if torch.is_grad_enabled():
+            return self._loss(model, images, labels, check)
+        with torch.enable_grad():  # under torch.no_grad(): the values, detached
+            loss, parts = self._loss(model, images, labels, check)
+        return loss.detach(), parts

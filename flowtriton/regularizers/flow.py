@@ -9,6 +9,7 @@ from ..ops.units import UNITS
 from ..ops.validation import check_choice
 from ..reference import SCHEMES
 from .common import (
+    GradientRegularizer,
     REDUCTIONS,
     RangeCheck,
     SeededNoise,
@@ -17,7 +18,6 @@ from .common import (
     classifier_losses,
     mean_norm,
     per_example_cross_entropy,
-    prepare_batch,
 )
 from .functional import (
     DEFAULT_FD_STEP,
@@ -35,7 +35,7 @@ train --method fgr`` and the demo all use it. On the demo (small CNN, embedded M
 it buys clear robustness to flow attacks for about one point of clean accuracy."""
 
 
-class FlowGradReg:
+class FlowGradReg(GradientRegularizer):
     """Flow gradient regularization: ``loss, parts = reg(model, images, labels)``.
 
     ``loss = L + lam * penalty`` with ``L`` the batch-mean of ``loss_fn`` on the (randomly
@@ -134,15 +134,6 @@ class FlowGradReg:
             return images.detach()
         return fgr_random_start(images, self.sigma, self.units, self.noise.generator_for(images), self.backend,
                                 check_range=check_range)
-
-    def __call__(self, model, images: torch.Tensor, labels: torch.Tensor):
-        images, labels = prepare_batch("FlowGradReg", images, labels)
-        check = self._check_range(images)
-        if torch.is_grad_enabled():
-            return self._loss(model, images, labels, check)
-        with torch.enable_grad():  # under torch.no_grad(): the values, detached
-            loss, parts = self._loss(model, images, labels, check)
-        return loss.detach(), parts
 
     def _loss(self, model, images, labels, check):
         z = self._random_start(images, False).requires_grad_(True)  # checked in __call__

@@ -9,13 +9,13 @@ from ..backend import check_backend
 from ..ops import flow_gradient
 from ..ops.validation import check_choice
 from .common import (
+    GradientRegularizer,
     REDUCTIONS,
     RangeCheck,
     check_nonnegative,
     classifier_losses,
     mean_norm,
     per_example_cross_entropy,
-    prepare_batch,
 )
 from .functional import igr_exact
 
@@ -26,7 +26,7 @@ small CNN's input-gradient norm on MNIST unchanged); 3000 lowers it by about a t
 and a fifth at batch 64 without costing clean accuracy."""
 
 
-class InputGradReg:
+class InputGradReg(GradientRegularizer):
     """``loss, parts = reg(model, images, labels)`` with ``loss = L + lam * penalty``.
 
     ``L`` is the batch mean of ``loss_fn`` (per-example losses, default cross-entropy);
@@ -54,15 +54,6 @@ class InputGradReg:
 
     def __repr__(self) -> str:
         return f"InputGradReg(lam={self.lam}, reduction={self.reduction!r})"
-
-    def __call__(self, model, images: torch.Tensor, labels: torch.Tensor):
-        images, labels = prepare_batch("InputGradReg", images, labels)
-        check = self._check_range(images)
-        if torch.is_grad_enabled():
-            return self._loss(model, images, labels, check)
-        with torch.enable_grad():  # under torch.no_grad(): the values, detached
-            loss, parts = self._loss(model, images, labels, check)
-        return loss.detach(), parts
 
     def _loss(self, model, images, labels, check):
         batch = images.shape[0]

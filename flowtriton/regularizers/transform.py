@@ -17,6 +17,7 @@ from ..ops.units import UNITS
 from ..reference import PADDING_MODES
 from ..ops.validation import check_choice
 from .common import (
+    GradientRegularizer,
     REDUCTIONS,
     RangeCheck,
     check_nonnegative,
@@ -24,7 +25,6 @@ from .common import (
     input_gradient,
     mean_norm,
     per_example_cross_entropy,
-    prepare_batch,
     reduce_squared_norms,
 )
 
@@ -43,7 +43,7 @@ def affine_flow(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return normalized_to_pixels(flow)
 
 
-class TransformGradReg:
+class TransformGradReg(GradientRegularizer):
     """``loss, parts = reg(model, images, labels)``: ``loss = L + lam * reduction(||dL/dp||^2)``.
 
     ``transform(images, params) -> images`` must be differentiable twice in ``params``, and
@@ -100,15 +100,6 @@ class TransformGradReg:
             return images.new_zeros((images.shape[0], 2, 3))
 
         return cls(transform, zeros, lam=lam, **kwargs)
-
-    def __call__(self, model, images: torch.Tensor, labels: torch.Tensor):
-        images, labels = prepare_batch("TransformGradReg", images, labels)
-        check = self._check_range(images)
-        if torch.is_grad_enabled():
-            return self._loss(model, images, labels, check)
-        with torch.enable_grad():  # under torch.no_grad(): the values, detached
-            loss, parts = self._loss(model, images, labels, check)
-        return loss.detach(), parts
 
     def _loss(self, model, images, labels, check):
         batch = images.shape[0]
