@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from ..backend import check_backend
 from ..ops.units import UNITS, unit_scale  # noqa: F401 - re-exported for attack modules
 from ..ops.validation import check_unit_range
+from ..ops.warp import warp
 from ..reference import PADDING_MODES  # noqa: F401 - re-exported for attack modules
 from ..regularizers.common import check_seed as _check_seed
 
@@ -302,6 +303,38 @@ class FlowAttack:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
             raise ValueError(f"model must return logits of shape (N, classes), got {shape}")
         return logits
+
+    def _best_of_flows(self, images: torch.Tensor, labels: torch.Tensor, flows: torch.Tensor,
+                       clamp: bool) -> torch.Tensor:
+        """Index (N,) into ``flows`` (T, 2, H, W) pixels, tried on every image: per image the first
+        flow that meets the attack's goal, else the one with the highest loss (cross-entropy,
+        negated when targeted). ``self.max_batch`` images go through the model per call, flows
+        major; ``clamp``: clamp the warped images to [0, 1]. For grid / random-search attacks."""
+        n, count = images.shape[0], flows.shape[0]
+        chosen = torch.full((n,), -1, dtype=torch.int64, device=images.device)
+        best_loss = images.new_full((n,), -math.inf)
+        best_any = torch.zeros(n, dtype=torch.int64, device=images.device)
+        per_call = max(1, self.max_batch // max(n, 1))
+        with torch.no_grad():
+            for start in range(0, count, per_call):
+                block = flows[start:start + per_call]
+                t = block.shape[0]
+                x = images.repeat(t, 1, 1, 1)
+                y = labels.repeat(t)
+                adv = warp(x, block.repeat_interleave(n, dim=0), self.padding_mode, backend=self.backend)
+                logits = self._logits(adv.clamp(0, 1) if clamp else adv)
+                loss = F.cross_entropy(logits, y, reduction="none").view(t, n)
+                if self.targeted:
+                    loss = -loss
+                fooled = attack_goal_met(logits.argmax(dim=1), y, self.targeted).view(t, n)
+                index = torch.arange(start, start + t, device=images.device)[:, None].expand(t, n)
+                first = torch.where(fooled, index, count).amin(dim=0)
+                chosen = torch.where((chosen < 0) & (first < count), first, chosen)
+                block_loss, block_arg = loss.max(dim=0)
+                higher = block_loss > best_loss
+                best_loss = torch.where(higher, block_loss, best_loss)
+                best_any = torch.where(higher, block_arg + start, best_any)
+        return torch.where(chosen >= 0, chosen, best_any)
 
     def with_budget(self, budget: float) -> "FlowAttack":
         """A copy of this attack at another budget (attacks with a budget override this)."""

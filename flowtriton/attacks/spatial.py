@@ -6,11 +6,10 @@ import itertools
 import math
 
 import torch
-import torch.nn.functional as F
 
 from ..ops.warp import warp
 from ..ops.validation import check_choice
-from .base import (PADDING_MODES, FlowAttack, attack_goal_met, check_int, check_number, check_seed,
+from .base import (PADDING_MODES, FlowAttack, check_int, check_number, check_seed,
                    resolve_generator, uniform)
 
 
@@ -100,30 +99,7 @@ class RotationTranslation(FlowAttack):
         angles, shifts = self.transforms(images.device, images.dtype)
         flows = rigid_flow(angles, shifts, height, width)  # (T, 2, H, W)
         count = flows.shape[0]
-        chosen = torch.full((n,), -1, dtype=torch.int64, device=images.device)
-        best_loss = images.new_full((n,), -math.inf)
-        best_any = torch.zeros(n, dtype=torch.int64, device=images.device)
-        per_call = max(1, self.max_batch // max(n, 1))
-        with torch.no_grad():
-            for start in range(0, count, per_call):
-                block = flows[start:start + per_call]
-                t = block.shape[0]
-                flow = block.repeat_interleave(n, dim=0)  # transform-major: (t * n, 2, H, W)
-                x = images.repeat(t, 1, 1, 1)
-                y = labels.repeat(t)
-                logits = self._logits(warp(x, flow, self.padding_mode, backend=self.backend))
-                loss = F.cross_entropy(logits, y, reduction="none").view(t, n)
-                if self.targeted:
-                    loss = -loss
-                fooled = attack_goal_met(logits.argmax(dim=1), y, self.targeted).view(t, n)
-                index = torch.arange(start, start + t, device=images.device)[:, None].expand(t, n)
-                first = torch.where(fooled, index, count).amin(dim=0)
-                chosen = torch.where((chosen < 0) & (first < count), first, chosen)
-                block_loss, block_arg = loss.max(dim=0)
-                higher = block_loss > best_loss
-                best_loss = torch.where(higher, block_loss, best_loss)
-                best_any = torch.where(higher, block_arg + start, best_any)
-        pick = torch.where(chosen >= 0, chosen, best_any)
+        pick = self._best_of_flows(images, labels, flows, clamp=False)
         flow = flows[pick]
         with torch.no_grad():
             adv = warp(images, flow, self.padding_mode, backend=self.backend)
