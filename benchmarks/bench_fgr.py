@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import hbm_peak_gbps  # noqa: E402
+from common import hbm_peak_gbps, parse_shape  # noqa: E402
 
 from flowtriton.models.resnet import BasicBlock  # noqa: E402
 from flowtriton.regularizers import DEFAULT_FGR_LAM  # noqa: E402
@@ -440,16 +440,6 @@ def _write(rows, penalty_rows, meta, tag, folder=RESULTS):
     print(f"\nwrote {folder / f'fgr_{tag}.json'}")
 
 
-def _shape(text: str):
-    try:
-        shape = tuple(int(v) for v in text.lower().split("x"))
-    except ValueError:
-        shape = ()
-    if len(shape) != 4 or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"shape must be NxCxHxW with positive sizes, got {text!r}")
-    return shape
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="FGR training-step and penalty benchmark")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -466,7 +456,7 @@ def main(argv=None) -> int:
     parser.add_argument("--timing", choices=["both", "device", "host"], default="both",
                         help="table 2: device time from CUDA-graph replays (CUDA), host time (eager wall and "
                              "enqueue), or both; table 1 is always eager wall time")
-    parser.add_argument("--penalty-shapes", nargs="+", type=_shape, default=None, metavar="NxCxHxW",
+    parser.add_argument("--penalty-shapes", nargs="+", type=parse_shape, default=None, metavar="NxCxHxW",
                         help="table 2 shapes (default: the workloads' full sizes, plus 256x3x64x64 on CUDA)")
     parser.add_argument("--replays", type=int, default=20, help="CUDA-graph replays per table-2 case")
     parser.add_argument("--peak-gbps", type=float, default=None, help="HBM roofline for table 2, GB/s")

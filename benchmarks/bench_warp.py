@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, device_time_cuda_graph, environment, hbm_peak_gbps, host_enqueue_us,  # noqa: E402
+from common import (RESULTS, parse_shape, device_time_cuda_graph, environment, hbm_peak_gbps, host_enqueue_us,  # noqa: E402
                     markdown_table, measure, measure_round_robin, write_results)
 
 import flowtriton  # noqa: E402
@@ -59,15 +59,6 @@ CASES = ("fwd", "fwd+bwd(flow)", "fwd+bwd(both)", "dbl(jvp)")
 FLOWS = ("iid", "smooth")
 PADDINGS = ("zeros", "border")
 
-
-def parse_shape(text: str) -> tuple[int, int, int, int]:
-    try:
-        shape = tuple(int(v) for v in text.lower().split("x"))
-    except ValueError:
-        shape = ()
-    if len(shape) != 4 or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"shape must be NxCxHxW with positive sizes, got {text!r}")
-    return shape
 
 
 def make_flow(kind: str, n: int, h: int, w: int, gen: torch.Generator) -> torch.Tensor:

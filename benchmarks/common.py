@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -180,3 +181,14 @@ def device_time_cuda_graph(fn, device: torch.device, replays: int = 20, warmup: 
         except Exception:  # pragma: no cover - a broken capture may leave an error behind
             pass
         return {"device_ms": None, "device_error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
+def parse_shape(text: str) -> tuple[int, int, int, int]:
+    """argparse type: 'NxCxHxW' -> (N, C, H, W), every size >= 1."""
+    try:
+        shape = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"shape must be NxCxHxW with positive sizes, got {text!r}")
+    return shape
