@@ -170,17 +170,20 @@ def _ddp_worker(rank, world_size, port, cfg_dict, splits):
     train(TrainConfig.from_dict(cfg_dict), splits)
 
 
-def test_ddp_two_processes_match_one(small_splits, tmp_path):
+def _one_and_two_processes(splits, tmp_path, **settings) -> tuple[dict, dict]:
+    """The final weights of one run in this process and of the same run on 2 gloo processes."""
     import torch.multiprocessing as mp
 
     torch.set_num_threads(1)
-    common = dict(model="small-cnn", epochs=1, batch_size=32, max_steps_per_epoch=4, milestones=[], lr=0.1)
-    single = _cfg(tmp_path / "one", **common)
-    train(single, small_splits)
-    double = _cfg(tmp_path / "two", **common)
-    mp.spawn(_ddp_worker, args=(2, _free_port(), double.to_dict(), small_splits), nprocs=2, join=True)
-    one = load_checkpoint(tmp_path / "one" / "run" / "last.pt")["model"]
-    two = load_checkpoint(tmp_path / "two" / "run" / "last.pt")["model"]
+    train(_cfg(tmp_path / "one", **settings), splits)
+    double = _cfg(tmp_path / "two", **settings)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), double.to_dict(), splits), nprocs=2, join=True)
+    return tuple(load_checkpoint(tmp_path / name / "run" / "last.pt")["model"] for name in ("one", "two"))
+
+
+def test_ddp_two_processes_match_one(small_splits, tmp_path):
+    one, two = _one_and_two_processes(small_splits, tmp_path, model="small-cnn", epochs=1, batch_size=32,
+                                      max_steps_per_epoch=4, milestones=[], lr=0.1)
     torch.manual_seed(0)
     init = build_model("small-cnn", 10, 1).state_dict()
     moved = max((one[k] - init[k]).abs().max().item() for k in one)
@@ -434,17 +437,9 @@ def test_ddp_fgr_penalty_means_the_same_at_any_world_size(small_splits, tmp_path
     """FGR with 2 gloo processes trains the same weights as one process on the same global batch
     (sigma 0: no random start, so both see the same flows). lam is large so that a world-size
     factor on the penalty would move the weights far beyond the tolerance."""
-    import torch.multiprocessing as mp
-
-    torch.set_num_threads(1)
     common = dict(model="small-cnn", method="fgr", lam=2000.0, sigma=0.0, epochs=1, batch_size=32,
                   max_steps_per_epoch=3, milestones=[], lr=0.05)
-    single = _cfg(tmp_path / "one", **common)
-    train(single, small_splits)
-    double = _cfg(tmp_path / "two", **common)
-    mp.spawn(_ddp_worker, args=(2, _free_port(), double.to_dict(), small_splits), nprocs=2, join=True)
-    one = load_checkpoint(tmp_path / "one" / "run" / "last.pt")["model"]
-    two = load_checkpoint(tmp_path / "two" / "run" / "last.pt")["model"]
+    one, two = _one_and_two_processes(small_splits, tmp_path, **common)
     quad = _cfg(tmp_path / "quad", **{**common, "lam": 8000.0})  # what the old world_size^2 factor trained
     train(quad, small_splits)
     four = load_checkpoint(tmp_path / "quad" / "run" / "last.pt")["model"]
