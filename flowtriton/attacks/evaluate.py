@@ -351,6 +351,12 @@ def _plan(attacks, budgets, model) -> dict:
     return plans
 
 
+def runs_per_batch(attack, budgets) -> int:
+    """How many times :func:`evaluate` runs ``attack`` on each batch: once for a minimum-norm
+    attack or one without budgets, else once per budget."""
+    return 1 if attack.minimum_norm or not budgets else len(budgets)
+
+
 def _tnorm_pixels(attack) -> bool:
     """True when the attack's budget is a T-norm in pixels (comparable across attacks)."""
     return attack.minimum_norm or (getattr(attack, "units", None) == "pixels"
@@ -655,7 +661,7 @@ def evaluate(model, data, attacks=None, budgets=None, batch_size: int = 256, dev
 
     protocol = describe(attacks, plans, preset)
 
-    runs = {name: 1 if attacks[name].minimum_norm or not plans[name] else len(plans[name]) for name in attacks}
+    runs = {name: runs_per_batch(attacks[name], plans[name]) for name in attacks}
     bar = progress_bar(progress, desc="evaluate", unit="run", total=len(batches) * sum(runs.values()),
                        dynamic_ncols=True)
     robust, needed, tnorms, norms, run_info = {}, {}, {}, {}, {}

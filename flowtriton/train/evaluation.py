@@ -151,10 +151,12 @@ def estimate_seconds(suite: dict, budgets: dict, images: torch.Tensor, labels: t
     the first ``probe`` images (one run per attack; a budgeted attack that is not minimum-norm runs
     once per budget). Rough: batching makes large batches cheaper per image than the probe."""
     x, y = images[:probe], labels[:probe].long()
+    from ..attacks.evaluate import runs_per_batch
+
     scale = images.shape[0] / max(x.shape[0], 1)
     estimates = {}
     for name, attack in suite.items():
-        runs = 1 if attack.minimum_norm or not budgets.get(name) else len(budgets[name])
+        runs = runs_per_batch(attack, budgets.get(name))
         started = time.perf_counter()
         attack.run(x, y)
         estimates[name] = (time.perf_counter() - started) * scale * runs
