@@ -83,18 +83,77 @@ PLANS = {
                                  ("at", None, 0.05), ("fgr+at", 300.0, 0.05)],
                          featured={"flowpgd": 0.05, "adef": 1.0, "stadv": 1.0, "rt": None}, targets=[0.1, 0.5]),
 }
+# The re-judged frontier (``--plan rejudge``, run with ``--preset standard``): the claims' settings
+# judged under the standard evaluation preset, with the two cheaper variants the cost comparison
+# needs: FGR's finite-difference mode at the exact mode's strengths, and AT with 2 FlowPGD steps
+# ('at-2step') beside AT with 5 at the same eps. IGR at the strength whose clean accuracy matches
+# FGR lam 1000's on the first frontier (0.990 both).
+POINTS_REJUDGE = [
+    ("standard", None, None),
+    ("fgr", 300.0, None), ("fgr", 1000.0, None), ("fgr-fd", 300.0, None), ("fgr-fd", 1000.0, None),
+    ("igr", 3e4, None),
+    ("at-2step", None, 0.02), ("at", None, 0.02),
+]
+# Featured under the standard preset: its largest L-inf budget and 1 px T-norm; the worst case is
+# that of the preset itself (no run of any attack fooled the image within the L-inf box or within
+# the T-norm ball), both budgets at once.
+FEATURED_STANDARD = {"flowpgd": 0.04, "adef": 1.0, "stadv": 1.0, "rt": None, "worst-case-linf": 0.04,
+                     "worst-case-tnorm": 1.0}
+REJUDGE_PLANS = {
+    "mnist": dict(points=POINTS_REJUDGE, featured=FEATURED_STANDARD, targets=[0.1, 0.2, 0.3, 0.4]),
+    "fashion-mnist": dict(points=POINTS_REJUDGE, featured={**FEATURED_STANDARD, "adef": 0.5, "stadv": 0.5,
+                                                           "worst-case-tnorm": 0.5, "flowpgd": 0.02,
+                                                           "worst-case-linf": 0.02},
+                          targets=[0.4, 0.5, 0.6, 0.7]),
+    "mnist-subset": dict(points=[("standard", None, None), ("fgr", 300.0, None), ("fgr-fd", 300.0, None),
+                                 ("igr", 1e4, None), ("at-2step", None, 0.05), ("at", None, 0.05)],
+                         featured=FEATURED_STANDARD, targets=[0.1, 0.5]),
+}
+# Frontier methods that are a training method with other settings: {name: {make_config overrides}}.
+METHOD_SPECS = {"at-2step": {"method": "at", "at_steps": 2}}
 ATTACKS = ("flowpgd", "adef", "stadv", "rt")
 NOT_RECORDED = "not recorded"  # attack settings / commit of points written before they were stored
 WORST = "worst case"
 WORST_OVER = ("flowpgd", "adef", "stadv")
-METHOD_ORDER = ("standard", "fgr", "igr", "at", "fgr+at")
-COLORS = {"standard": "black", "fgr": "tab:red", "igr": "tab:blue", "at": "tab:green", "fgr+at": "tab:purple"}
+METHOD_ORDER = ("standard", "fgr", "fgr-fd", "igr", "at-2step", "at", "fgr+at")
+COLORS = {"standard": "black", "fgr": "tab:red", "fgr-fd": "tab:orange", "igr": "tab:blue", "at-2step": "tab:olive",
+          "at": "tab:green", "fgr+at": "tab:purple"}
+PLAN_NAMES = ("default", "rejudge")
+
+
+def plan_spec(args) -> dict:
+    """The plan ``args`` select: {'points', 'featured', 'targets'}."""
+    plans = PLANS if args.plan == "default" else REJUDGE_PLANS
+    if args.dataset not in plans:
+        raise SystemExit(f"[frontier] plan {args.plan!r} has no points for dataset {args.dataset!r} "
+                         f"(it has {sorted(plans)})")
+    return plans[args.dataset]
+
+
+def worst_over(featured: dict) -> tuple:
+    """The rows the WORST column combines: a preset's worst-case rows when featured, else
+    WORST_OVER (each attack at its featured budget)."""
+    preset_rows = tuple(k for k in featured if k.startswith("worst-case"))
+    return preset_rows or WORST_OVER
+
+
+def metrics_of(points: list) -> tuple:
+    """The metrics judged: each featured row of the points, then WORST."""
+    featured = points[0]["featured"] if points and points[0].get("featured") else dict.fromkeys(ATTACKS)
+    return tuple(featured) + (WORST,)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="See the module docstring.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="mnist", choices=sorted(PLANS))
+    p.add_argument("--plan", default="default", choices=PLAN_NAMES,
+                   help="'rejudge': the claims' settings plus FGR finite-difference and 2-step AT (use with "
+                        "--preset standard)")
+    p.add_argument("--preset", default="paper", choices=("paper", "standard", "fast"),
+                   help="evaluation preset: 'paper' (the suite of the first frontiers, --attack-size picks full/"
+                        "small), 'standard' (flowtriton.attacks.evaluate's full-strength ensemble and its budgets; "
+                        "--pgd-budgets / --tnorm-budgets / --attack-size unused), 'fast' (tests)")
     p.add_argument("--data-dir", default=default_data_dir())
     p.add_argument("--out-dir", default=None, help="default runs/frontier-<dataset>")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -138,8 +197,8 @@ def setting_label(method: str, lam, at_eps) -> str:
 
 def plan_points(args) -> list:
     """[(method, lam, at_eps, seed)], seed-major, cheap methods first within a seed."""
-    cost = {"standard": 0, "fgr": 1, "igr": 1, "at": 2, "fgr+at": 3}
-    points = [p for p in PLANS[args.dataset]["points"] if p[0] in args.methods]
+    cost = {"standard": 0, "fgr": 1, "fgr-fd": 1, "igr": 1, "at-2step": 2, "at": 2.5, "fgr+at": 3}
+    points = [p for p in plan_spec(args)["points"] if p[0] in args.methods]
     points = sorted(points, key=lambda p: cost[p[0]])
     return [(m, lam, eps, seed) for seed in args.seeds for (m, lam, eps) in points]
 
@@ -149,8 +208,9 @@ def train_point(args, data, out: Path, method, lam, at_eps, seed):
     from flowtriton.train import Trainer, make_config
 
     tag = point_tag(method, lam, at_eps, seed)
-    cfg = make_config(None, dataset=args.dataset, data_dir=args.data_dir, model="small-cnn", method=method, lam=lam,
-                      at_eps=at_eps, at_steps=args.at_steps, epochs=args.epochs, batch_size=args.batch_size,
+    spec = {"method": method, "at_steps": args.at_steps, **METHOD_SPECS.get(method, {})}
+    cfg = make_config(None, dataset=args.dataset, data_dir=args.data_dir, model="small-cnn", method=spec["method"],
+                      lam=lam, at_eps=at_eps, at_steps=spec["at_steps"], epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, momentum=0.9, weight_decay=5e-4,
                       milestones=[m for m in args.milestones if 0 < m < args.epochs], gamma=0.1, seed=seed,
                       device=args.device, amp="off", out_dir=str(out / "ckpt" / tag), resume=True,
@@ -171,9 +231,16 @@ def train_point(args, data, out: Path, method, lam, at_eps, seed):
 def evaluate_point(args, model, images, labels, cache_dir: Path, num_classes: int):
     """(EvaluationResult of every attack, {attack: seconds}, {attack: its settings, budgets and
     commit, or NOT_RECORDED}): one attack at a time, each cached with its masks and settings."""
-    from flowtriton.attacks import EvaluationResult
+    from flowtriton.attacks import EvaluationResult, evaluate
     from flowtriton.train.evaluation import build_attacks
 
+    if args.preset != "paper":  # a preset's whole ensemble, resumable attack by attack
+        result = evaluate(model, (images, labels), preset=args.preset, batch_size=args.eval_batch_size,
+                          progress=not args.no_progress, cache_dir=cache_dir / args.preset)
+        library = result.protocol["library"]
+        settings = {name: {**spec, "commit": library["commit"], "uncommitted_changes": library["uncommitted_changes"]}
+                    for name, spec in result.protocol["attacks"].items()}
+        return result, {k: round(v, 1) for k, v in result.seconds.items()}, settings
     suite, budgets = build_attacks(model, ATTACKS, args.attack_size, num_classes, pgd_budgets=args.pgd_budgets,
                                    tnorm_budgets=args.tnorm_budgets)
     used = {}
@@ -214,7 +281,7 @@ def _train_and_attack(args, data, out: Path, point, tag: str, path: Path, images
     ev, eval_s, settings = evaluate_point(args, model, images, labels, out / "ckpt" / tag / "eval",
                                           data.train.num_classes)
     n_train = len(data.train)
-    featured = PLANS[args.dataset]["featured"]
+    featured = plan_spec(args)["featured"]
     record = {
         "tag": tag, "method": method, "lam": lam, "at_eps": at_eps, "seed": seed, "dataset": args.dataset,
         "epochs": args.epochs, "best_epoch": res.best_epoch, "best_val_acc": res.best_val_acc,
@@ -223,6 +290,7 @@ def _train_and_attack(args, data, out: Path, point, tag: str, path: Path, images
         "train_step_s": train_step_seconds(res.history, n_train), **timing, "eval_s": eval_s,
         "featured": featured, "featured_accuracy": featured_accuracy(ev, featured),
         "attack_settings": settings, "library_commit": library_commit(),
+        "preset": {"name": ev.protocol["preset"], "version": ev.protocol["version"]} if ev.protocol else None,
         "evaluation": ev.to_dict(masks=True),
     }
     write_json(path, record)
@@ -241,7 +309,7 @@ def featured_accuracy(ev, featured: dict) -> dict:
     out = {"clean": ev.clean_accuracy}
     for name, budget in featured.items():
         out[name] = ev.accuracy(name, budget)
-    out[WORST] = ev.worst_case({k: v for k, v in featured.items() if k in WORST_OVER})
+    out[WORST] = ev.worst_case({k: v for k, v in featured.items() if k in worst_over(featured)})
     return out
 
 
@@ -391,7 +459,7 @@ def outcome_mask(record: dict, metric: str) -> list | None:
     masks, featured = record.get("evaluation", {}).get("masks"), record.get("featured")
     if not masks or not featured or "clean" not in masks:
         return None
-    names = WORST_OVER if metric == WORST else (metric,)
+    names = worst_over(featured) if metric == WORST else (metric,)
     if any(name not in featured or row_key(name, featured[name]) not in masks for name in names):
         return None
     out = [c == "1" for c in masks["clean"]]
@@ -435,11 +503,13 @@ def format_p(p) -> str:
     return f"{p:.2f}" if p >= 0.01 else f"{p:.0e}"
 
 
-def seed_noise(points: list, metrics: tuple = ATTACKS + (WORST,)) -> dict | None:
+def seed_noise(points: list, metrics: tuple | None = None) -> dict | None:
     """The training seed's own noise, image by image: every two seeds of one setting (the same
     method and strength, so no method difference) compared per metric with :func:`mcnemar_p`.
     Pairs without a discordant image are left out (rotation + translation fools every MNIST
-    model: nothing to test). None without two seeds of a setting with masks."""
+    model: nothing to test). None without two seeds of a setting with masks. ``metrics``: default
+    :func:`metrics_of` the points."""
+    metrics = metrics_of(points) if metrics is None else metrics
     gaps, pvalues, counts = [], [], []
     for records in group_points(points).values():
         records = sorted(records, key=lambda r: r["seed"])
@@ -461,7 +531,7 @@ def seed_noise(points: list, metrics: tuple = ATTACKS + (WORST,)) -> dict | None
             "max_abs_gap": max(gaps), "median_discordant": statistics.median(counts)}
 
 
-def self_comparison(points: list, metrics: tuple = ATTACKS + (WORST,)) -> dict | None:
+def self_comparison(points: list, metrics: tuple | None = None) -> dict | None:
     """The matching's own noise: each method's curve of one seed judged against its curve of
     another seed (the standard model left out) exactly as a claim's seed is
     (:func:`match_at_equal_clean`, :func:`paired_sign_test`), both ways. No method difference
@@ -470,6 +540,7 @@ def self_comparison(points: list, metrics: tuple = ATTACKS + (WORST,)) -> dict |
     noise. {'rows' (seed rows with at least one discordant image), 'ahead', 'behind' (of those,
     p < ALPHA each way), 'floor': {'method/metric': the largest |gap| of those rows}}; None
     without two seeds of a method with two settings."""
+    metrics = metrics_of(points) if metrics is None else metrics
     counts = {"rows": 0, "ahead": 0, "behind": 0, "floor": {}}
     for method in METHOD_ORDER[1:]:
         mine = [r for r in points if r["method"] == method]
@@ -497,11 +568,16 @@ def self_comparison(points: list, metrics: tuple = ATTACKS + (WORST,)) -> dict |
     return counts if counts["rows"] else None
 
 
+ALL = None  # a claim judged on every metric of the points (:func:`metrics_of`)
 CLAIMS = [
-    ("FGR above IGR at equal clean accuracy", "fgr", "igr", ATTACKS + (WORST,)),
+    ("FGR above IGR at equal clean accuracy", "fgr", "igr", ALL),
     ("FGR above AT on the attacks AT did not train on", "fgr", "at", ("adef", "stadv", "rt")),
-    ("FGR+AT above FGR", "fgr+at", "fgr", ATTACKS + (WORST,)),
-    ("FGR+AT above AT", "fgr+at", "at", ATTACKS + (WORST,)),
+    ("FGR+AT above FGR", "fgr+at", "fgr", ALL),
+    ("FGR+AT above AT", "fgr+at", "at", ALL),
+    # the re-judged frontier's variants
+    ("FGR finite-difference mode against exact FGR", "fgr-fd", "fgr", ALL),
+    ("FGR above AT with 2 steps on the attacks AT did not train on", "fgr", "at-2step", ("adef", "stadv", "rt")),
+    ("AT with 2 steps against AT with 5", "at-2step", "at", ALL),
 ]
 
 
@@ -568,7 +644,7 @@ def judge(points: list, seeds: list, matching: dict | None = None) -> list:
     floor = floor.get("floor", {})
     rows = []
     for claim, challenger, baseline, attacks in CLAIMS:
-        for metric in attacks:
+        for metric in (metrics_of(points) if attacks is ALL else attacks):
             mean = curves(points, metric)
             if challenger not in mean or baseline not in mean:
                 continue
@@ -686,7 +762,8 @@ def plot_frontiers(points: list, path: Path, title: str, featured: dict) -> None
             ax.errorbar(x[0], y[0], xerr=[[x[0] - x[1]], [x[2] - x[0]]], yerr=[[y[0] - y[1]], [y[2] - y[0]]],
                         fmt="o", ms=4, color=COLORS[method], capsize=2, lw=1)
         budget = featured.get(metric)
-        unit = {"flowpgd": " (normalized)", "adef": " px", "stadv": " px"}.get(metric, "")
+        unit = {"flowpgd": " (normalized)", "adef": " px", "stadv": " px", "worst-case-linf": " (normalized)",
+                "worst-case-tnorm": " px"}.get(metric, "")
         ax.set_title(metric + ("" if budget is None else f" at {budget:g}{unit}"), fontsize=9)
         ax.set_xlabel("clean test accuracy", fontsize=8)
         ax.grid(alpha=0.3)
@@ -780,7 +857,7 @@ def protocol_text(points: list) -> str:
 
 
 def report(args, out: Path) -> str:
-    featured = PLANS[args.dataset]["featured"]
+    featured = plan_spec(args)["featured"]
     points = load_points(out, featured)
     if not points:
         print(f"[frontier] no finished point under {out}/points yet", flush=True)
@@ -813,7 +890,7 @@ def report(args, out: Path) -> str:
                        "paired test per seed: images ahead:behind, p", "size", "verdict"], claim_rows(judged))
     comparisons = md_table(["claim", "attack", "seed", "challenger vs baseline point: gap, images only the "
                             "challenger gets right : only the baseline, McNemar p"], comparison_rows(judged))
-    targets = PLANS[args.dataset]["targets"]
+    targets = plan_spec(args)["targets"]
     cost = md_table(["method"] + [f"worst case >= {t:g}" for t in targets], cost_table(points, targets))
     full_rows = []
     for k in keys:
@@ -826,11 +903,9 @@ def report(args, out: Path) -> str:
     text = (f"# {args.dataset}: robustness frontiers\n\n"
             f"Small CNN, {points[0]['epochs']} epochs on {points[0]['train_images']} training images, checkpoint by "
             f"validation accuracy; {n_eval} attacked test images; seeds {seeds}; {len(points)} finished points. "
-            f"Cells: mean over seeds (min-max). Featured budgets: FlowPGD in normalized units (L-inf per flow "
-            f"component, 100 steps), ADef/stAdv as T-norm in pixels, rt the full rotation + translation grid; "
-            f"'{WORST}': correct under each of {', '.join(WORST_OVER)} at its featured budget (rt has its own column: "
-            f"its full grid fools nearly every model). Training s: wall time of the fit (including "
-            f"validation passes; the machine and its load are in run.json), then the step time alone.\n\n" + table +
+            "Cells: mean over seeds (min-max). " + featured_text(args, featured)
+            + " Training s: wall time of the fit (including validation passes; the machine and its load are in "
+            "run.json), then the step time alone.\n\n" + table +
             "\n## The paper's claims on the frontiers\n\nGap: for each of the challenger's points, its robust "
             "accuracy minus the best robust accuracy among the baseline's points that are at least as accurate "
             "clean, within two standard errors of the clean accuracy on 10,000 test images; averaged over the "
@@ -838,8 +913,7 @@ def report(args, out: Path) -> str:
             "The standard model both curves start from is neither compared nor a rival: a point more accurate "
             "than every setting of the other method is outside its sampled range. "
             + verdict_text(noise, n_eval, len(seeds), len(judged), matching) + "\n\n"
-            + claims + "\n## Training time to reach a robustness (worst case over FlowPGD, ADef and stAdv at the "
-            "featured budgets)\n\n"
+            + claims + f"\n## Training time to reach a robustness ('{WORST}')\n\n"
             "Training step time (s) of the setting that reaches the target (seed-mean worst case) with the best "
             "clean accuracy, and that accuracy. Within a method the strength barely changes the cost.\n\n" + cost
             + "\n## Paired comparisons behind the verdicts\n\nPer seed, each compared point against its rival on the "
@@ -848,7 +922,8 @@ def report(args, out: Path) -> str:
             "p (binomial on the discordant pairs).\n\n" + comparisons + "\n" + protocol_text(points))
     write_text_atomic(out / "frontier.md", text)
     write_text_atomic(out / "frontier.json", json.dumps({
-        "dataset": args.dataset, "featured": featured, "seeds": seeds, "eval_images": n_eval,
+        "dataset": args.dataset, "plan": args.plan, "preset": args.preset, "featured": featured,
+ "seeds": seeds, "eval_images": n_eval,
         "points": [{"attack_settings": NOT_RECORDED, "library_commit": NOT_RECORDED}
                    | {k: v for k, v in r.items() if k != "evaluation"} | {"rows": r["evaluation"]["rows"]}
                    for r in points],
@@ -861,8 +936,8 @@ def report(args, out: Path) -> str:
 
 # Settings every finished point and cached attack of an output folder depends on: a resumed run
 # must use the same ones (else its caches would mix two protocols).
-MUST_MATCH = ("dataset", "epochs", "milestones", "batch_size", "lr", "at_steps", "val_size", "train_subset",
-              "max_steps_per_epoch", "eval_subset", "attack_size", "pgd_budgets", "tnorm_budgets")
+MUST_MATCH = ("dataset", "plan", "preset", "epochs", "milestones", "batch_size", "lr", "at_steps", "val_size",
+              "train_subset", "max_steps_per_epoch", "eval_subset", "attack_size", "pgd_budgets", "tnorm_budgets")
 
 
 def check_settings(args, out: Path) -> None:
@@ -870,19 +945,44 @@ def check_settings(args, out: Path) -> None:
     path = out / "settings.json"
     mine = {k: getattr(args, k) for k in MUST_MATCH}
     if path.is_file():
-        saved = json.loads(path.read_text())
+        saved = {**SETTINGS_BEFORE_PRESETS, **json.loads(path.read_text())}
         differ = {k: (saved.get(k), mine[k]) for k in MUST_MATCH if saved.get(k) != mine[k]}
         if differ:
             raise SystemExit(f"[frontier] {out} was run with other settings {differ} (saved, now): its points and "
                              "cached attacks belong to those; use the same settings or a new --out-dir")
     else:
         write_json(path, mine, indent=2)
-    featured = PLANS[args.dataset]["featured"]
-    allowed = {"flowpgd": args.pgd_budgets, "adef": args.tnorm_budgets, "stadv": args.tnorm_budgets, "rt": [None]}
+    featured = plan_spec(args)["featured"]
+    linf, tnorm = args.pgd_budgets, args.tnorm_budgets
+    if args.preset != "paper":
+        from flowtriton.attacks import EVALUATION_PRESETS
+
+        linf, tnorm = EVALUATION_PRESETS[args.preset]["linf_budgets"], EVALUATION_PRESETS[args.preset]["tnorm_budgets"]
+    allowed = {"flowpgd": linf, "adef": tnorm, "stadv": tnorm, "rt": [None], "worst-case-linf": linf,
+               "worst-case-tnorm": tnorm}
     for name, budget in featured.items():
         if budget not in allowed[name]:
             raise SystemExit(f"[frontier] the plan features {name} at {budget}, which is not among its budgets "
-                             f"{allowed[name]}: add it to --pgd-budgets / --tnorm-budgets")
+                             f"{allowed.get(name)}: add it to --pgd-budgets / --tnorm-budgets")
+
+
+# What a settings.json written before --plan and --preset existed ran.
+SETTINGS_BEFORE_PRESETS = {"plan": "default", "preset": "paper"}
+
+
+def featured_text(args, featured: dict) -> str:
+    """The report's sentence on what the featured columns and WORST mean."""
+    if args.preset == "paper":
+        return (f"Featured budgets: FlowPGD in normalized units (L-inf per flow component, 100 steps), ADef/stAdv "
+                f"as T-norm in pixels, rt the full rotation + translation grid; '{WORST}': correct under each of "
+                f"{', '.join(worst_over(featured))} at its featured budget (rt has its own column: its full grid "
+                f"fools nearly every model).")
+    return (f"Attacks: evaluation preset '{args.preset}' (flowtriton.attacks.evaluate, docs/attacks.md: FlowPGD at "
+            f"full strength, RandomFlow, ADef, stAdv at full strength, rotation + translation). Featured budgets: "
+            f"flowpgd and worst-case-linf in normalized units (L-inf per flow component), adef, stadv and "
+            f"worst-case-tnorm as T-norm in pixels; worst-case-linf (-tnorm): correct and fooled by no run of any "
+            f"attack with a flow within that L-inf box (T-norm ball); '{WORST}': both at once (rt has its own "
+            f"column and stays out: its full grid fools nearly every model).")
 
 
 def main(argv=None) -> int:
@@ -891,6 +991,10 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.out_dir or f"runs/frontier-{args.dataset}")
     out.mkdir(parents=True, exist_ok=True)
+    saved = out / "settings.json"
+    if args.report and saved.is_file():  # report what the folder ran
+        recorded = {**SETTINGS_BEFORE_PRESETS, **json.loads(saved.read_text())}
+        args.plan, args.preset = recorded["plan"], recorded["preset"]
     if args.report:
         report(args, out)
         return 0

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import numbers
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
+from .._io import save_atomic
 from .._progress import progress_bar
 from ..ops.validation import check_unit_range
 from .base import FlowAttack, check_grad_mode, check_images, check_int, check_label_range, check_number, eval_mode
@@ -57,6 +61,8 @@ class EvaluationResult:
     run_info: dict[str, dict] = field(default_factory=dict, compare=False, repr=False)
     #: (height, width) of the images, for converting normalized budgets to pixels.
     image_size: tuple | None = field(default=None, compare=False, repr=False)
+    #: wall time of each attack (seconds, all its budgets and batches), as measured when it ran.
+    seconds: dict[str, float] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def clean_accuracy(self) -> float:
@@ -132,8 +138,9 @@ class EvaluationResult:
         masking = None
         if all(result.masking is not None for result in results) and run_info:
             masking = masking_check(clean, masks, norms, run_info, size)
+        seconds = {k: v for result in results for k, v in result.seconds.items()}
         merged = cls(rows=rows, median_tnorm=medians, masks=masks, masking=masking, protocol=protocol, norms=norms,
-                     run_info=run_info, image_size=size)
+                     run_info=run_info, image_size=size, seconds=seconds)
         names = list(dict.fromkeys(row.attack for row in rows[1:]))
         if len(names) >= 2:
             everything = clean.clone()
@@ -154,6 +161,8 @@ class EvaluationResult:
             out["masking_check"] = self.masking
         if self.protocol is not None:
             out["protocol"] = self.protocol
+        if self.seconds:
+            out["seconds"] = dict(self.seconds)
         if masks:
             out["masks"] = {k: "".join("1" if v else "0" for v in m.tolist()) for k, m in self.masks.items()}
         if norms:
@@ -182,7 +191,7 @@ class EvaluationResult:
         size = data.get("image_size")
         return cls(rows=rows, median_tnorm=medians, masks=masks, masking=data.get("masking_check"),
                    protocol=data.get("protocol"), norms=norms, run_info=dict(data.get("runs", {})),
-                   image_size=tuple(size) if size else None)
+                   image_size=tuple(size) if size else None, seconds=dict(data.get("seconds", {})))
 
     @classmethod
     def from_json(cls, text: str) -> "EvaluationResult":
@@ -473,7 +482,7 @@ def _worst_case_rows(correct, norms, linf_levels, tnorm_levels, image_size):
 
 
 def _table(correct, attacks, robust, needed, tnorms, norms=None, run_info=None, image_size=None,
-           worst=None, protocol=None) -> EvaluationResult:
+           worst=None, protocol=None, seconds=None) -> EvaluationResult:
     """The result for the attacks finished so far (``robust`` holds only those). ``worst``:
     (L-inf levels [(units, budget)], T-norm levels [pixels]) for the worst-case rows of a preset."""
     norms, run_info = norms or {}, run_info or {}
@@ -516,7 +525,8 @@ def _table(correct, attacks, robust, needed, tnorms, norms=None, run_info=None, 
         medians[name] = float(values.median()) if values.numel() else math.nan
     masking = masking_check(correct, row_masks, norms, run_info, image_size)
     return EvaluationResult(rows=rows, median_tnorm=medians, masks=row_masks, masking=masking, protocol=protocol,
-                            norms=dict(norms), run_info=dict(run_info), image_size=image_size)
+                            norms=dict(norms), run_info=dict(run_info), image_size=image_size,
+                            seconds=dict(seconds or {}))
 
 
 def _run_info(attack, budget) -> dict:
@@ -564,7 +574,7 @@ def _preset_plan(preset, attacks, budgets):
 
 def evaluate(model, data, attacks=None, budgets=None, batch_size: int = 256, device=None,
              max_batches: int | None = None, progress: bool = False, on_attack_done=None,
-             preset: str | None = None) -> EvaluationResult:
+             preset: str | None = None, cache_dir=None) -> EvaluationResult:
     """Clean and robust accuracy of ``model`` on ``data`` under each attack at each budget, and
     against the union of the attacks (the worst case per example).
 
@@ -600,6 +610,13 @@ def evaluate(model, data, attacks=None, budgets=None, batch_size: int = 256, dev
     on_attack_done: ``callable(name, result)`` called after each attack with the
       :class:`EvaluationResult` of the attacks finished so far (write it to disk there, so that a
       failure late in a long run loses nothing).
+    cache_dir: a folder (created when missing) where each attack's per-example outcome is saved
+      as it finishes (``<name>.pt``, written atomically); a later call with the same folder, the
+      same model weights, images, labels, attack settings and budgets reads it back instead of
+      attacking again, so an interrupted evaluation resumes at the next attack and gives the same
+      result as an uninterrupted one. A saved outcome that differs in any of these is attacked
+      again (and overwritten). ``result.seconds`` holds each attack's wall time, read back with
+      the outcome.
     Labels: (N,) integer class indices within the model's classes (float labels are a TypeError,
     not truncated). Works inside ``torch.no_grad()``; RuntimeError under ``torch.inference_mode()``.
     An example is robust only if it is classified correctly clean AND the attack did not succeed.
@@ -626,6 +643,10 @@ def evaluate(model, data, attacks=None, budgets=None, batch_size: int = 256, dev
     if on_attack_done is not None and not callable(on_attack_done):
         raise TypeError(f"on_attack_done must be callable, got {type(on_attack_done).__name__}")
     device = torch.device(device) if device is not None else _model_device(model)
+    if cache_dir is not None:
+        from .._io import ensure_writable_dir
+
+        cache_dir = ensure_writable_dir(cache_dir, "cache_dir")
 
     batches = []
     for number, batch in enumerate(_batches(data, batch_size)):
@@ -664,10 +685,28 @@ def evaluate(model, data, attacks=None, budgets=None, batch_size: int = 256, dev
     runs = {name: runs_per_batch(attacks[name], plans[name]) for name in attacks}
     bar = progress_bar(progress, desc="evaluate", unit="run", total=len(batches) * sum(runs.values()),
                        dynamic_ncols=True)
-    robust, needed, tnorms, norms, run_info = {}, {}, {}, {}, {}
+    robust, needed, tnorms, norms, run_info, seconds = {}, {}, {}, {}, {}, {}
+    fingerprint = _fingerprint(model, batches) if cache_dir is not None else None
     try:
         for name, attack in attacks.items():
             values = plans[name]
+            if cache_dir is not None:
+                key = {"fingerprint": fingerprint, "attack": protocol["attacks"][name],
+                       "preset": [protocol["preset"], protocol["version"]]}
+                saved = _read_cached(Path(cache_dir) / f"{name}.pt", key)
+                if saved is not None:
+                    for store, part in ((robust, "robust"), (needed, "needed"), (tnorms, "tnorms")):
+                        if part in saved:
+                            store[name] = saved[part]
+                    norms.update(saved["norms"])
+                    run_info.update(saved["run_info"])
+                    seconds[name] = saved["seconds"]
+                    bar.update(len(batches) * runs[name])
+                    if on_attack_done is not None:
+                        on_attack_done(name, _table(correct, attacks, robust, needed, tnorms, norms, run_info,
+                                                    image_size, worst, protocol, seconds))
+                    continue
+            started = time.perf_counter()
             masks = {b: [] for b in (values or [None])}
             if attack.minimum_norm:
                 norms_parts, medians = [], []
@@ -705,9 +744,49 @@ def evaluate(model, data, attacks=None, budgets=None, batch_size: int = 256, dev
                 for b, parts in flow_parts.items():
                     norms[row_key(name, b)] = torch.cat(parts)
                     run_info[row_key(name, b)] = _run_info(attack, b)
+            seconds[name] = round(time.perf_counter() - started, 3)
+            if cache_dir is not None:
+                mine = [row_key(name, b) for b in flow_parts] if not attack.minimum_norm else [name]
+                state = {"key": key, "robust": robust[name], "seconds": seconds[name],
+                         "norms": {k: norms[k] for k in mine}, "run_info": {k: run_info[k] for k in mine}}
+                if attack.minimum_norm:
+                    state["needed"], state["tnorms"] = needed[name], tnorms[name]
+                save_atomic(state, Path(cache_dir) / f"{name}.pt")
             if on_attack_done is not None:
                 on_attack_done(name, _table(correct, attacks, robust, needed, tnorms, norms, run_info, image_size,
-                                            worst, protocol))
+                                            worst, protocol, seconds))
     finally:
         bar.close()
-    return _table(correct, attacks, robust, needed, tnorms, norms, run_info, image_size, worst, protocol)
+    return _table(correct, attacks, robust, needed, tnorms, norms, run_info, image_size, worst, protocol, seconds)
+
+
+def _fingerprint(model, batches) -> str:
+    """SHA-256 of the model's weights and buffers and of the examples: what a cached attack
+    outcome was computed on."""
+    digest = hashlib.sha256()
+    module = _unwrapped(model)
+    state = module.state_dict() if isinstance(module, torch.nn.Module) else {}
+    for name, tensor in state.items():
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode() + str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    for images, labels in batches:
+        for tensor in (images, labels):
+            t = tensor.detach().cpu().contiguous()
+            digest.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
+            digest.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _read_cached(path: Path, key: dict) -> dict | None:
+    """The saved outcome at ``path`` when its key equals ``key`` (compared as JSON), else None
+    (missing, unreadable or made for something else)."""
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a truncated or foreign file: attack again
+        return None
+    if not isinstance(saved, dict) or json.dumps(saved.get("key"), sort_keys=True) != json.dumps(key, sort_keys=True):
+        return None
+    return saved
