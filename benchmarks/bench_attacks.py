@@ -8,7 +8,7 @@ same correctly classified MNIST test images of an undefended CNN (2 conv + 2 fc,
     a throwaway venv: advertorch is no dependency of flowtriton) on the same traced model;
   * flowtriton ``ADef`` vs the authors' reference ADef (Alaifari et al.'s ``deformation.py``,
     imported unchanged from the folder given by ``--adef-reference``; never vendored) at the
-    reference's MNIST settings (candidates 1-9, max_iter 100, smooth 0.5, overshoot 1.2).
+    reference's MNIST settings (candidates 1-9, max_iter 100 (our steps=100), smooth 0.5, overshoot 1.2).
 Reported per implementation: images/s, success rate on correctly classified images, median
 T-norm of the successful flows (pixels), model evaluations per image, and the throughput ratio.
 ``--throughput`` adds the older table: every flowtriton attack on the small CNN and a VGG-11.
@@ -207,7 +207,7 @@ def attacks_for(model, quick: bool):
         "FlowPGD() defaults (APGD 40 x 6 starts x CE+margin)": FlowPGD(model, seed=0),
         "FlowPGD.preset('fast') (APGD 20, CE, 1 start)": FlowPGD.preset("fast", model),
         "ADef(cand=1..9, iter<=%d, smooth=0.5, os=1.2)" % (30 if quick else 100):
-            ADef(model, candidates=range(1, 10), max_iter=30 if quick else 100, smooth=0.5, overshoot=1.2),
+            ADef(model, candidates=range(1, 10), steps=30 if quick else 100, smooth=0.5, overshoot=1.2),
         "StAdv() defaults (Adam<=100, tau 0.05, 5 warm search steps)": StAdv(model),
         "StAdv.preset('fast') (Adam<=20, 2 search steps)": StAdv.preset("fast", model),
         "StAdv(optimizer='lbfgs')": StAdv(model, optimizer="lbfgs"),
@@ -306,7 +306,7 @@ def side_by_side(model, images, labels, chunk: int, args, device) -> list[dict]:
     from flowtriton.attacks import ADef, StAdv
 
     ours_stadv = StAdv(model)
-    ours_adef = ADef(model, candidates=range(1, 10), max_iter=100, smooth=0.5, overshoot=1.2)
+    ours_adef = ADef(model, candidates=range(1, 10), steps=100, smooth=0.5, overshoot=1.2)
     reference = load_reference_adef(args.adef_reference) if args.adef_reference else None
     totals = {key: {"seconds": 0.0, "fooled": [], "tnorm": [], "evaluations": []}
               for key in ("stadv", "advertorch", "adef", "reference")}
@@ -399,7 +399,7 @@ def robust_section(args, device) -> tuple[list[dict], dict]:
     """Attack presets and evaluation presets on a model trained to resist flows (``--robust-checkpoint``):
     robust accuracy, success on correctly classified images, forward passes and seconds per image."""
     from flowtriton.attacks import FlowPGD, StAdv, evaluate
-    from flowtriton.train.evaluation import eval_images, load_trained_model
+    from flowtriton.app.evaluation import eval_images, load_trained_model
 
     model, cfg, _ = load_trained_model(args.robust_checkpoint, device)
     images, labels = eval_images(cfg, "test", args.robust_images, args.data_dir, device)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks, in stages that each end well inside 9 minutes, for a lent GPU machine with no
 # package index (torch >= 2.11 and triton >= 3.6 already installed). Each stage sets flowtriton up
-# from this source tree without touching an index, says clearly what is missing, logs to
-# benchmarks/results/, and copies at most 8 result files into $OUT when it is set.
+# from this source tree (an editable install) without touching an index, says clearly what is
+# missing, logs to benchmarks/results/, and copies at most 8 result files into $OUT when it is set.
 #
 #   bash benchmarks/gpu_suite.sh check       # environment, GPU, imports, the ops on the GPU    (~1 min)
 #   bash benchmarks/gpu_suite.sh tests       # gpu-marked tests, CUDA-vs-reference tests          (~5 min)
@@ -50,15 +50,19 @@ EOF
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/ft-site .whl/*.whl \
       && export PYTHONPATH=/tmp/ft-site${PYTHONPATH:+:$PYTHONPATH}
   fi
-  if ! "$PY" -c "import flowtriton.kernels, flowtriton.ops" 2>/dev/null; then
-    if ! "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . 2>/dev/null; then
-      # No setuptools either: a symlinked overlay puts kernels/ where the package expects it.
-      overlay=$(mktemp -d)
-      mkdir "$overlay/flowtriton" && cp -rs "$PWD/flowtriton/." "$overlay/flowtriton/" && ln -s "$PWD/kernels" "$overlay/flowtriton/kernels"
-      export PYTHONPATH=$overlay${PYTHONPATH:+:$PYTHONPATH}
+  # flowtriton.kernels is kernels/ through pyproject.toml's package-dir mapping: an editable install
+  # of this tree (no index, no build isolation: the machine's own setuptools) provides it.
+  local this_tree='import os, sys, flowtriton.kernels as k; r = os.path.realpath
+sys.exit(r(os.path.dirname(k.__file__)) != r("kernels"))'
+  if ! "$PY" -c "$this_tree" 2>/dev/null; then
+    if ! "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e .; then
+      echo "SET-UP FAILED: 'pip install --no-index --no-deps --no-build-isolation -e .' did not install flowtriton"
+      echo "(it needs setuptools >= 70.1, or >= 64 with wheel, in this Python: carry them in .whl/, see docs/gpu.md)"
+      return 1
     fi
   fi
-  "$PY" -c "import flowtriton, flowtriton.kernels; print('flowtriton', flowtriton.__version__, 'from', flowtriton.__file__)"
+  "$PY" -c "import flowtriton, flowtriton.kernels as k; print('flowtriton', flowtriton.__version__, 'from', \
+flowtriton.__file__, 'kernels from', k.__file__)"
 }
 
 check() {

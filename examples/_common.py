@@ -2,7 +2,9 @@
 (command, seed, versions, wall time), a narrower VGG for CPU runs, file locks that let several
 processes share one output folder, and small table helpers.
 
-Nothing here is library API; the scripts stay thin on top of ``flowtriton.train``.
+Nothing here is library API; the scripts stay thin on top of ``flowtriton.train`` and
+``flowtriton.attacks`` (checkpoints: ``flowtriton.train.load_best``; resumable evaluations:
+``flowtriton.attacks.evaluate(..., cache_dir=...)``; attack settings: ``FlowAttack.settings()``).
 """
 
 from __future__ import annotations
@@ -55,58 +57,6 @@ def versions() -> dict:
                                            text=True, timeout=10).stdout.strip() or None
     except Exception:  # not a checkout
         out["git_commit"] = None
-    return out
-
-
-def library_commit() -> dict:
-    """{'commit', 'uncommitted_changes'} of the flowtriton checkout in use: the library's own
-    record (:func:`flowtriton.attacks.presets.library_commit`), as every evaluation stores it."""
-    from flowtriton.attacks.presets import library_commit as recorded
-
-    return dict(recorded())
-
-
-def _plain(value):
-    """``value`` as JSON-ready data: tuples, ranges and tensors as lists, inf/nan as strings, a
-    generator or another object by its class name."""
-    import math
-
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, range)):
-        return [_plain(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return _plain(value.tolist())
-    if isinstance(value, torch.Generator):
-        return "torch.Generator (its state is not recorded)"
-    try:  # numpy scalars and the like
-        return _plain(value.item())
-    except (AttributeError, TypeError, ValueError):
-        return f"<{type(value).__name__}>"
-
-
-def attack_settings(attack) -> dict:
-    """{'class': module.Class, 'arguments': {every constructor argument but the model: the value
-    the attack holds (defaults included)}}, JSON-ready. An argument the attack keeps under no
-    attribute of its name is listed in 'not_exposed' with its signature default instead."""
-    import inspect
-
-    cls = type(attack)
-    arguments, hidden = {}, {}
-    for name, param in inspect.signature(cls.__init__).parameters.items():
-        if name in ("self", "model") or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
-        if hasattr(attack, name):
-            arguments[name] = _plain(getattr(attack, name))
-        else:
-            hidden[name] = None if param.default is param.empty else _plain(param.default)
-    out = {"class": f"{cls.__module__}.{cls.__qualname__}", "arguments": arguments}
-    if hidden:
-        out["not_exposed"] = hidden
     return out
 
 
@@ -232,15 +182,6 @@ def eval_batch(cfg, data, count: int | None, device):
     return next(iter(loader))
 
 
-def load_best(trainer, name: str = "best.pt"):
-    """The trainer's model with the weights of ``best.pt`` (chosen on VALIDATION accuracy), eval mode."""
-    from flowtriton.train.checkpoint import load_checkpoint
-
-    state = load_checkpoint(trainer.out_dir / name, map_location=trainer.ctx.device)
-    trainer.model.load_state_dict(state["model"])
-    return trainer.model.eval()
-
-
 def register_vgg(width: float, depth: str = "vgg11") -> str:
     """Registry name of ``depth`` at ``width``: ``vgg11`` at width 1, else ``vgg11-w<width>``
     (``flowtriton.models.build_model`` builds scaled VGGs, so ``flowtriton evaluate`` loads them)."""
@@ -270,49 +211,6 @@ def train_step_seconds(history: list, n_train: int) -> float:
     cores) from counting as the method's cost; a sum over epochs would add that time in."""
     rates = [h["images_per_s"] for h in history if h.get("images_per_s")]
     return round(len(rates) * n_train / statistics.median(rates), 1) if rates else 0.0
-
-
-def evaluate_one_by_one(model, images, labels, suite: dict, budgets: dict, cache_path, batch_size: int,
-                        progress: bool = False, used: dict | None = None):
-    """Each attack of ``suite`` evaluated on its own and cached at ``cache_path(name)`` with its
-    per-example masks, its budgets, the number of examples, the attack's settings
-    (:func:`attack_settings`) and the library commit (:func:`library_commit`); a cache made for
-    other budgets, examples or attack settings is attacked again (a cache written before
-    settings were stored is kept: nothing says it differs). Returns ([EvaluationResult per
-    attack], {name: seconds}), to join with ``EvaluationResult.merge``; ``used``, when given, is
-    filled with {name: {**settings, 'budgets', 'commit', 'uncommitted_changes'} of the run whose
-    result is returned, or None when its cache predates that record}. An interrupted evaluation
-    resumes at the next attack."""
-    from flowtriton.attacks import EvaluationResult, evaluate
-
-    commit = None
-    parts, seconds = [], {}
-    for name, attack in suite.items():
-        path = Path(cache_path(name))
-        saved = json.loads(path.read_text()) if path.is_file() else None
-        wanted = {"budgets": budgets.get(name), "examples": int(labels.numel())}
-        settings = json.loads(json.dumps(attack_settings(attack)))
-        stale = saved is None or {k: saved.get("settings", {}).get(k) for k in wanted} != wanted
-        stale = stale or ("attack" in saved.get("settings", {}) and saved["settings"]["attack"] != settings)
-        if stale:
-            commit = commit or library_commit()
-            started = time.perf_counter()
-            budget = {name: budgets[name]} if name in budgets else None
-            result = evaluate(model, (images, labels), {name: attack}, budget,
-                              batch_size=batch_size, progress=progress)
-            saved = {**result.to_dict(masks=True), "eval_s": round(time.perf_counter() - started, 1),
-                     "settings": {**wanted, "attack": settings, "library": commit}}
-            write_json(path, saved)
-        seconds[name] = saved["eval_s"]
-        parts.append(EvaluationResult.from_dict(saved))
-        if used is not None:
-            recorded = saved["settings"]
-            library = recorded.get("library", {})
-            used[name] = ({**recorded["attack"], "budgets": recorded["budgets"],
-                           "commit": library.get("commit", "not recorded"),
-                           "uncommitted_changes": library.get("uncommitted_changes", "not recorded")}
-                          if "attack" in recorded else None)
-    return parts, seconds
 
 
 def md_table(header: list, rows: list) -> str:

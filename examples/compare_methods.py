@@ -47,8 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from _common import (RunRecord, default_data_dir, eval_batch, load_best, load_splits, md_table,  # noqa: E402
-                     train_step_seconds)
+from _common import RunRecord, default_data_dir, eval_batch, load_splits, md_table, train_step_seconds  # noqa: E402
+
+from flowtriton.train import load_best  # noqa: E402
 
 METHODS = ("standard", "igr", "fgr", "at", "fgr+at")
 DEFAULTS = {  # per image size: FlowPGD budgets (normalized), AT budget (normalized)
@@ -170,7 +171,7 @@ def calibrate(args, data, out: Path) -> dict:
 
 def build_suite(args, model, num_classes: int):
     from flowtriton.attacks import FlowPGD
-    from flowtriton.train.evaluation import build_attacks
+    from flowtriton.app.evaluation import build_attacks
 
     names = ("flowpgd", "adef", "stadv", "rt")
     suite, budgets = build_attacks(model, names, args.attack_size, num_classes, pgd_budgets=args.pgd_budgets,
@@ -265,7 +266,6 @@ def main(argv=None) -> int:
     print(f"[compare] lambdas: {json.dumps({m: lams[m] for m in args.methods})}", flush=True)
 
     evals_dir = out / "eval"
-    evals_dir.mkdir(exist_ok=True)
     models, results, train_info = {}, {}, {}
     from flowtriton.attacks import EvaluationResult, evaluate
 
@@ -281,23 +281,22 @@ def main(argv=None) -> int:
                               "history": res.history}
         if images is None:
             images, labels = eval_batch(trainer.cfg, data, args.eval_subset, trainer.ctx.device)
-        cache = evals_dir / f"{method.replace('+', '_')}.json"
-        if cache.is_file():
-            results[method] = json.loads(cache.read_text())
-            continue
-        started = time.perf_counter()
         suite, budgets = build_suite(args, model, data.train.num_classes)
-        print(f"[compare] attacking {method} on {len(labels)} test images", flush=True)
-        ev = evaluate(model, (images, labels), suite, budgets, batch_size=args.eval_batch_size)
-        results[method] = {**ev.to_dict(), "eval_s": time.perf_counter() - started}
-        cache.write_text(json.dumps(results[method], indent=2))
+        print(f"[compare] attacking {method} on {len(labels)} test images (finished attacks are read back)",
+              flush=True)
+        # each attack's outcome is cached as it finishes: a rerun reads it back, an interrupted
+        # evaluation resumes at the next attack
+        ev = evaluate(model, (images, labels), suite, budgets, batch_size=args.eval_batch_size,
+                      cache_dir=evals_dir / method.replace("+", "_"))
+        results[method] = {**ev.to_dict(), "eval_s": round(sum(ev.seconds.values()), 3)}
         record.save()
         print(f"[compare] {method}: clean {ev.clean_accuracy:.3f}; evaluation {results[method]['eval_s']:.0f} s",
               flush=True)
 
     # plots: accuracy vs budget (one panel per attack, one line per method) and a gallery
-    from flowtriton.plots import plot_accuracy_vs_budget, plot_gallery
-    from flowtriton.train.evaluation import curves_from, gallery_rows
+    from flowtriton.app.plots import plot_accuracy_vs_budget, plot_gallery
+    from flowtriton.app.demo import gallery_picks
+    from flowtriton.app.evaluation import curves_from, gallery_rows
 
     curves = {}
     for method, res in results.items():
@@ -305,9 +304,7 @@ def main(argv=None) -> int:
     title = f"{args.dataset}: robust accuracy ({len(labels)} test images)"
     plot_accuracy_vs_budget(curves, out / "accuracy_vs_budget.png", title=title,
                             xlabel={"flowpgd": "eps (normalized)", "adef": "T-norm (px)", "stadv": "T-norm (px)"})
-    with torch.no_grad():
-        right = torch.stack([m(images).argmax(1) == labels for m in models.values()]).all(0)
-    pick = int(right.nonzero()[0]) if right.any() else 0
+    pick = gallery_picks(models, images, labels, 1)[0]  # the first image every model gets right
     rows = []
     mid = args.pgd_budgets[len(args.pgd_budgets) // 2]
     for method, model in models.items():

@@ -16,7 +16,8 @@ first), so a partial run already holds one whole frontier. Each point:
    ``--milestones``); the checkpoint with the best validation accuracy is kept. AT and FGR+AT
    train on FlowPGD examples (``--at-steps`` steps) at their eps (normalized units).
 2. attacks the first ``--eval-subset`` test images with each attack in turn at full strength
-   (``flowtriton.train.evaluation.build_attacks(size='full')``): FlowPGD (100 steps) at every
+   (``flowtriton.app.evaluation.build_attacks(size='full')``, evaluated by
+   ``flowtriton.attacks.evaluate(..., cache_dir=...)``): FlowPGD (100 steps) at every
    budget of ``--pgd-budgets`` (normalized units, L-inf per flow component), ADef (100
    iterations, every candidate label) and stAdv as minimum-norm attacks judged at
    ``--tnorm-budgets`` (T-norm, pixels), rotation + translation (+-30 degrees, +-3 px, 5x5x5).
@@ -24,9 +25,10 @@ first), so a partial run already holds one whole frontier. Each point:
    afterwards (``EvaluationResult.worst_case``).
 3. writes ``points/<tag>.json``: settings, validation curve, clean test accuracy (all 10,000),
    training time (the engine's step time summed over epochs, and the wall time of the fit
-   sessions), evaluation time, the table and the masks, every attack's constructor arguments and
-   budgets (``attack_settings``) and the library commit (``library_commit``; points written
-   before these were stored report them as "not recorded").
+   sessions), evaluation time, the table and the masks, every attack's settings and budgets
+   (``attack_settings``, from the evaluation's protocol: ``FlowAttack.settings()``) and the
+   library commit (``library_commit``; points written before these were stored report them as
+   "not recorded").
 
 Everything resumes: an interrupted training continues from its ``last.pt``, an interrupted
 evaluation from its last finished attack. Several processes may work on one output folder: each
@@ -53,9 +55,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from _common import (RunRecord, default_data_dir, eval_batch, evaluate_one_by_one, exclusive_lock,  # noqa: E402
-                     library_commit, load_best, load_splits, md_table, train_step_seconds, write_json,
-                     write_text_atomic)
+from _common import (RunRecord, default_data_dir, eval_batch, exclusive_lock, load_splits, md_table,  # noqa: E402
+                     train_step_seconds, write_json, write_text_atomic)
+
+from flowtriton.attacks.presets import library_commit  # noqa: E402
+from flowtriton.train import load_best  # noqa: E402
 
 # (method, lam, at_eps): lam in the 'paper' scale, at_eps in normalized units.
 POINTS_28 = [
@@ -230,23 +234,23 @@ def train_point(args, data, out: Path, method, lam, at_eps, seed):
 
 def evaluate_point(args, model, images, labels, cache_dir: Path, num_classes: int):
     """(EvaluationResult of every attack, {attack: seconds}, {attack: its settings, budgets and
-    commit, or NOT_RECORDED}): one attack at a time, each cached with its masks and settings."""
-    from flowtriton.attacks import EvaluationResult, evaluate
-    from flowtriton.train.evaluation import build_attacks
+    commit}): ``flowtriton.attacks.evaluate`` with ``cache_dir=cache_dir/<preset>``, which saves
+    each attack's outcome as it finishes, so an interrupted evaluation resumes at the next attack.
+    The settings are the evaluation's protocol (``FlowAttack.settings()`` and the budgets)."""
+    from flowtriton.attacks import evaluate
+    from flowtriton.app.evaluation import build_attacks
 
-    if args.preset != "paper":  # a preset's whole ensemble, resumable attack by attack
-        result = evaluate(model, (images, labels), preset=args.preset, batch_size=args.eval_batch_size,
-                          progress=not args.no_progress, cache_dir=cache_dir / args.preset)
-        library = result.protocol["library"]
-        settings = {name: {**spec, "commit": library["commit"], "uncommitted_changes": library["uncommitted_changes"]}
-                    for name, spec in result.protocol["attacks"].items()}
-        return result, {k: round(v, 1) for k, v in result.seconds.items()}, settings
-    suite, budgets = build_attacks(model, ATTACKS, args.attack_size, num_classes, pgd_budgets=args.pgd_budgets,
-                                   tnorm_budgets=args.tnorm_budgets)
-    used = {}
-    parts, seconds = evaluate_one_by_one(model, images, labels, suite, budgets, lambda name: cache_dir / f"{name}.json",
-                                         args.eval_batch_size, progress=not args.no_progress, used=used)
-    return EvaluationResult.merge(parts), seconds, {k: NOT_RECORDED if v is None else v for k, v in used.items()}
+    common = dict(batch_size=args.eval_batch_size, progress=not args.no_progress, cache_dir=cache_dir / args.preset)
+    if args.preset != "paper":  # a preset's whole ensemble
+        result = evaluate(model, (images, labels), preset=args.preset, **common)
+    else:
+        suite, budgets = build_attacks(model, ATTACKS, args.attack_size, num_classes, pgd_budgets=args.pgd_budgets,
+                                       tnorm_budgets=args.tnorm_budgets)
+        result = evaluate(model, (images, labels), suite, budgets, **common)
+    library = result.protocol["library"]
+    settings = {name: {**spec, "commit": library["commit"], "uncommitted_changes": library["uncommitted_changes"]}
+                for name, spec in result.protocol["attacks"].items()}
+    return result, {k: round(v, 1) for k, v in result.seconds.items()}, settings
 
 
 def run_point(args, data, out: Path, point, images_cache: dict) -> dict | None:
@@ -289,7 +293,7 @@ def _train_and_attack(args, data, out: Path, point, tag: str, path: Path, images
         "test_acc_full_test_set": res.test_acc, "train_images": n_train,
         "train_step_s": train_step_seconds(res.history, n_train), **timing, "eval_s": eval_s,
         "featured": featured, "featured_accuracy": featured_accuracy(ev, featured),
-        "attack_settings": settings, "library_commit": library_commit(),
+        "attack_settings": settings, "library_commit": dict(library_commit()),
         "preset": {"name": ev.protocol["preset"], "version": ev.protocol["version"]} if ev.protocol else None,
         "evaluation": ev.to_dict(masks=True),
     }
@@ -746,9 +750,9 @@ def cost_table(points: list, targets: list, metric: str = WORST) -> list:
 
 
 def plot_frontiers(points: list, path: Path, title: str, featured: dict) -> None:
-    from flowtriton.plots import _pyplot
+    from flowtriton.app.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     metrics = list(featured) + [WORST]
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.3 * len(metrics), 3.4), squeeze=False)
     groups = group_points(points)

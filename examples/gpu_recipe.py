@@ -137,7 +137,7 @@ def synthetic_splits(val_size: int, train_subset: int | None, seed: int):
 
 def load_data(args, out: Path):
     """Train / validation / test splits (uint8), cached in OUT_DIR/data.pt: later stages skip decoding."""
-    from flowtriton._io import save_atomic
+    from flowtriton.io import save_atomic
 
     if args.dataset == "synthetic":
         return synthetic_splits(args.val_size, args.train_subset, args.seed)
@@ -186,7 +186,7 @@ def tag_of(lam: float) -> str:
 
 def train_phase(args, state, data, device, stage: Stage, out: Path) -> bool:
     """Train every lambda, interleaved on the same batches, until done (True) or the stage ends (False)."""
-    from flowtriton._io import save_atomic
+    from flowtriton.io import save_atomic
     from flowtriton.data import Augmentation, DeviceLoader
     from flowtriton.train.checkpoint import rng_state, set_rng_state
 
@@ -265,7 +265,7 @@ def train_phase(args, state, data, device, stage: Stage, out: Path) -> bool:
 
 def attack_phase(args, state, data, device, stage: Stage, out: Path) -> bool:
     """Attack every lambda's best model in chunks until done (True) or the stage ends (False)."""
-    from flowtriton._io import save_atomic
+    from flowtriton.io import save_atomic
     from flowtriton.attacks import FlowPGD
     from flowtriton.data import Augmentation, DeviceLoader, evaluation_subset
     from flowtriton.models import build_model

@@ -46,8 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from _common import (RunRecord, default_data_dir, eval_batch, evaluate_one_by_one, load_best,  # noqa: E402
-                     load_splits, md_table, register_vgg, train_step_seconds, write_json)
+from _common import (RunRecord, default_data_dir, eval_batch, load_splits, md_table, register_vgg,  # noqa: E402
+                     train_step_seconds, write_json)
+
+from flowtriton.train import load_best  # noqa: E402
 
 # docs/method.md: the authors' result files (CIFAR-10, VGG-11, multi-step eps 0.01, K 100,
 # checkpoint chosen on the TEST set, original CIFAR-10 binaries).
@@ -117,18 +119,19 @@ def parse_args(argv=None):
 
 
 def other_attacks(args, model, images, labels, cache_dir: Path, multi_step) -> dict:
-    """The --other-attacks at full strength, one at a time, each cached (with per-example masks)
-    under cache_dir; returns {'rows': [...], 'worst_case': accuracy against the multi-step attack and
-    ADef/stAdv at --worst-case-tnorm together (rt not included), 'worst_case_budget_px', 'eval_s'}."""
-    from flowtriton.attacks import EvaluationResult
-    from flowtriton.train.evaluation import build_attacks
+    """The --other-attacks at full strength, evaluated by ``flowtriton.attacks.evaluate`` with
+    ``cache_dir`` (each attack's per-example outcome saved as it finishes: a rerun reads it back,
+    an interrupted evaluation resumes at the next attack); returns {'rows': [...], 'worst_case':
+    accuracy against the multi-step attack and ADef/stAdv at --worst-case-tnorm together (rt not
+    included), 'worst_case_budget_px', 'eval_s'}."""
+    from flowtriton.attacks import EvaluationResult, evaluate
+    from flowtriton.app.evaluation import build_attacks
 
     suite, budgets = build_attacks(model, args.other_attacks, "full", 10, tnorm_budgets=args.tnorm_budgets)
-    parts, seconds = evaluate_one_by_one(model, images, labels, suite, budgets,
-                                         lambda name: cache_dir / f"attack_{name}.json", args.eval_batch_size,
-                                         progress=not args.no_progress)
-    parts.insert(0, multi_step)
-    merged = EvaluationResult.merge(parts)
+    result = evaluate(model, (images, labels), suite, budgets, batch_size=args.eval_batch_size,
+                      progress=not args.no_progress, cache_dir=cache_dir)
+    seconds = {name: round(value, 1) for name, value in result.seconds.items()}
+    merged = EvaluationResult.merge([multi_step, result])
     # rotation + translation stays out of the worst case (its full grid fools nearly every model,
     # which would hide the flow attacks' differences); it has its own column
     selection = {"multi-step": None, **{n: args.worst_case_tnorm for n in suite if n != "rt"}}
@@ -223,7 +226,7 @@ def main(argv=None) -> int:
                  "examples": ev["examples"]},
                 {"attack": "multi-step", "budget": None, "units": None, "accuracy": ev["robust_acc"],
                  "examples": ev["examples"]}], "masks": ev["masks"]})
-            others = other_attacks(args, model, images, labels, out / "ckpt" / tag, multi)
+            others = other_attacks(args, model, images, labels, out / "ckpt" / tag / "other_attacks", multi)
             record.save()
         print(f"[repro] {tag}: clean {ev['clean_acc']:.4f}, multi-step eps {args.eps:g}: {ev['robust_acc']:.4f} "
               f"on {ev['examples']} test images", flush=True)
@@ -237,9 +240,9 @@ def main(argv=None) -> int:
                      f"{paper[0]:.4f}" if paper else "-", f"{paper[1]:.4f}" if paper else "-"])
 
     try:
-        from flowtriton.plots import _pyplot
+        from flowtriton.app.plots import pyplot
 
-        plt = _pyplot()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(5, 3.6))
         lams = [payload[t]["lam"] for t in payload]
         ax.plot(lams, [payload[t]["clean_acc"] for t in payload], "o-", label="clean (this run)")

@@ -1,6 +1,6 @@
 """``python -m flowtriton ...`` (and ``torchrun ... -m flowtriton train ...``): the command line."""
 
-from .cli import main
+from .app.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -37,14 +37,50 @@ def check_backend(name: str | None, argument: str = "backend") -> str | None:
 
 
 def set_backend(name: str | None) -> None:
-    """Set the process-wide default backend (``None`` clears it)."""
+    """Set the process-wide default backend (``None`` clears it).
+
+    It applies where no ``backend=`` argument and no :func:`use_backend` context says otherwise.
+
+    Args:
+        name: 'auto', 'triton', 'torch', or ``None`` to clear the setting; another value raises
+            a ValueError.
+
+    Returns:
+        None.
+
+    Example:
+        >>> import flowtriton
+        >>> flowtriton.set_backend("torch")
+        >>> flowtriton.requested_backend()
+        'torch'
+        >>> flowtriton.set_backend(None)  # back to FLOWTRITON_BACKEND or 'auto'
+    """
     global _global_backend
     _global_backend = None if name is None else _check(name, "backend")
 
 
 @contextlib.contextmanager
 def use_backend(name: str):
-    """Context manager: use ``name`` for flowtriton ops in this thread."""
+    """Context manager: use ``name`` for flowtriton ops in this thread.
+
+    It takes precedence over :func:`set_backend` and ``FLOWTRITON_BACKEND``, not over a
+    ``backend=`` argument; the previous setting is restored on exit.
+
+    Args:
+        name: 'auto', 'triton' or 'torch'; another value raises a ValueError.
+
+    Yields:
+        None, with ``name`` in force inside the ``with`` block.
+
+    Example:
+        >>> import flowtriton
+        >>> with flowtriton.use_backend("torch"):
+        ...     print(flowtriton.requested_backend())
+        ...     out = flowtriton.warp(torch.rand(1, 3, 4, 4), torch.zeros(1, 2, 4, 4))  # the reference
+        torch
+        >>> out.shape
+        torch.Size([1, 3, 4, 4])
+    """
     _check(name, "backend")
     previous = getattr(_state, "backend", None)
     _state.backend = name
@@ -55,7 +91,24 @@ def use_backend(name: str):
 
 
 def requested_backend(argument: str | None = None) -> str:
-    """The backend name in force: argument > context > global > FLOWTRITON_BACKEND > 'auto'."""
+    """The backend name in force: argument > context > global > FLOWTRITON_BACKEND > 'auto'.
+
+    Args:
+        argument: a function's ``backend=`` argument; ``None`` defers to :func:`use_backend`,
+            then :func:`set_backend`, then the ``FLOWTRITON_BACKEND`` environment variable.
+
+    Returns:
+        'auto', 'triton' or 'torch'. An invalid argument or environment value raises a
+        ValueError naming it.
+
+    Example:
+        >>> from flowtriton import requested_backend, use_backend
+        >>> requested_backend("torch")
+        'torch'
+        >>> with use_backend("triton"):
+        ...     requested_backend(), requested_backend("torch")  # the argument wins
+        ('triton', 'torch')
+    """
     if argument is not None:
         return _check(argument, "backend")
     local = getattr(_state, "backend", None)

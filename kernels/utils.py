@@ -1,6 +1,13 @@
-"""What every kernel module shares: interpreter detection, block sizes, dtype names, the device
-guard, cached launch configurations, cached compiled-kernel handles, and one launch function that
-compile checks can observe.
+"""What every kernel module shares: the @triton.jit helpers every kernel calls (this program's
+pixels, loads in the accumulation precision), interpreter detection, block sizes, dtype names, the
+device guard, cached launch configurations, cached compiled-kernel handles, and one launch function
+that compile checks can observe.
+
+Naming, in every kernel module: kernels are ``_<what>_kernel``; @triton.jit helpers are named for
+what they return, ``load_*`` / ``_load_*`` for those that read memory (upcast to the accumulation
+precision); a helper returning more than a few values returns a NamedTuple (:class:`PixelBlock`);
+on the host, ``_VARIANTS`` maps a launch variant to its kernel and constexpr flags and ``_config``
+builds its cached :class:`LaunchConfig`; the launchers are public.
 
 No GPU query at import time; nothing here knows about autograd.
 
@@ -20,6 +27,7 @@ import contextlib
 import os
 import threading
 import warnings
+from typing import NamedTuple
 
 import torch
 import triton
@@ -51,6 +59,45 @@ def program_pixels(hw, BLOCK: tl.constexpr):
     n64 = (pid // blocks).to(tl.int64)
     offs = block * BLOCK + tl.arange(0, BLOCK)
     return n64, block, offs
+
+
+class PixelBlock(NamedTuple):
+    """This program's pixels, as :func:`pixel_block` returns them (a NamedTuple: Triton passes it
+    between @triton.jit functions, compiled and interpreted alike)."""
+
+    n: tl.tensor      # the image, int64
+    block: tl.tensor  # the pixel block within the image
+    offs: tl.tensor   # flat pixel offsets (BLOCK of them)
+    mask: tl.tensor   # offsets inside the image
+    row: tl.tensor
+    col: tl.tensor
+
+
+@triton.jit
+def pixel_block(H, W, BLOCK: tl.constexpr):
+    """:class:`PixelBlock` of this program on the 1-D grid of :func:`program_pixels`."""
+    n64, block, offs = program_pixels(H * W, BLOCK)
+    return PixelBlock(n64, block, offs, offs < H * W, offs // W, offs % W)
+
+
+@triton.jit
+def load_acc(ptr, offs, mask, IS_FP64: tl.constexpr):
+    """``ptr[offs]`` (0 where masked) in the accumulation precision: float64 for float64 kernels,
+    float32 otherwise (see :func:`compute_dtype`)."""
+    value = tl.load(ptr + offs, mask=mask, other=0.0)
+    if IS_FP64:
+        value = value.to(tl.float64)
+    else:
+        value = value.to(tl.float32)
+    return value
+
+
+@triton.jit
+def load_field(ptr, n64, offs, hw, mask, IS_FP64: tl.constexpr):
+    """Both channels (x, y) of image ``n64`` of an (N, 2, H, W) field at the pixels ``offs``, in the
+    accumulation precision."""
+    base = ptr + n64 * 2 * hw
+    return load_acc(base, offs, mask, IS_FP64), load_acc(base + hw, offs, mask, IS_FP64)
 
 
 def grid_1d(n: int, hw: int, block: int) -> tuple[int]:

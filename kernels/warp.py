@@ -25,28 +25,54 @@ at import time.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 
+from ..conventions import PADDING_CODES
 from . import utils as _utils
 from .utils import (LaunchConfig, alert_nondeterministic, block_size, cached_config, compute_dtype, grid_1d,
-                    launch_config, program_pixels)
+                    launch_config, load_acc, load_field, pixel_block)
 
-PADDING_CODES = {"zeros": 0, "border": 1, "reflection": 2}
+# The kernels' ``PAD`` constexpr: PADDING_CODES (flowtriton.conventions) = zeros 0, border 1, reflection 2.
 
 
-@triton.jit
-def _acc(x, IS_FP64: tl.constexpr):
-    """Upcast to the accumulation precision: float64 for float64 kernels, float32 otherwise."""
-    return x.to(tl.float64 if IS_FP64 else tl.float32)
+class _Axis(NamedTuple):
+    """One axis of a bilinear sample (see :func:`_axis`)."""
+
+    i0: tl.tensor     # lower corner index, clamped to the image
+    i1: tl.tensor     # upper corner index, clamped to the image
+    in0: tl.tensor    # whether the unclamped lower corner is inside the image
+    in1: tl.tensor
+    frac: tl.tensor   # the weight of the upper corner
+    slope: tl.tensor  # d(padded coordinate) / d(coordinate): +-1 under reflection, else 1
+
+
+class _Sampling(NamedTuple):
+    """Where and how each pixel of a program samples (see :func:`_sampling`)."""
+
+    valid: tl.tensor  # in the image, with a finite flow
+    wx: tl.tensor     # weight of the right corners
+    wy: tl.tensor     # weight of the lower corners
+    sx: tl.tensor     # slope of the padded x coordinate
+    sy: tl.tensor
+    o00: tl.tensor    # corner offsets in the plane: (upper, left), (upper, right), (lower, left), (lower, right)
+    o01: tl.tensor
+    o10: tl.tensor
+    o11: tl.tensor
+    m00: tl.tensor    # corner load masks, in the same order
+    m01: tl.tensor
+    m10: tl.tensor
+    m11: tl.tensor
 
 
 @triton.jit
 def _axis(coord, size, inv_period, PAD: tl.constexpr):
     """One axis: corner indices (clamped to the image), in-bounds flags, fraction, slope."""
     sizef = size * 1.0
-    if PAD == 2:
+    if PAD == 2:  # reflection
         period = 2.0 * (sizef - 1.0)
         mag = tl.abs(coord)
         mag = mag - period * tl.floor(mag * inv_period)
@@ -67,62 +93,40 @@ def _axis(coord, size, inv_period, PAD: tl.constexpr):
     in1 = (i1 >= 0) & (i1 < size)
     i0 = tl.minimum(tl.maximum(i0, 0), size - 1)
     i1 = tl.minimum(tl.maximum(i1, 0), size - 1)
-    return i0, i1, in0, in1, frac, slope
+    return _Axis(i0, i1, in0, in1, frac, slope)
 
 
 @triton.jit
-def _setup(flow_ptr, n64, offs, H, W, inv_period_x, inv_period_y,
-           PAD: tl.constexpr, IS_FP64: tl.constexpr):
-    """Per-pixel sampling set-up shared by all kernels."""
-    hw = H * W
-    mask = offs < hw
-    row = offs // W
-    col = offs % W
-    fbase = flow_ptr + n64 * 2 * hw
-    fx = tl.load(fbase + offs, mask=mask, other=0.0)
-    fy = tl.load(fbase + hw + offs, mask=mask, other=0.0)
-    fx = _acc(fx, IS_FP64)
-    fy = _acc(fy, IS_FP64)
+def _sampling(flow_ptr, px, H, W, inv_period_x, inv_period_y, PAD: tl.constexpr, IS_FP64: tl.constexpr):
+    """The :class:`_Sampling` of the pixels ``px`` (a :class:`~.utils.PixelBlock`): what every
+    kernel needs to read the four corners each pixel's flow points between."""
+    fx, fy = load_field(flow_ptr, px.n, px.offs, H * W, px.mask, IS_FP64)
     finite = (tl.abs(fx) < float("inf")) & (tl.abs(fy) < float("inf"))  # False for NaN too
-    valid = mask & finite
+    valid = px.mask & finite
     fx = tl.where(finite, fx, 0.0)
     fy = tl.where(finite, fy, 0.0)
-    x = col.to(fx.dtype) + fx
-    y = row.to(fy.dtype) + fy
-    x0, x1, inx0, inx1, wx, sx = _axis(x, W, inv_period_x, PAD)
-    y0, y1, iny0, iny1, wy, sy = _axis(y, H, inv_period_y, PAD)
-    if PAD == 0:
-        m00 = valid & iny0 & inx0
-        m01 = valid & iny0 & inx1
-        m10 = valid & iny1 & inx0
-        m11 = valid & iny1 & inx1
+    ax = _axis(px.col.to(fx.dtype) + fx, W, inv_period_x, PAD)
+    ay = _axis(px.row.to(fy.dtype) + fy, H, inv_period_y, PAD)
+    if PAD == 0:  # zeros: a corner outside the image reads 0
+        m00 = valid & ay.in0 & ax.in0
+        m01 = valid & ay.in0 & ax.in1
+        m10 = valid & ay.in1 & ax.in0
+        m11 = valid & ay.in1 & ax.in1
     else:
         m00 = valid
         m01 = valid
         m10 = valid
         m11 = valid
-    o00 = y0 * W + x0
-    o01 = y0 * W + x1
-    o10 = y1 * W + x0
-    o11 = y1 * W + x1
-    return mask, valid, wx, wy, sx, sy, o00, o01, o10, o11, m00, m01, m10, m11
+    return _Sampling(valid, ax.frac, ay.frac, ax.slope, ay.slope,
+                     ay.i0 * W + ax.i0, ay.i0 * W + ax.i1, ay.i1 * W + ax.i0, ay.i1 * W + ax.i1,
+                     m00, m01, m10, m11)
 
 
 @triton.jit
-def _corners(base, o00, o01, o10, o11, m00, m01, m10, m11, IS_FP64: tl.constexpr):
-    v00 = tl.load(base + o00, mask=m00, other=0.0)
-    v01 = tl.load(base + o01, mask=m01, other=0.0)
-    v10 = tl.load(base + o10, mask=m10, other=0.0)
-    v11 = tl.load(base + o11, mask=m11, other=0.0)
-    return _acc(v00, IS_FP64), _acc(v01, IS_FP64), _acc(v10, IS_FP64), _acc(v11, IS_FP64)
-
-
-@triton.jit
-def _load_tangent(tan_ptr, n64, offs, hw, mask, IS_FP64: tl.constexpr):
-    tbase = tan_ptr + n64 * 2 * hw
-    tx = tl.load(tbase + offs, mask=mask, other=0.0)
-    ty = tl.load(tbase + hw + offs, mask=mask, other=0.0)
-    return _acc(tx, IS_FP64), _acc(ty, IS_FP64)
+def _load_corners(base, s, IS_FP64: tl.constexpr):
+    """The four corner values (00, 01, 10, 11) of the plane at ``base`` for the sampling ``s``."""
+    return (load_acc(base, s.o00, s.m00, IS_FP64), load_acc(base, s.o01, s.m01, IS_FP64),
+            load_acc(base, s.o10, s.m10, IS_FP64), load_acc(base, s.o11, s.m11, IS_FP64))
 
 
 @triton.jit
@@ -131,28 +135,29 @@ def _warp_gather_kernel(val_ptr, tsrc_ptr, flow_ptr, tan_ptr, out_ptr,
                         PAD: tl.constexpr, HAS_VALUE: tl.constexpr, HAS_TANGENT: tl.constexpr,
                         IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
     hw = H * W
-    n64, _, offs = program_pixels(hw, BLOCK)
-    (mask, valid, wx, wy, sx, sy, o00, o01, o10, o11,
-     m00, m01, m10, m11) = _setup(flow_ptr, n64, offs, H, W, inv_period_x, inv_period_y, PAD, IS_FP64)
+    px = pixel_block(H, W, BLOCK)
+    s = _sampling(flow_ptr, px, H, W, inv_period_x, inv_period_y, PAD, IS_FP64)
+    wx = s.wx
+    wy = s.wy
     if HAS_TANGENT:
-        tx, ty = _load_tangent(tan_ptr, n64, offs, hw, mask, IS_FP64)
-        ax = tx * sx  # d wx along the tangent
-        ay = ty * sy
+        tx, ty = load_field(tan_ptr, px.n, px.offs, hw, px.mask, IS_FP64)
+        ax = tx * s.sx  # d wx along the tangent
+        ay = ty * s.sy
     for c in range(C):
-        plane = (n64 * C + c) * hw
+        plane = (px.n * C + c) * hw
         acc = tl.zeros_like(wx)
         if HAS_VALUE:
-            a00, a01, a10, a11 = _corners(val_ptr + plane, o00, o01, o10, o11, m00, m01, m10, m11, IS_FP64)
+            a00, a01, a10, a11 = _load_corners(val_ptr + plane, s, IS_FP64)
             top = a00 + wx * (a01 - a00)
             bottom = a10 + wx * (a11 - a10)
             acc += top + wy * (bottom - top)
         if HAS_TANGENT:
-            b00, b01, b10, b11 = _corners(tsrc_ptr + plane, o00, o01, o10, o11, m00, m01, m10, m11, IS_FP64)
+            b00, b01, b10, b11 = _load_corners(tsrc_ptr + plane, s, IS_FP64)
             dx = (1.0 - wy) * (b01 - b00) + wy * (b11 - b10)
             dy = (1.0 - wx) * (b10 - b00) + wx * (b11 - b01)
             acc += ax * dx + ay * dy
-        acc = tl.where(valid, acc, 0.0)
-        tl.store(out_ptr + plane + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        acc = tl.where(s.valid, acc, 0.0)
+        tl.store(out_ptr + plane + px.offs, acc.to(out_ptr.dtype.element_ty), mask=px.mask)
 
 
 @triton.jit
@@ -161,34 +166,35 @@ def _warp_grad_flow_kernel(src_ptr, csrc_ptr, flow_ptr, tan_ptr, go_ptr, out_ptr
                            PAD: tl.constexpr, HAS_FIRST: tl.constexpr, HAS_CROSS: tl.constexpr,
                            IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
     hw = H * W
-    n64, _, offs = program_pixels(hw, BLOCK)
-    (mask, valid, wx, wy, sx, sy, o00, o01, o10, o11,
-     m00, m01, m10, m11) = _setup(flow_ptr, n64, offs, H, W, inv_period_x, inv_period_y, PAD, IS_FP64)
+    px = pixel_block(H, W, BLOCK)
+    s = _sampling(flow_ptr, px, H, W, inv_period_x, inv_period_y, PAD, IS_FP64)
+    wx = s.wx
+    wy = s.wy
     gx = tl.zeros_like(wx)
     gy = tl.zeros_like(wx)
     cross = tl.zeros_like(wx)
     for c in range(C):
-        plane = (n64 * C + c) * hw
-        go = _acc(tl.load(go_ptr + plane + offs, mask=mask, other=0.0), IS_FP64)
+        plane = (px.n * C + c) * hw
+        go = load_acc(go_ptr + plane, px.offs, px.mask, IS_FP64)
         if HAS_FIRST:
-            a00, a01, a10, a11 = _corners(src_ptr + plane, o00, o01, o10, o11, m00, m01, m10, m11, IS_FP64)
+            a00, a01, a10, a11 = _load_corners(src_ptr + plane, s, IS_FP64)
             gx += go * ((1.0 - wy) * (a01 - a00) + wy * (a11 - a10))
             gy += go * ((1.0 - wx) * (a10 - a00) + wx * (a11 - a01))
         if HAS_CROSS:
-            b00, b01, b10, b11 = _corners(csrc_ptr + plane, o00, o01, o10, o11, m00, m01, m10, m11, IS_FP64)
+            b00, b01, b10, b11 = _load_corners(csrc_ptr + plane, s, IS_FP64)
             cross += go * (b00 - b01 - b10 + b11)
-    gx = gx * sx
-    gy = gy * sy
+    gx = gx * s.sx
+    gy = gy * s.sy
     if HAS_CROSS:
-        tx, ty = _load_tangent(tan_ptr, n64, offs, hw, mask, IS_FP64)
-        mixed = cross * sx * sy
+        tx, ty = load_field(tan_ptr, px.n, px.offs, hw, px.mask, IS_FP64)
+        mixed = cross * s.sx * s.sy
         gx += mixed * ty
         gy += mixed * tx
-    gx = tl.where(valid, gx, 0.0)
-    gy = tl.where(valid, gy, 0.0)
-    obase = out_ptr + n64 * 2 * hw
-    tl.store(obase + offs, gx.to(out_ptr.dtype.element_ty), mask=mask)
-    tl.store(obase + hw + offs, gy.to(out_ptr.dtype.element_ty), mask=mask)
+    gx = tl.where(s.valid, gx, 0.0)
+    gy = tl.where(s.valid, gy, 0.0)
+    obase = out_ptr + px.n * 2 * hw
+    tl.store(obase + px.offs, gx.to(out_ptr.dtype.element_ty), mask=px.mask)
+    tl.store(obase + hw + px.offs, gy.to(out_ptr.dtype.element_ty), mask=px.mask)
 
 
 @triton.jit
@@ -197,13 +203,14 @@ def _warp_scatter_kernel(go_ptr, flow_ptr, tan_ptr, out_ptr,
                          PAD: tl.constexpr, USE_TANGENT: tl.constexpr,
                          IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
     hw = H * W
-    n64, _, offs = program_pixels(hw, BLOCK)
-    (mask, valid, wx, wy, sx, sy, o00, o01, o10, o11,
-     m00, m01, m10, m11) = _setup(flow_ptr, n64, offs, H, W, inv_period_x, inv_period_y, PAD, IS_FP64)
+    px = pixel_block(H, W, BLOCK)
+    s = _sampling(flow_ptr, px, H, W, inv_period_x, inv_period_y, PAD, IS_FP64)
+    wx = s.wx
+    wy = s.wy
     if USE_TANGENT:
-        tx, ty = _load_tangent(tan_ptr, n64, offs, hw, mask, IS_FP64)
-        ax = tx * sx
-        ay = ty * sy
+        tx, ty = load_field(tan_ptr, px.n, px.offs, hw, px.mask, IS_FP64)
+        ax = tx * s.sx
+        ay = ty * s.sy
         # d w_k along the tangent, for k = 00, 01, 10, 11
         c00 = -ax * (1.0 - wy) - ay * (1.0 - wx)
         c01 = ax * (1.0 - wy) - ay * wx
@@ -215,13 +222,13 @@ def _warp_scatter_kernel(go_ptr, flow_ptr, tan_ptr, out_ptr,
         c10 = (1.0 - wx) * wy
         c11 = wx * wy
     for c in range(C):
-        plane = (n64 * C + c) * hw
-        go = _acc(tl.load(go_ptr + plane + offs, mask=mask, other=0.0), IS_FP64)
+        plane = (px.n * C + c) * hw
+        go = load_acc(go_ptr + plane, px.offs, px.mask, IS_FP64)
         base = out_ptr + plane
-        tl.atomic_add(base + o00, c00 * go, mask=m00, sem="relaxed")
-        tl.atomic_add(base + o01, c01 * go, mask=m01, sem="relaxed")
-        tl.atomic_add(base + o10, c10 * go, mask=m10, sem="relaxed")
-        tl.atomic_add(base + o11, c11 * go, mask=m11, sem="relaxed")
+        tl.atomic_add(base + s.o00, c00 * go, mask=s.m00, sem="relaxed")
+        tl.atomic_add(base + s.o01, c01 * go, mask=s.m01, sem="relaxed")
+        tl.atomic_add(base + s.o10, c10 * go, mask=s.m10, sem="relaxed")
+        tl.atomic_add(base + s.o11, c11 * go, mask=s.m11, sem="relaxed")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,10 +240,10 @@ def _inv_period(size: int) -> float:
     return 1.0 / (2.0 * (size - 1)) if size > 1 else 0.0
 
 
-_FLAGS = {  # variant name -> the constexpr flags its remaining entries set, and the kernel
-    "gather": (("HAS_VALUE", "HAS_TANGENT"), "_warp_gather_kernel"),
-    "grad_flow": (("HAS_FIRST", "HAS_CROSS"), "_warp_grad_flow_kernel"),
-    "scatter": (("USE_TANGENT",), "_warp_scatter_kernel"),
+_VARIANTS = {  # variant name -> (kernel name, the constexpr flags its remaining entries set)
+    "gather": ("_warp_gather_kernel", ("HAS_VALUE", "HAS_TANGENT")),
+    "grad_flow": ("_warp_grad_flow_kernel", ("HAS_FIRST", "HAS_CROSS")),
+    "scatter": ("_warp_scatter_kernel", ("USE_TANGENT",)),
 }
 
 
@@ -250,11 +257,11 @@ def _config(variant: tuple, shape, dtype: torch.dtype, padding_mode: str) -> Lau
 
     def make():
         n, c, h, w = shape
-        names, kernel = _FLAGS[variant[0]]
+        name, flag_names = _VARIANTS[variant[0]]
         block = block_size(h * w)
-        constexprs = dict(PAD=PADDING_CODES[padding_mode], **dict(zip(names, variant[1:])),
+        constexprs = dict(PAD=PADDING_CODES[padding_mode], **dict(zip(flag_names, variant[1:])),
                           IS_FP64=dtype == torch.float64, BLOCK=block)
-        return LaunchConfig(globals()[kernel], grid_1d(n, h * w, block), (c, h, w), constexprs,
+        return LaunchConfig(globals()[name], grid_1d(n, h * w, block), (c, h, w), constexprs,
                             scalars=(c, h, w, _inv_period(w), _inv_period(h)))
 
     return cached_config(key, make)

@@ -50,7 +50,7 @@ def main() -> int:
     from triton import knobs
     from triton.runtime.jit import JITFunction
 
-    from flowtriton.kernels import penalty as kp
+    from flowtriton.kernels import flow_gradient as kfg
     from flowtriton.kernels import utils as ku
     from flowtriton.kernels import warp as kw
 
@@ -96,19 +96,19 @@ def main() -> int:
                  torch.ones(3 * n, dtype=torch.float32)[::3])
         for scheme in ("forward", "central"):
             cases += [
-                ((x, y), lambda x=x, y=y, s=scheme: kp.penalty(x, y, s, (1.0, 1.0))),
-                ((x, y), lambda x=x, y=y, s=scheme: kp.penalty(x, y, s, (3.0, 2.0))),
-                ((x, y), lambda x=x, y=y, s=scheme: kp.flow_gradient(x, y, s, (1.0, 1.0))),
-                ((x, f), lambda x=x, f=f, s=scheme: kp.flow_jvp(x, s, field=f)),
-                ((y, f), lambda y=y, f=f, s=scheme: kp.image_vjp(y, f, s)),
+                ((x, y), lambda x=x, y=y, s=scheme: kfg.penalty(x, y, s, (1.0, 1.0))),
+                ((x, y), lambda x=x, y=y, s=scheme: kfg.penalty(x, y, s, (3.0, 2.0))),
+                ((x, y), lambda x=x, y=y, s=scheme: kfg.flow_gradient(x, y, s, (1.0, 1.0))),
+                ((x, f), lambda x=x, f=f, s=scheme: kfg.flow_jvp(x, s, field=f)),
+                ((y, f), lambda y=y, f=f, s=scheme: kfg.image_vjp(y, f, s)),
             ]
             for coef in coefs:
                 cases += [
-                    ((x, y, coef), lambda x=x, y=y, k=coef, s=scheme: kp.penalty_grad(x, y, k, s, (1.0, 1.0))),
-                    ((x, f, coef), lambda x=x, f=f, k=coef, s=scheme: kp.flow_jvp(x, s, field=f, coef=k)),
-                    ((x, y, coef), lambda x=x, y=y, k=coef, s=scheme: kp.flow_jvp(x, s, grad_image=y, coef=k,
+                    ((x, y, coef), lambda x=x, y=y, k=coef, s=scheme: kfg.penalty_grad(x, y, k, s, (1.0, 1.0))),
+                    ((x, f, coef), lambda x=x, f=f, k=coef, s=scheme: kfg.flow_jvp(x, s, field=f, coef=k)),
+                    ((x, y, coef), lambda x=x, y=y, k=coef, s=scheme: kfg.flow_jvp(x, s, grad_image=y, coef=k,
                                                                                   coef_scale=2.0)),
-                    ((y, f, coef), lambda y=y, f=f, k=coef, s=scheme: kp.image_vjp(y, f, s, coef=k,
+                    ((y, f, coef), lambda y=y, f=f, k=coef, s=scheme: kfg.image_vjp(y, f, s, coef=k,
                                                                                    coef_scale=2.0)),
                 ]
 

@@ -32,8 +32,6 @@ SHAPES = {  # name -> (N, C, H, W, pointer offset in elements)
     "imagenet-224x224x3": (1, 3, 224, 224, 0),
     "odd-5x7x2-unaligned": (2, 2, 5, 7, 1),
 }
-PADDINGS = ("zeros", "border", "reflection")
-SCHEMES = ("forward", "central")
 
 
 def _tensor(shape, dtype, offset):
@@ -47,7 +45,8 @@ def drive_launchers(dtypes):
     """Run every launcher variant under ``recording_launches``; return the records."""
     import torch
 
-    from flowtriton.kernels import penalty as kp
+    from flowtriton.conventions import PADDING_MODES, SCHEMES
+    from flowtriton.kernels import flow_gradient as kfg
     from flowtriton.kernels import warp as kw
     from flowtriton.kernels.utils import recording_launches
 
@@ -58,7 +57,7 @@ def drive_launchers(dtypes):
                 other = _tensor((n, c, h, w), dtype, off)
                 flow = _tensor((n, 2, h, w), dtype, off)
                 tangent = _tensor((n, 2, h, w), dtype, off)
-                for mode in PADDINGS:
+                for mode in PADDING_MODES:
                     kw.warp_gather(flow, mode, value_src=image)
                     kw.warp_gather(flow, mode, tangent_src=image, tangent=tangent)
                     kw.warp_gather(flow, mode, value_src=other, tangent_src=image, tangent=tangent)
@@ -69,14 +68,14 @@ def drive_launchers(dtypes):
                     kw.warp_scatter(flow, other, mode, tangent=tangent)
                 coefs = (None, torch.ones(n, dtype=dtype), torch.ones((), dtype=dtype).expand(n))
                 for scheme in SCHEMES:
-                    kp.penalty(image, other, scheme, (13.5, 13.5))
-                    kp.flow_gradient(image, other, scheme, (1.0, 1.0))
+                    kfg.penalty(image, other, scheme, (13.5, 13.5))
+                    kfg.flow_gradient(image, other, scheme, (1.0, 1.0))
                     for coef in coefs:
-                        kp.flow_jvp(image, scheme, field=flow, coef=coef)
-                        kp.flow_jvp(image, scheme, grad_image=other, coef=coef, coef_scale=2.0)
-                        kp.image_vjp(other, flow, scheme, coef=coef, coef_scale=2.0)
+                        kfg.flow_jvp(image, scheme, field=flow, coef=coef)
+                        kfg.flow_jvp(image, scheme, grad_image=other, coef=coef, coef_scale=2.0)
+                        kfg.image_vjp(other, flow, scheme, coef=coef, coef_scale=2.0)
                         if coef is not None:  # the penalty's backward: the same kernel, its own entry
-                            kp.penalty_grad(image, other, coef, scheme)
+                            kfg.penalty_grad(image, other, coef, scheme)
     return records
 
 

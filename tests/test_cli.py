@@ -10,7 +10,7 @@ import urllib.error
 import pytest
 import torch
 
-from flowtriton.cli import main
+from flowtriton.app.cli import main
 from flowtriton.regularizers import DEFAULT_FGR_LAM
 
 
@@ -135,7 +135,7 @@ def test_bad_out_dir_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
 
     run = tmp_path / "run"
     assert main(["train", *_QUICK, "--out-dir", str(run)]) == 0
-    from flowtriton.train import evaluation
+    from flowtriton.app import evaluation
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("no attack may run before --out-dir is checked")
@@ -264,7 +264,7 @@ def test_bad_counts_are_usage_errors(capsys, args, message):
 
 
 def test_demo_refuses_a_negative_lam_before_training(tmp_path, capsys, monkeypatch):
-    from flowtriton.train import demo
+    from flowtriton.app import demo
 
     def must_not_train(*args, **kwargs):
         raise AssertionError("no model may train before the settings are checked")
@@ -336,6 +336,8 @@ def test_evaluate_preset_argument_handling(tmp_path, capsys):
     assert isinstance(protocol["library"]["commit"], str) and protocol["library"]["commit"]
     assert [e["budget"] for e in results["masking_check"]] == [0.005, 0.01, 0.02, 0.04]
     assert [r["attack"] for r in results["rows"]].count("worst-case-linf") == 4
+    assert results["budgets"] == {"linf": [0.005, 0.01, 0.02, 0.04], "tnorm": [0.25, 0.5, 1.0, 2.0]}  # the preset's
+    assert results["budgets_given"] == {"pgd_budgets": None, "tnorm_budgets": None}
     assert "preset 'fast' version 1" in (out / "results.md").read_text()
     capsys.readouterr()
     small = tmp_path / "small"
@@ -352,3 +354,54 @@ def test_evaluate_preset_argument_handling(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", str(run / "best.pt"), "--preset", "strong"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_evaluate_budget_flags_reach_results_json(tmp_path, capsys):
+    """--pgd-budgets (normalized L-inf) and --tnorm-budgets (pixel T-norm) replace the preset's
+    budgets for every attack of their kind, and results.json records them."""
+    run = tmp_path / "run"
+    assert main(["train", *_QUICK, "--out-dir", str(run)]) == 0
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run / "best.pt"), "--preset", "fast", "--attacks", "flowpgd", "adef",
+                 "--pgd-budgets", "0.03", "0.01", "--tnorm-budgets", "0.7", "--num-examples", "8", "--no-plots",
+                 "--no-progress", "--out-dir", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["budgets"] == {"linf": [0.01, 0.03], "tnorm": [0.7]}
+    assert results["budgets_given"] == {"pgd_budgets": [0.01, 0.03], "tnorm_budgets": [0.7]}
+    attacks = results["protocol"]["attacks"]
+    assert attacks["flowpgd"]["budgets"] == [0.01, 0.03] and attacks["adef"]["budgets"] == [0.7]
+    rows = [(row["attack"], row["budget"]) for row in results["rows"]]
+    assert [b for a, b in rows if a == "flowpgd"] == [0.01, 0.03] and [b for a, b in rows if a == "adef"] == [0.7]
+    assert [b for a, b in rows if a == "worst-case-linf"] == [0.01, 0.03]
+    assert [b for a, b in rows if a == "worst-case-tnorm"] == [0.7]
+    assert [e["budget"] for e in results["masking_check"]] == [0.01, 0.03]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--pgd-budgets", "0"], "--pgd-budgets: budgets must be finite numbers > 0, got 0"),
+    (["--pgd-budgets", "0.01", "-1"], "--pgd-budgets: budgets must be finite numbers > 0, got -1"),
+    (["--tnorm-budgets", "nan"], "--tnorm-budgets: budgets must be finite numbers > 0, got nan"),
+    (["--tnorm-budgets", "inf"], "--tnorm-budgets: budgets must be finite numbers > 0, got inf"),
+    (["--tnorm-budgets", "1px"], "--tnorm-budgets: budgets must be numbers, got '1px'"),
+    (["--pgd-budgets", "0.01", "0.01"], "--pgd-budgets: budget 0.01 is given twice"),
+])
+def test_bad_budget_flags_are_one_line_before_any_work(tmp_path, capsys, flags, message):
+    assert main(["evaluate", str(tmp_path / "x.pt"), *flags, "--out-dir", str(tmp_path / "eval")]) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "eval").exists()
+
+
+def test_budget_lists_are_checked_from_python_too():
+    from flowtriton.app.evaluation import check_budgets, evaluate_checkpoint
+
+    assert check_budgets(None, "pgd_budgets") is None
+    assert check_budgets((0.02, 0.01), "pgd_budgets") == [0.01, 0.02]
+    with pytest.raises(ValueError, match="tnorm_budgets: give at least one budget"):
+        check_budgets([], "tnorm_budgets")
+    with pytest.raises(TypeError, match="pgd_budgets: budgets must be numbers"):
+        check_budgets(["0.01"], "pgd_budgets")
+    with pytest.raises(TypeError, match="pgd_budgets: expected a list"):
+        check_budgets(0.01, "pgd_budgets")
+    with pytest.raises(ValueError, match="pgd_budgets: budgets must be finite numbers > 0"):
+        evaluate_checkpoint("no-such-checkpoint.pt", "unused", pgd_budgets=[-0.01])

@@ -440,5 +440,5 @@ def test_evaluation_subset_covers_every_class_even_when_data_is_sorted_by_class(
     shuffled = ImageData(images, torch.arange(4).repeat(10))
     assert torch.equal(ftdata.evaluation_subset(shuffled, 8).labels, torch.arange(4).repeat(2))  # first N
     assert len(ftdata.evaluation_subset(shuffled, None)) == 40
-    with pytest.raises(ValueError, match="count must be >= 1"):
+    with pytest.raises(ValueError, match="count must be a whole number >= 1, got 0"):
         ftdata.evaluation_subset(shuffled, 0)

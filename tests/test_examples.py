@@ -104,6 +104,8 @@ def test_compare_methods_writes_results_table_and_plots(tmp_path):
 
 @needs_cifar
 def test_reproduce_cifar10_vgg11_reduced(tmp_path):
+    import torch
+
     out = tmp_path / "repro"
     _run("reproduce_cifar10_vgg11.py", "--data-dir", str(DATA), "--lams", "0", "300", "--epochs", "1",
          "--width", "0.125", "--max-per-class", "20", "--val-size", "50", "--max-steps-per-epoch", "2",
@@ -130,10 +132,13 @@ def test_reproduce_cifar10_vgg11_reduced(tmp_path):
         others = run["other_attacks"]
         accuracy = {(r["attack"], r["budget"]): r["accuracy"] for r in others["rows"]}
         assert {("adef", 0.25), ("stadv", 1.0), ("rt", None), ("multi-step", None)} <= set(accuracy)
-        # the worst case, recomputed from the cached per-example masks (rt not part of it)
+        # the worst case, recomputed from the cached per-example masks (rt not part of it): the
+        # multi-step attack's record, and evaluate's cache of each other attack (robust mask per budget)
         ckpt = out / "ckpt" / f"lam{run['lam']:g}"
         flags = [json.loads((ckpt / "attack.json").read_text())["masks"][k] for k in ("clean", "multi-step")]
-        flags += [json.loads((ckpt / f"attack_{n}.json").read_text())["masks"][f"{n}@0.25"] for n in ("adef", "stadv")]
+        flags += ["".join("1" if v else "0" for v in torch.load(ckpt / "other_attacks" / f"{n}.pt",
+                                                                 weights_only=True)["robust"][0.25].tolist())
+                  for n in ("adef", "stadv")]
         survived = sum(all(f[i] == "1" for f in flags) for i in range(16)) / 16
         assert others["worst_case"] == pytest.approx(survived)
         assert others["worst_case"] <= min(accuracy[("multi-step", None)], accuracy[("adef", 0.25)],
@@ -166,6 +171,8 @@ def test_run_records_hold_no_absolute_paths(tmp_path):
     machine_path = re.compile(r"(?<![\w.<>/])/(?:tmp|work|root|home|opt|usr|var|srv|mnt|pytorch)/")
     for folder in ("examples/results", "benchmarks/results"):
         for path in (root / folder).rglob("*"):
+            if "ckpt" in path.relative_to(root).parts:  # checkpoints of a run in progress: never committed
+                continue
             if path.suffix in (".json", ".md", ".csv", ".log", ".xml") and path.is_file():
                 assert not machine_path.search(path.read_text(errors="replace")), f"{path} holds a machine path"
 
@@ -267,9 +274,10 @@ def test_device_loader_batches_are_seeded_resumable_and_match_the_test_transform
 
 
 def test_frontier_runs_points_resumes_per_attack_and_reports(tmp_path):
-    """The frontier runner on the embedded digits: every point trained, attacked one attack at a
-    time with masks, a report with curves, claims and the cost table; a second run reads
-    everything back; a point whose evaluation was cut short redoes only the missing attack."""
+    """The frontier runner on the embedded digits: every point trained, attacked with masks (each
+    attack's outcome cached by flowtriton.attacks.evaluate(cache_dir=...)), a report with curves,
+    claims and the cost table; a second run reads everything back; a point whose evaluation was cut
+    short redoes only the missing attack."""
     out = tmp_path / "fr"
     args = ["--dataset", "mnist-subset", "--methods", "standard", "fgr", "igr", "--seeds", "0", "1",
             "--epochs", "2", "--milestones", "1", "--max-steps-per-epoch", "2", "--val-size", "100",
@@ -287,7 +295,7 @@ def test_frontier_runs_points_resumes_per_attack_and_reports(tmp_path):
     assert featured["worst case"] <= min(featured[k] for k in ("flowpgd", "adef", "stadv"))
     masks = record["evaluation"]["masks"]
     assert len(masks["clean"]) == 16 and "flowpgd@0.05" in masks and "adef@1" in masks
-    assert record["attack_settings"]["flowpgd"]["arguments"]["steps"] == 20 and record["library_commit"]["commit"]
+    assert record["attack_settings"]["flowpgd"]["steps"] == 20 and record["library_commit"]["commit"]
     text = (out / "frontier.md").read_text()
     assert "robustness frontiers" in text and "FGR above IGR" in text and "worst case >=" in text
     assert "paired test per seed" in text and "McNemar" in text and "## Protocol record" in text
@@ -299,12 +307,12 @@ def test_frontier_runs_points_resumes_per_attack_and_reports(tmp_path):
 
     # evaluation cut short after three attacks: only the missing attack runs again
     (out / "points" / "fgr-lam300-s1.json").unlink()
-    cache = out / "ckpt" / "fgr-lam300-s1" / "eval"
-    (cache / "rt.json").unlink()
-    kept = (cache / "adef.json").stat().st_mtime_ns
+    cache = out / "ckpt" / "fgr-lam300-s1" / "eval" / "paper"
+    (cache / "rt.pt").unlink()
+    kept = (cache / "adef.pt").stat().st_mtime_ns
     steps = (out / "ckpt" / "fgr-lam300-s1" / "log.jsonl").read_text().count('"event": "step"')
     _run("frontier.py", *args, cwd=tmp_path)
-    assert (cache / "rt.json").is_file() and (cache / "adef.json").stat().st_mtime_ns == kept
+    assert (cache / "rt.pt").is_file() and (cache / "adef.pt").stat().st_mtime_ns == kept
     assert (out / "ckpt" / "fgr-lam300-s1" / "log.jsonl").read_text().count('"event": "step"') == steps
     again = json.loads((out / "points" / "fgr-lam300-s1.json").read_text())
     assert again["evaluation"]["rows"] == record["evaluation"]["rows"]
@@ -491,10 +499,11 @@ def test_frontier_small_consistent_paired_difference_is_above():
 
 
 def test_frontier_point_records_attack_settings_and_commit(tmp_path, monkeypatch):
-    """A point written by the frontier runner carries every attack's constructor arguments and
-    budgets and the library commit; an attack cache written before they were stored is kept and
-    reported as 'not recorded', one made with other attack settings is attacked again. No
-    training: an untrained tiny CNN stands in for the trained model."""
+    """A point written by the frontier runner carries every attack's settings
+    (``FlowAttack.settings()``) and budgets and the library commit, from the evaluation's protocol;
+    its evaluation resumes attack by attack from ``evaluate``'s cache: a missing attack is attacked
+    again, one whose budgets changed too, the others are read back. No training: an untrained tiny
+    CNN stands in for the trained model."""
     import subprocess
     import types
 
@@ -517,8 +526,9 @@ def test_frontier_point_records_attack_settings_and_commit(tmp_path, monkeypatch
     monkeypatch.setattr(m, "train_point", lambda *a: (trainer, result, {"fit_wall_s": 1.0, "fit_sessions": 1}))
     monkeypatch.setattr(m, "load_best", lambda t: model)
     monkeypatch.setattr(m, "eval_batch", lambda cfg, data, count, device: (images, labels))
-    args = m.parse_args(["--dataset", "mnist-subset", "--attack-size", "small", "--eval-subset", "3", "--no-progress",
-                         "--pgd-budgets", "0.05", "--tnorm-budgets", "1.0", "--out-dir", str(tmp_path)])
+    argv = ["--dataset", "mnist-subset", "--attack-size", "small", "--eval-subset", "3", "--no-progress",
+            "--pgd-budgets", "0.05", "--tnorm-budgets", "1.0", "--out-dir", str(tmp_path)]
+    args = m.parse_args(argv)
     point = ("fgr", 300.0, None, 0)
     record = m.run_point(args, data, tmp_path, point, {})
     saved = json.loads((tmp_path / "points" / "fgr-lam300-s0.json").read_text())
@@ -526,32 +536,32 @@ def test_frontier_point_records_attack_settings_and_commit(tmp_path, monkeypatch
     settings = saved["attack_settings"]
     assert set(settings) == {"flowpgd", "adef", "stadv", "rt"}
     pgd = settings["flowpgd"]
-    assert pgd["class"] == "flowtriton.attacks.flow_pgd.FlowPGD" and pgd["budgets"] == [0.05]
-    assert pgd["arguments"]["steps"] == 20 and pgd["arguments"]["units"] == "normalized"
-    assert {"eps", "loss", "restarts", "random_start", "padding_mode"} <= set(pgd["arguments"])
-    assert settings["adef"]["arguments"]["candidates"] == [1, 2, 3] and settings["adef"]["budgets"] == [1.0]
-    assert settings["rt"]["budgets"] is None and settings["rt"]["arguments"]["num_translations"] == 3
-    assert "max_iter" in settings["stadv"]["arguments"] and "search_steps" in settings["stadv"]["arguments"]
+    assert pgd["class"] == "FlowPGD" and pgd["budgets"] == [0.05]
+    assert pgd["steps"] == 20 and pgd["units"] == "normalized"
+    assert {"eps", "loss", "restarts", "random_start", "padding_mode"} <= set(pgd)
+    assert settings["adef"]["candidates"] == [1, 2, 3] and settings["adef"]["budgets"] == [1.0]
+    assert settings["rt"]["budgets"] == [] and settings["rt"]["num_translations"] == 3
+    assert settings["stadv"]["class"] == "StAdv" and "search_steps" in settings["stadv"]
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
     expected = head.stdout.strip() if head.returncode == 0 and head.stdout.strip() else "unknown"
     assert saved["library_commit"]["commit"] == expected == pgd["commit"]
     assert saved["library_commit"]["uncommitted_changes"] in (True, False, "unknown")
+    assert set(saved["eval_s"]) == set(settings)
 
-    # rt's cache from before settings were stored: kept, 'not recorded'; flowpgd's cache made
-    # with other settings: attacked again
+    # rt's outcome lost, FlowPGD asked at one more budget: those two are attacked again, ADef and
+    # stAdv read back
     (tmp_path / "points" / "fgr-lam300-s0.json").unlink()
-    cache = tmp_path / "ckpt" / "fgr-lam300-s0" / "eval"
-    rt = json.loads((cache / "rt.json").read_text())
-    del rt["settings"]["attack"], rt["settings"]["library"]
-    (cache / "rt.json").write_text(json.dumps(rt))
-    pgd_cache = json.loads((cache / "flowpgd.json").read_text())
-    pgd_cache["settings"]["attack"]["arguments"]["steps"] = 999
-    (cache / "flowpgd.json").write_text(json.dumps(pgd_cache))
+    cache = tmp_path / "ckpt" / "fgr-lam300-s0" / "eval" / "paper"
+    assert sorted(p.name for p in cache.glob("*.pt")) == ["adef.pt", "flowpgd.pt", "rt.pt", "stadv.pt"]
+    (cache / "rt.pt").unlink()
+    kept = {name: (cache / f"{name}.pt").stat().st_mtime_ns for name in ("adef", "stadv", "flowpgd")}
+    args = m.parse_args([*argv, "--pgd-budgets", "0.05", "0.1"])
     again = m.run_point(args, data, tmp_path, point, {})
-    assert again["attack_settings"]["rt"] == m.NOT_RECORDED
-    assert again["attack_settings"]["flowpgd"]["arguments"]["steps"] == 20
-    assert json.loads((cache / "flowpgd.json").read_text())["settings"]["attack"]["arguments"]["steps"] == 20
+    assert (cache / "rt.pt").is_file() and (cache / "flowpgd.pt").stat().st_mtime_ns != kept["flowpgd"]
+    assert all((cache / f"{name}.pt").stat().st_mtime_ns == kept[name] for name in ("adef", "stadv"))
+    assert again["attack_settings"]["flowpgd"]["budgets"] == [0.05, 0.1]
     assert again["attack_settings"]["adef"] == settings["adef"]
+    assert ("flowpgd", 0.1) in {(r["attack"], r["budget"]) for r in again["evaluation"]["rows"]}
 
     # the report's protocol section: a point without the record next to one with it
     old = {k: v for k, v in again.items() if k not in ("attack_settings", "library_commit")}

@@ -6,15 +6,34 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _package_dirs(text):
+    """pyproject's ``package-dir`` mapping: package name -> folder (``flowtriton.kernels`` -> ``kernels``)."""
+    block = re.search(r"^package-dir = \{(.*?)\}", text, re.S | re.M).group(1)
+    return dict(re.findall(r'"([\w.]+)"\s*=\s*"([\w./]+)"', block))
+
+
 def test_every_package_folder_is_listed():
     text = (ROOT / "pyproject.toml").read_text()
     block = re.search(r"packages = \[(.*?)\]", text, re.S).group(1)
     listed = set(re.findall(r'"([\w.]+)"', block))
-    found = {"flowtriton.kernels"}
-    for init in (ROOT / "flowtriton").rglob("__init__.py"):
-        found.add(".".join(init.parent.relative_to(ROOT).parts))
+    dirs = _package_dirs(text)
+    assert dirs.get("flowtriton.kernels") == "kernels", dirs  # the kernel layer lives at the top level
+    found = set()
+    for package, folder in dirs.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            found.add(".".join((package, *init.parent.relative_to(ROOT / folder).parts)))
     assert found <= listed, f"missing from pyproject packages: {sorted(found - listed)}"
     assert listed <= found, f"listed but absent: {sorted(listed - found)}"
+
+
+def test_kernels_import_from_the_top_level_folder():
+    """``flowtriton.kernels`` is ``kernels/`` through the package-dir mapping (an editable install
+    here, as on the GPU machine: benchmarks/gpu_suite.sh installs the tree the same way)."""
+    import flowtriton.kernels
+
+    assert Path(flowtriton.kernels.__file__).resolve().parent == ROOT / "kernels"
+    suite = (ROOT / "benchmarks" / "gpu_suite.sh").read_text()
+    assert "--no-index --no-deps --no-build-isolation -e ." in suite and "ln -s" not in suite
 
 
 def test_the_library_runs_without_the_application_extra():
@@ -36,7 +55,7 @@ images, labels = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
 loss, parts = flowtriton.FlowGradReg()(model, images, labels)
 loss.backward()
 table = evaluate(model, (images, labels), {"pgd": FlowPGD(model, steps=2)}, {"pgd": [0.01]})
-from flowtriton import plots
+from flowtriton.app import plots
 try:
     plots.plot_gallery([], "x.png")
 except ValueError as err:

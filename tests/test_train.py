@@ -333,8 +333,12 @@ def test_resume_after_a_kill_drops_stale_temporaries_and_duplicate_log_records(s
     (dict(val_size=0), "val_size"),
     (dict(method="standard", lam=50.0), "method 'standard' has no regularizer, so lam=50 would be ignored"),
     (dict(method="at", lam=1.0), "method 'at' has no regularizer"),
-    (dict(method="fgr", lam="100"), "lam must be a finite number >= 0"),
-    (dict(method="fgr", lam=True), "lam must be a finite number >= 0"),
+    (dict(method="fgr", lam="100"), "lam must be a real number >= 0, got str '100'"),
+    (dict(method="fgr", lam=True), "lam must be a real number >= 0, got bool True"),
+    (dict(method="fgr", lam=-1.0), "lam must be a finite number >= 0, got -1.0"),
+    (dict(batch_size=2.5), "batch_size must be a whole number >= 1, got float 2.5"),
+    (dict(amp="fp16"), r"amp must be one of \('auto', 'bf16', 'off'\), got 'fp16'"),
+    (dict(milestones=[3, 0]), "milestones must be a whole number >= 1, got 0"),
 ])
 def test_config_refuses_silent_surprises(tmp_path, bad, message):
     with pytest.raises(ValueError, match=message):

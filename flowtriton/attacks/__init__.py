@@ -6,6 +6,10 @@ fixed, versioned ensemble of :mod:`flowtriton.attacks.presets`).
 Every attack: ``attack = Attack(model, ...)``; ``adv = attack(images, labels)`` or
 ``result = attack.run(images, labels)`` (:class:`AttackResult`: images, flow in pixels
 (N, 2, H, W), success, predictions, T-norm / L-inf / L2 of the flow in pixels, iterations).
+One vocabulary (docs/attacks.md): ``steps`` is every attack's iteration count (ADef's and StAdv's
+``max_iter`` is its deprecated spelling); every distance argument is in the attack's ``units``;
+``attack.budget_kind`` ('linf', 'tnorm' or None), ``attack.budget_units`` and
+``attack.with_budget(b)`` say what a budget is, and :func:`evaluate` asks them.
 """
 
 from .adef import ADef

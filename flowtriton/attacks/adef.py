@@ -16,7 +16,14 @@ import torch.nn.functional as F
 
 from ..ops.flow_gradient import flow_gradient
 from ..ops.warp import warp
-from .base import FlowAttack, attack_goal_met, check_int, check_number, flow_norms, input_gradient
+from .base import (FlowAttack, attack_goal_met, check_int, check_number, check_units, flow_norms, input_gradient,
+                   renamed_arguments, renamed_attribute)
+
+#: Why ADef's distances are pixels only.
+PIXELS_ONLY = ("its fields are the minimum-norm solutions in pixel space, max_norm is a T-norm (a round ball) and "
+               "smooth a round Gaussian in pixels; in normalized units both would be ellipses on non-square images. "
+               "Convert a normalized distance d to pixels with d * (size - 1) / 2 "
+               "(flowtriton.ops.units.pixel_scale)")
 
 
 def gaussian_kernel(sigma: float, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -47,33 +54,55 @@ class ADef(FlowAttack):
     ``smooth == 0``; units: pixels). The candidate with the smallest T-norm is kept and the image is
     re-warped from the ORIGINAL image with border padding.
 
-    Arguments:
-      candidates: int or sequence of ints >= 1, indices into the clean logits sorted in
-        descending order (1 = the runner-up label); the current label is always included.
-        ``candidates=range(1, classes)`` tries every label. Ignored when ``targeted``.
-      max_iter: iterations (>= 1). max_norm: T-norm cap in pixels (inf = none): candidates at or
-        above it are dropped and an image with none left stops.
-      overshoot: >= 1; at the end, fields of images never fooled, or fooled but lying on a
-        decision boundary (another logit within 1e-6 of the top, plus 16 float ulps of it), are
-        multiplied by
-        ``clamp(max_norm / ||tau||_T, 1, overshoot)``.
-      smooth: Gaussian sigma in pixels (0 = none), kernel truncated at 4 sigma, zero padding.
-      targeted: ``labels`` are target classes (the reference's ``targeting`` with one candidate per
-        image); stops when the target is predicted.
     An image stops when its goal is met, when no candidate changes its field (by more than 1e-10
-    px of T-norm) below ``max_norm``, or after ``max_iter`` iterations. Untargeted images the model
+    px of T-norm) below ``max_norm``, or after ``steps`` iterations. Untargeted images the model
     already misclassifies succeed at once with a zero field. ``labels=None`` deforms away from
     the model's own predictions, as the reference does.
-    ``result.iterations``: updates made per image. ``result.info``: 'overshot' (N,) bool;
-    'evaluations' (N,) model passes per image (a forward pass plus, while the image still runs,
-    one batched backward over all its candidates).
+
+    Calling the attack returns the (N, C, H, W) deformed images; ``run`` an
+    :class:`~flowtriton.attacks.AttackResult` (flow in pixels). ``result.iterations``: updates
+    made per image. ``result.info``: 'overshot' (N,) bool; 'evaluations' (N,) model passes per
+    image (a forward pass plus, while the image still runs, one batched backward over all its
+    candidates).
+
+    Args:
+        model: classifier, (N, C, H, W) images in [0, 1] -> (N, classes) logits.
+        candidates: int or sequence of ints >= 1, indices into the clean logits sorted in
+            descending order (1 = the runner-up label); the current label is always included.
+            ``candidates=range(1, classes)`` tries every label. Ignored when ``targeted``.
+        steps: iterations (>= 1; ``max_iter``, its old name, is deprecated).
+        max_norm: T-norm cap in pixels (inf = none; the attack's budget, see :meth:`with_budget`):
+            candidates at or above it are dropped and an image with none left stops.
+        overshoot: >= 1; at the end, fields of images never fooled, or fooled but lying on a
+            decision boundary (another logit within 1e-6 of the top, plus 16 float ulps of it),
+            are multiplied by ``clamp(max_norm / ||tau||_T, 1, overshoot)``.
+        smooth: Gaussian sigma in pixels (0 = none), kernel truncated at 4 sigma, zero padding.
+        targeted: ``labels`` are target classes (the reference's ``targeting`` with one candidate
+            per image); stops when the target is predicted.
+        backend: flowtriton ops backend ('auto', 'triton', 'torch' or None).
+        units: 'pixels' (the only value: ``max_norm`` and ``smooth`` are pixel distances;
+            'normalized' is a ValueError).
+
+    Example:
+        >>> from flowtriton.attacks import ADef
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        >>> images, labels = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
+        >>> attack = ADef(model, candidates=range(1, 3), steps=3, overshoot=1.2)
+        >>> result = attack.run(images, labels)
+        >>> result.flow.shape, sorted(result.info)
+        (torch.Size([2, 2, 8, 8]), ['evaluations', 'overshot'])
+        >>> attack.budget_kind, attack.budget_units, attack.with_budget(0.5).max_norm  # T-norm, pixels
+        ('tnorm', 'pixels', 0.5)
     """
 
     minimum_norm = True
+    max_iter = renamed_attribute("max_iter", "steps")
 
-    def __init__(self, model, candidates=1, max_iter: int = 50, max_norm: float = math.inf,
+    @renamed_arguments(max_iter="steps")
+    def __init__(self, model, candidates=1, steps: int = 50, max_norm: float = math.inf,
                  overshoot: float = 1.0, smooth: float = 0.0, targeted: bool = False,
-                 backend: str | None = None):
+                 backend: str | None = None, units: str = "pixels"):
         super().__init__(model, targeted=targeted, backend=backend)
         if isinstance(candidates, numbers.Integral) and not isinstance(candidates, bool):
             candidates = [candidates]
@@ -84,10 +113,21 @@ class ADef(FlowAttack):
         if not candidates:
             raise ValueError("candidates must not be empty")
         self.candidates = sorted(set(candidates))
-        self.max_iter = check_int(max_iter, "max_iter")
+        self.steps = check_int(steps, "steps")
         self.max_norm = check_number(max_norm, "max_norm", strict=True, allow_inf=True)
         self.overshoot = check_number(overshoot, "overshoot", minimum=1.0)
         self.smooth = check_number(smooth, "smooth")
+        self.units = check_units(units, "ADef", ("pixels",), PIXELS_ONLY)
+
+    @property
+    def budget_kind(self) -> str:
+        """'tnorm': a budget is a T-norm in pixels (:func:`flowtriton.attacks.evaluate` runs ADef
+        once and judges every budget on the T-norm it needed)."""
+        return "tnorm"
+
+    def with_budget(self, budget: float) -> "ADef":
+        """A copy with ``max_norm = budget`` (a T-norm cap, pixels): its fields stay within it."""
+        return self._copy_with(max_norm=check_number(budget, "budget", strict=True, allow_inf=True))
 
     def _candidate_labels(self, clean_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(N, K) labels to steer towards."""
@@ -112,7 +152,7 @@ class ADef(FlowAttack):
         cand_labels = None
         # Two host syncs per iteration (the nonzero() calls that shrink the batch to the images
         # still running); everything else stays on the device.
-        for step in range(self.max_iter + 1):
+        for step in range(self.steps + 1):
             idx = active.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
@@ -133,7 +173,7 @@ class ADef(FlowAttack):
                 on_boundary = (logits.detach() - top > -tol).sum(dim=1) > 1
                 try_overshoot[idx] = torch.where(reached, on_boundary, try_overshoot[idx])
             iterations[idx] = step
-            if step == self.max_iter:
+            if step == self.steps:
                 break
             active[idx] = ~reached
             keep = (~reached).nonzero().squeeze(1)

@@ -1,43 +1,118 @@
-"""What every flow attack shares: the result type, argument checks, eval mode, norms, losses.
+"""What every flow attack shares: the result type, argument checks, eval mode, norms, losses, the
+budget protocol and the renaming of deprecated arguments.
 
 Units: images are (N, C, H, W) in [0, 1]; flows are (N, 2, H, W) in PIXELS (channel 0 = x along
-W, channel 1 = y along H), whatever unit an attack's budget is configured in.
+W, channel 1 = y along H), whatever unit an attack's distance arguments are configured in (its
+``units``: 'normalized' or 'pixels', see :data:`flowtriton.ops.units.UNITS`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
-import numbers
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from ..backend import check_backend
+from ..checks import check_generator, check_int, check_number, check_seed, resolve_generator  # noqa: F401 - attack modules import them from here
 from ..ops.units import UNITS, unit_scale  # noqa: F401 - re-exported for attack modules
-from ..ops.validation import check_unit_range
+from ..ops.validation import check_choice, check_unit_range
 from ..ops.warp import warp
 from ..reference import PADDING_MODES  # noqa: F401 - re-exported for attack modules
-from ..regularizers.common import check_seed as _check_seed
 
+#: What a budget bounds (:attr:`FlowAttack.budget_kind`): 'linf' = every flow component, |u|, |v|
+#: <= b; 'tnorm' = every pixel's flow vector, sqrt(u^2 + v^2) <= b (ADef's T-norm).
+BUDGET_KINDS = ("linf", "tnorm")
+
+
+def _rename_arguments(owner: str, renames: dict, kwargs: dict, stacklevel: int) -> dict:
+    """``kwargs`` with each deprecated name of ``renames`` ({old: new}) replaced by its new one, a
+    DeprecationWarning per old name; TypeError when both names are given."""
+    for old, new in renames.items():
+        if old not in kwargs:
+            continue
+        if new in kwargs:
+            raise TypeError(f"{owner}() got both {new!r} and its deprecated spelling {old!r}: give {new!r} only")
+        warnings.warn(f"{owner}({old}=...) is deprecated and will be removed in the next release: use {new}=... "
+                      "(same meaning)", DeprecationWarning, stacklevel=stacklevel + 1)
+        kwargs[new] = kwargs.pop(old)
+    return kwargs
+
+
+def renamed_arguments(**renames):
+    """Decorator of an ``__init__`` whose keyword arguments were renamed: ``old=new`` pairs. An old
+    name still works for one release, with a DeprecationWarning naming the new one; giving both
+    names is a TypeError. The decorated function keeps the new signature (``inspect.signature``)
+    and lists the pairs in its ``renamed_arguments`` attribute."""
+    def decorate(init):
+        @functools.wraps(init)
+        def wrapper(self, *args, **kwargs):
+            return init(self, *args, **_rename_arguments(type(self).__name__, renames, kwargs, 2))
+        wrapper.renamed_arguments = dict(renames)
+        return wrapper
+    return decorate
+
+
+def renamed_attribute(old: str, new: str) -> property:
+    """A class property ``old`` that reads and writes attribute ``new`` with a DeprecationWarning."""
+    def get(self):
+        warnings.warn(f"{type(self).__name__}.{old} is deprecated and will be removed in the next release: use "
+                      f".{new}", DeprecationWarning, stacklevel=2)
+        return getattr(self, new)
+
+    def put(self, value):
+        warnings.warn(f"{type(self).__name__}.{old} is deprecated and will be removed in the next release: use "
+                      f".{new}", DeprecationWarning, stacklevel=2)
+        setattr(self, new, value)
+
+    return property(get, put, doc=f"Deprecated spelling of ``{new}``.")
+
+
+def check_units(units, owner: str, allowed=UNITS, why: str = "") -> str:
+    """``units`` as one of :data:`UNITS`; ValueError naming ``owner`` (and ``why``) when it is not
+    one of ``allowed`` (an attack whose distances only make sense in pixels)."""
+    units = check_choice(units, UNITS, "units")
+    if units not in allowed:
+        raise ValueError(f"{owner} takes units={' or '.join(repr(u) for u in allowed)} only, got units={units!r}"
+                         + (f": {why}" if why else ""))
+    return units
 
 
 @dataclass
 class AttackResult:
     """What :meth:`FlowAttack.run` returns; every tensor is detached, on the images' device.
 
-    images: (N, C, H, W) adversarial images in [0, 1].
-    flow: (N, 2, H, W) the flow that produced them, pixels.
-    success: (N,) bool, judged on ``images`` by the model: prediction != label (untargeted) or
-        prediction == target (targeted).
-    predictions: (N,) int64, the model's labels for ``images``.
-    tnorm: (N,) pixels, max over pixels of the Euclidean length of the flow vector (ADef's T-norm).
-    linf: (N,) pixels, max absolute flow component.
-    l2: (N,) pixels, Euclidean norm of the whole flow.
-    iterations: (N,) int64, gradient steps (or transforms tried) spent on each example.
-    info: attack-specific per-example tensors (documented by each attack).
+    ``result.norms`` gives {'tnorm', 'linf', 'l2'} -> (N,) tensors in pixels.
+
+    Args:
+        images: (N, C, H, W) adversarial images in [0, 1].
+        flow: (N, 2, H, W) the flow that produced them, pixels.
+        success: (N,) bool, judged on ``images`` by the model: prediction != label (untargeted) or
+            prediction == target (targeted).
+        predictions: (N,) int64, the model's labels for ``images``.
+        tnorm: (N,) pixels, max over pixels of the Euclidean length of the flow vector (ADef's T-norm).
+        linf: (N,) pixels, max absolute flow component.
+        l2: (N,) pixels, Euclidean norm of the whole flow.
+        iterations: (N,) int64, gradient steps (or transforms tried) spent on each example.
+        info: attack-specific per-example tensors (documented by each attack).
+
+    Example:
+        >>> from flowtriton.attacks import RandomFlow
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        >>> images, labels = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
+        >>> result = RandomFlow(model, eps=0.05, samples=4, seed=0).run(images, labels)
+        >>> result.images.shape, result.flow.shape
+        (torch.Size([2, 1, 8, 8]), torch.Size([2, 2, 8, 8]))
+        >>> result.success.dtype, result.predictions.dtype, result.iterations.tolist()
+        (torch.bool, torch.int64, [4, 4])
+        >>> sorted(result.norms), round(float(result.linf.max()), 3)  # 0.05 normalized = 0.175 px
+        (['l2', 'linf', 'tnorm'], 0.175)
     """
 
     images: torch.Tensor
@@ -72,7 +147,23 @@ def _jsonable(value):
 
 
 def flow_norms(flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(N, 2, H, W) pixel flow -> (tnorm, linf, l2), each (N,) in pixels."""
+    """The norms of a flow: T-norm, L-inf and L2, per example.
+
+    Args:
+        flow: (N, 2, H, W) flow in pixels (detached before measuring).
+
+    Returns:
+        (tnorm, linf, l2), each (N,) in pixels: the largest Euclidean length of a pixel's flow
+        vector (ADef's T-norm), the largest absolute flow component, the Euclidean norm of the
+        whole flow.
+
+    Example:
+        >>> from flowtriton.attacks import flow_norms
+        >>> flow = torch.zeros(1, 2, 4, 4)
+        >>> flow[:, 0], flow[:, 1] = 3.0, 4.0  # every pixel moves by (3, 4) px
+        >>> [t.tolist() for t in flow_norms(flow)]
+        [[5.0], [4.0], [20.0]]
+    """
     flat = flow.detach().flatten(2)
     tnorm = flat.square().sum(dim=1).sqrt().amax(dim=1)
     linf = flat.abs().flatten(1).amax(dim=1)
@@ -108,28 +199,11 @@ def eval_mode(model):
             m.training = mode
 
 
-def resolve_generator(generator, seed, device: torch.device) -> torch.Generator | None:
-    """The generator for random draws: ``generator`` if given, else a new one on ``device`` seeded
-    with ``seed``, else None: torch's global generator (so ``torch.manual_seed`` reproduces a run,
-    as in torchattacks and the regularizers)."""
-    if generator is not None:
-        return generator
-    if seed is None:
-        return None
-    return torch.Generator(device=device).manual_seed(int(seed))
-
-
 def uniform(shape, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """U[0, 1) draws of ``shape`` with ``like``'s dtype, on ``like``'s device, from ``generator``
     (None: torch's global generator of that device)."""
     device = like.device if generator is None else generator.device
     return torch.rand(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
-
-
-def check_seed(seed) -> int | None:
-    """``seed`` as an int (numpy integers accepted), None kept; TypeError for a bool or a
-    non-integer, ValueError outside [-2**63, 2**64 - 1] (torch.Generator's range)."""
-    return _check_seed(seed)
 
 
 MODEL_IGNORES_INPUT = ("model's output does not depend on its input images (does the model ignore or detach its "
@@ -153,27 +227,6 @@ def check_grad_mode(caller: str) -> None:
         raise RuntimeError(f"{caller} cannot run under torch.inference_mode(): it needs input gradients, "
                            "which inference mode disables for good; call it outside that block "
                            "(torch.no_grad() is fine)")
-
-
-def check_number(value, name: str, minimum: float | None = 0.0, strict: bool = False,
-                 allow_inf: bool = False) -> float:
-    """A real number >= minimum (> minimum when ``strict``); TypeError/ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if value != value or (value in (float("inf"), float("-inf")) and not allow_inf):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if minimum is not None and (value < minimum or (strict and value == minimum)):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value}")
-    return value
-
-
-def check_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def check_images(images) -> None:
@@ -206,29 +259,64 @@ def check_label_range(labels: torch.Tensor, num_classes: int, name: str = "label
 
 
 class FlowAttack:
-    """Base class: configure in ``__init__``, ``adv = attack(images, labels)``,
-    ``result = attack.run(images, labels)`` (an :class:`AttackResult`).
+    """Base class of the flow attacks: configure in ``__init__``, then ``adv = attack(images, labels)``
+    ((N, C, H, W) adversarial images) or ``result = attack.run(images, labels)`` (an
+    :class:`AttackResult`).
 
-    ``labels`` are the true labels (untargeted) or the target classes (``targeted=True``);
-    ``labels=None`` (untargeted only) attacks the model's own predictions on ``images``.
-    The model runs in eval mode during the attack and gets its modes back afterwards, even on an
-    exception. Images must lie in [0, 1] (ValueError otherwise; normalization belongs inside the
-    model). Works inside ``torch.no_grad()`` (gradients are switched on for the attack); raises a
-    RuntimeError under ``torch.inference_mode()``. ``backend`` ('auto', 'triton', 'torch' or None)
-    is checked here, a ``seed`` (where an attack takes one) must be an integer in
+    ``images`` are (N, C, H, W); ``labels`` (N,) are the true labels (untargeted) or the target
+    classes (``targeted=True``); ``labels=None`` (untargeted only) attacks the model's own
+    predictions on ``images``. The model runs in eval mode during the attack and gets its modes back
+    afterwards, even on an exception. Images must lie in [0, 1] (ValueError otherwise; normalization
+    belongs inside the model). Works inside ``torch.no_grad()`` (gradients are switched on for the
+    attack); raises a RuntimeError under ``torch.inference_mode()``. ``backend`` ('auto', 'triton',
+    'torch' or None) is checked here, a ``seed`` (where an attack takes one) must be an integer in
     [-2**63, 2**64 - 1] (numpy integers accepted, bools refused). A model whose output does not
     depend on its input is a ValueError from the gradient attacks; an empty batch (N = 0) gives an
-    empty result. Subclasses implement :meth:`_attack` (it runs with gradients enabled).
+    empty result. Subclasses implement :meth:`_attack` (it runs with gradients enabled) and return
+    ``(flow (N, 2, H, W) pixels, adversarial images, iterations (N,), info dict)``.
+
+    The budget protocol: ``attack.budget_kind`` ('linf', 'tnorm' or None), ``attack.budget_units``
+    and ``attack.with_budget(b)`` (a copy at budget ``b``) say what a budget is;
+    ``Attack.preset(name, model, **overrides)`` builds a named setting.
+
+    Args:
+        model: classifier, (N, C, H, W) images in [0, 1] -> (N, classes) logits.
+        targeted: ``labels`` are target classes instead of true labels.
+        backend: flowtriton ops backend ('auto', 'triton', 'torch' or None: the setting in force).
+
+    Example:
+        >>> from flowtriton import warp
+        >>> from flowtriton.attacks import FlowAttack, FlowPGD
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        >>> images, labels = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
+        >>> attack = FlowPGD(model, eps=0.05, steps=3, restarts=1)
+        >>> isinstance(attack, FlowAttack), attack.budget_kind, attack.budget_units
+        (True, 'linf', 'normalized')
+        >>> attack(images, labels).shape
+        torch.Size([2, 1, 8, 8])
+        >>> class ShiftRight(FlowAttack):  # a subclass implements _attack
+        ...     def _attack(self, images, labels):
+        ...         flow = images.new_zeros((images.shape[0], 2) + images.shape[2:])
+        ...         flow[:, 0] = 1.0  # one pixel along x
+        ...         iterations = torch.ones(images.shape[0], dtype=torch.int64)
+        ...         return flow, warp(images, flow, "zeros"), iterations, {}
+        >>> ShiftRight(model).run(images, labels).linf.tolist()
+        [1.0, 1.0]
     """
 
-    #: True for attacks that search the smallest flow (ADef, StAdv): budgets are applied after
-    #: the fact to their T-norm (see :func:`flowtriton.attacks.evaluate`).
+    #: True for attacks that search the smallest flow (ADef, StAdv): :func:`flowtriton.attacks.evaluate`
+    #: runs them once and applies budgets after the fact to their T-norm; the others run once per budget
+    #: (:meth:`with_budget`).
     minimum_norm = False
     #: True for attacks that follow the model's gradient inside a budget (FlowPGD): the
     #: gradient-masking check of :func:`flowtriton.attacks.evaluate` compares them with the others.
     gradient_budgeted = False
     #: Named settings: {name: constructor keyword arguments}; see :meth:`preset`.
     PRESETS: dict = {}
+    #: The units of the attack's distance arguments ('normalized' or 'pixels'); every attack sets
+    #: its own, this is the default of an attack that does not.
+    units = "pixels"
 
     @classmethod
     def preset(cls, name: str, model, **overrides) -> "FlowAttack":
@@ -236,6 +324,8 @@ class FlowAttack:
         (docs/attacks.md lists them); ``overrides`` replace the preset's values."""
         if not isinstance(name, str) or name not in cls.PRESETS:
             raise ValueError(f"preset must be one of {tuple(cls.PRESETS)} for {cls.__name__}, got {name!r}")
+        renames = getattr(cls.__init__, "renamed_arguments", {})
+        overrides = _rename_arguments(f"{cls.__name__}.preset", renames, dict(overrides), 2)
         return cls(model, **{**cls.PRESETS[name], **overrides})
 
     def settings(self) -> dict:
@@ -336,9 +426,28 @@ class FlowAttack:
                 best_any = torch.where(higher, block_arg + start, best_any)
         return torch.where(chosen >= 0, chosen, best_any)
 
+    # -- the budget protocol -------------------------------------------------------------------
+    @property
+    def budget_kind(self) -> str | None:
+        """What this attack's budget bounds: 'linf' (every flow component), 'tnorm' (every pixel's
+        flow vector length, ADef's T-norm) or None (no budget: the attack runs at its settings).
+        Here: 'tnorm' for a ``minimum_norm`` attack, else None; attacks with a budget override it."""
+        return "tnorm" if self.minimum_norm else None
+
+    @property
+    def budget_units(self) -> str | None:
+        """The units of the budget ('normalized' or 'pixels', this attack's ``units``); None when
+        ``budget_kind`` is None."""
+        return None if self.budget_kind is None else self.units
+
     def with_budget(self, budget: float) -> "FlowAttack":
-        """A copy of this attack at another budget (attacks with a budget override this)."""
-        raise ValueError(f"{type(self).__name__} has no budget to set")
+        """A copy of this attack at budget ``budget`` (a ``budget_kind`` norm in ``budget_units``).
+        ValueError for an attack without a budget (``budget_kind`` None)."""
+        if self.budget_kind is None:
+            raise ValueError(f"{type(self).__name__} has no budget to set (budget_kind is None): it runs once at "
+                             "its own settings")
+        raise NotImplementedError(f"{type(self).__name__} declares budget_kind {self.budget_kind!r} but does not "
+                                  "implement with_budget")
 
     def _copy_with(self, **changes) -> "FlowAttack":
         clone = copy.copy(self)

@@ -21,12 +21,21 @@ from .base import FlowAttack, check_grad_mode, check_images, check_int, check_la
 
 @dataclass
 class EvaluationRow:
-    """One line of the table.
+    """One line of the table of :func:`evaluate` (:attr:`EvaluationResult.rows`).
 
-    attack: the attack's name ('clean' for the clean row). budget: the attack's budget (FlowPGD:
-    eps in the attack's ``units``; minimum-norm attacks: a T-norm in pixels), None when the
-    attack ran at its own settings. units: the budget's unit ('normalized', 'pixels' or None).
-    accuracy: fraction of examples classified correctly (under the attack). examples: count.
+    Args:
+        attack: the attack's name ('clean' for the clean row).
+        budget: the attack's budget (a ``budget_kind`` norm in its ``budget_units``: FlowPGD's eps,
+            a minimum-norm attack's T-norm in pixels), None when the attack ran at its own settings.
+        units: the budget's unit ('normalized', 'pixels' or None).
+        accuracy: fraction of examples classified correctly (under the attack).
+        examples: count.
+
+    Example:
+        >>> from flowtriton.attacks import EvaluationRow
+        >>> row = EvaluationRow("FlowPGD", 0.01, "normalized", 0.75, 4)
+        >>> row.attack, row.budget, row.units, row.accuracy, row.examples
+        ('FlowPGD', 0.01, 'normalized', 0.75, 4)
     """
 
     attack: str
@@ -38,13 +47,51 @@ class EvaluationRow:
 
 @dataclass
 class EvaluationResult:
-    """``rows`` (clean first; 'union' rows last: the worst case per example over the attacks, see
-    :func:`evaluate`), per minimum-norm attack the median T-norm (pixels) of the successful
-    deformations of correctly classified examples (NaN when there is none), and ``masks``: per
-    row except the union rows, a bool (N,) CPU tensor, True where that example is classified
-    correctly and survives the attack, keyed by :func:`row_key` ('clean', 'flowpgd@0.02',
-    'adef@1', 'rt'). The masks give the worst case over ANY choice of attacks and budgets
-    (:meth:`worst_case`) and let evaluations run one attack at a time be joined (:meth:`merge`)."""
+    """What :func:`evaluate` returns: the table of clean and robust accuracies, per-example masks
+    and what ran.
+
+    The masks give the worst case over ANY choice of attacks and budgets (:meth:`worst_case`) and
+    let evaluations run one attack at a time be joined (:meth:`merge`). ``accuracy(attack,
+    budget)`` reads one row, ``clean_accuracy`` the first; ``to_markdown()``, ``to_json()`` /
+    ``from_json()`` and ``to_dict()`` / ``from_dict()`` write and read it.
+
+    Args:
+        rows: the :class:`EvaluationRow` list: clean first; 'union' rows last (the worst case per
+            example over the attacks, see :func:`evaluate`).
+        median_tnorm: per minimum-norm attack the median T-norm (pixels) of the successful
+            deformations of correctly classified examples (NaN when there is none).
+        masks: per row except the union rows, a bool (N,) CPU tensor, True where that example is
+            classified correctly and survives the attack, keyed by :func:`row_key` ('clean',
+            'flowpgd@0.02', 'adef@1', 'rt').
+        masking: the gradient-masking check, one dict per L-inf budget of a gradient attack (see
+            :func:`masking_check`); None when the result does not say (e.g. read from an old file).
+        protocol: what ran: preset name and version, every attack's settings and budgets, library
+            commit.
+        norms: per run (keyed like ``masks``; a minimum-norm attack once, under its name) a (N, 3)
+            CPU tensor: T-norm, largest |x| and |y| component (pixels) of the flow where the run
+            fooled a correctly classified example, inf elsewhere.
+        run_info: what each run was (attack class, gradient attack or not, units, norm, budget).
+        image_size: (height, width) of the images, for converting normalized budgets to pixels.
+        seconds: wall time of each attack (seconds, all its budgets and batches), as measured when
+            it ran.
+
+    Example:
+        >>> from flowtriton.attacks import EvaluationResult, RandomFlow, evaluate
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        >>> images = torch.rand(4, 1, 8, 8)
+        >>> labels = model(images).argmax(dim=1)  # every example correct clean
+        >>> result = evaluate(model, (images, labels), RandomFlow(model, samples=4, seed=0),
+        ...                   budgets={"RandomFlow": [0.01, 0.05]})
+        >>> [(row.attack, row.budget) for row in result.rows]
+        [('clean', None), ('RandomFlow', 0.01), ('RandomFlow', 0.05)]
+        >>> result.clean_accuracy, sorted(result.masks), result.masks["clean"].shape
+        (1.0, ['RandomFlow@0.01', 'RandomFlow@0.05', 'clean'], torch.Size([4]))
+        >>> result.worst_case({"RandomFlow": [0.01, 0.05]}) == result.accuracy("RandomFlow", 0.05)
+        True
+        >>> EvaluationResult.from_json(result.to_json(masks=True)).rows == result.rows
+        True
+    """
 
     rows: list[EvaluationRow]
     median_tnorm: dict[str, float] = field(default_factory=dict)
@@ -354,8 +401,11 @@ def _plan(attacks, budgets, model) -> dict:
                              "its rows would attack one model and score another's clean accuracy; build every "
                              "attack on this model")
         values = sorted(check_number(b, f"budgets[{name!r}]") for b in budgets.get(name, []))
+        if values and attack.budget_kind is None:
+            raise ValueError(f"budgets[{name!r}]: {type(attack).__name__} has no budget to set (budget_kind is None): "
+                             "it runs once at its own settings; give it no budgets")
         if values and not attack.minimum_norm:
-            attack.with_budget(values[0])  # raises for attacks without a budget
+            attack.with_budget(values[0])  # the attack's own check of a budget
         plans[name] = values
     return plans
 
@@ -368,8 +418,7 @@ def runs_per_batch(attack, budgets) -> int:
 
 def _tnorm_pixels(attack) -> bool:
     """True when the attack's budget is a T-norm in pixels (comparable across attacks)."""
-    return attack.minimum_norm or (getattr(attack, "units", None) == "pixels"
-                                   and getattr(attack, "norm", None) == "tnorm")
+    return attack.budget_kind == "tnorm" and attack.budget_units == "pixels"
 
 
 def _pixels_per_unit(units, image_size):
@@ -392,16 +441,44 @@ def _inside_linf(norms: torch.Tensor, budget: float, scale) -> torch.Tensor:
 
 def masking_check(correct: torch.Tensor, masks: dict, norms: dict, run_info: dict, image_size,
                   threshold: float = MASKING_THRESHOLD) -> list:
-    """The gradient-masking self-check: for every L-inf budget a gradient attack (FlowPGD with
-    ``norm='linf'``) ran at, the examples that it did NOT fool but that a weaker-by-design attack
-    (every other run: ADef, StAdv, RandomFlow, rotation + translation, ...) fooled with a flow
-    inside the same L-inf box (largest |x| and |y| flow component within the budget, converted to
-    pixels per axis). A gradient attack at full strength finds (nearly) everything a weaker one
-    finds; when it misses more than ``threshold`` (0.5 %) of the examples, the entry is flagged.
+    """The gradient-masking self-check of :func:`evaluate` (its ``result.masking``).
 
-    Returns one dict per (units, budget): 'budget', 'units', 'gradient_attacks' (run keys),
-    'examples', 'missed' (count; None when no weaker attack ran), 'fraction', 'by' ({run key:
-    count} for each weaker run), 'flagged', 'threshold', 'advice' (what to do, when flagged)."""
+    For every L-inf budget a gradient attack (FlowPGD with ``norm='linf'``) ran at, the examples
+    that it did NOT fool but that a weaker-by-design attack (every other run: ADef, StAdv,
+    RandomFlow, rotation + translation, ...) fooled with a flow inside the same L-inf box (largest
+    |x| and |y| flow component within the budget, converted to pixels per axis). A gradient attack
+    at full strength finds (nearly) everything a weaker one finds; when it misses more than
+    ``threshold`` (0.5 %) of the examples, the entry is flagged.
+
+    Args:
+        correct: (N,) bool, the examples classified correctly clean (``result.masks['clean']``).
+        masks: {run key: (N,) bool survived} as :attr:`EvaluationResult.masks`.
+        norms: {run key: (N, 3) T-norm, largest |x|, |y| in pixels, inf where not fooled} as
+            :attr:`EvaluationResult.norms`.
+        run_info: {run key: description} as :attr:`EvaluationResult.run_info`.
+        image_size: (height, width) of the images (None: normalized budgets cannot be checked).
+        threshold: share of the examples above which an entry is flagged (default 0.005).
+
+    Returns:
+        One dict per (units, budget): 'budget', 'units', 'gradient_attacks' (run keys),
+        'examples', 'missed' (count; None when no weaker attack ran), 'fraction', 'by' ({run key:
+        count} for each weaker run), 'flagged', 'threshold', 'advice' (what to do, when flagged).
+
+    Example:
+        >>> from flowtriton.attacks import FlowPGD, RandomFlow, evaluate, masking_check
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        >>> images = torch.rand(4, 1, 8, 8)
+        >>> attacks = [FlowPGD(model, steps=3, restarts=1, seed=0), RandomFlow(model, samples=4, seed=0)]
+        >>> result = evaluate(model, (images, model(images).argmax(dim=1)), attacks,
+        ...                   budgets={"FlowPGD": 0.05, "RandomFlow": 0.05})
+        >>> entries = masking_check(result.masks["clean"], result.masks, result.norms, result.run_info,
+        ...                         result.image_size)
+        >>> [(e["budget"], e["units"], e["gradient_attacks"]) for e in entries]
+        [(0.05, 'normalized', ['FlowPGD@0.05'])]
+        >>> isinstance(entries[0]["flagged"], bool), entries == result.masking
+        (True, True)
+    """
     total = int(correct.numel())
     levels = {}
     for key, info in run_info.items():
@@ -491,7 +568,7 @@ def _table(correct, attacks, robust, needed, tnorms, norms=None, run_info=None, 
     row_masks = {"clean": correct}
     for name, masks in robust.items():
         attack = attacks[name]
-        units = "pixels" if attack.minimum_norm else getattr(attack, "units", None)
+        units = attack.budget_units
         for b, mask in masks.items():
             rows.append(EvaluationRow(name, b, units if b is not None else None, float(mask.float().mean()), total))
             row_masks[row_key(name, b)] = mask
@@ -531,9 +608,8 @@ def _table(correct, attacks, robust, needed, tnorms, norms=None, run_info=None, 
 
 def _run_info(attack, budget) -> dict:
     """What one run was, for the masking check: gradient L-inf attack or not, units, norm, budget."""
-    return {"attack": type(attack).__name__, "gradient": bool(getattr(attack, "gradient_budgeted", False)),
-            "units": "pixels" if attack.minimum_norm else getattr(attack, "units", None),
-            "norm": "tnorm" if attack.minimum_norm else getattr(attack, "norm", None),
+    return {"attack": type(attack).__name__, "gradient": bool(attack.gradient_budgeted),
+            "units": attack.budget_units, "norm": attack.budget_kind,
             "budget": None if budget is None else float(budget)}
 
 
@@ -578,56 +654,92 @@ def evaluate(model, data, attacks=None, budgets=None, batch_size: int = 256, dev
     """Clean and robust accuracy of ``model`` on ``data`` under each attack at each budget, and
     against the union of the attacks (the worst case per example).
 
-    model: classifier; its mode is restored after each attack (attacks run it in eval mode).
-    data: a DataLoader (any iterable of (images, labels) batches) or an (images, labels) tuple of
-      tensors, cut into ``batch_size`` batches. Images (N, C, H, W) in [0, 1], integer labels.
-      The batches are read once and kept (as given, usually on the CPU) for every attack.
-    attacks: {name: attack}, or a sequence of attacks named by class ('FlowPGD'; a class given
-      more than once is numbered: 'FlowPGD-1', 'FlowPGD-2', ... in order), or one attack.
-      Untargeted attacks built on this ``model`` (the same module, or the module under a
-      torch.compile / DataParallel / DistributedDataParallel wrapper; another model is a
-      ValueError). 'clean', 'union', 'worst-case-linf' and 'worst-case-tnorm' are reserved names.
-      With a ``preset``: None (every attack of the preset) or a list of the preset's attack names.
-    budgets: {name: [budget, ...]} or {name: budget} (optional, per attack; a number is one
-      budget).
-      * FlowPGD (and any attack with ``with_budget``): one run per budget, eps in the attack's
-        ``units``.
-      * ADef, StAdv (``minimum_norm``): ONE run; the accuracy at budget b (a T-norm in pixels)
-        counts an example as robust when it is correct and the attack either failed or needed a
-        T-norm > b. Budget-less rows give the accuracy with no norm limit.
-      * An attack without budgets runs once at its settings (row budget None).
-      With a ``preset``: {'linf': [...], 'tnorm': [...]} (normalized L-inf budgets of FlowPGD and
-      RandomFlow, pixel T-norm budgets of ADef and StAdv), each optional (default: the preset's).
-    preset: 'standard', 'fast' or 'paper' (:mod:`flowtriton.attacks.presets`, docs/attacks.md):
-      build the preset's attacks on ``model`` (ADef's labels from the model's class count) and add,
-      after the union rows, one worst-case row per budget: 'worst-case-linf' at each L-inf budget
-      (normalized) and 'worst-case-tnorm' at each T-norm budget (pixels), where an example counts
-      as robust when it is correct and NO run of ANY attack fooled it with a flow within that
-      budget (the L-inf box per flow component; the T-norm ball).
-    device: where to attack (default: the model's). max_batches: stop after that many batches.
-    progress: show a progress bar (off by default; total = batches x attack runs, one tick per
-      attack run on a batch; ``flowtriton evaluate`` turns it on).
-    on_attack_done: ``callable(name, result)`` called after each attack with the
-      :class:`EvaluationResult` of the attacks finished so far (write it to disk there, so that a
-      failure late in a long run loses nothing).
-    cache_dir: a folder (created when missing) where each attack's per-example outcome is saved
-      as it finishes (``<name>.pt``, written atomically); a later call with the same folder, the
-      same model weights, images, labels, attack settings and budgets reads it back instead of
-      attacking again, so an interrupted evaluation resumes at the next attack and gives the same
-      result as an uninterrupted one. A saved outcome that differs in any of these is attacked
-      again (and overwritten). ``result.seconds`` holds each attack's wall time, read back with
-      the outcome.
     Labels: (N,) integer class indices within the model's classes (float labels are a TypeError,
     not truncated). Works inside ``torch.no_grad()``; RuntimeError under ``torch.inference_mode()``.
     An example is robust only if it is classified correctly clean AND the attack did not succeed.
-    Returns an :class:`EvaluationResult`: rows (clean first, then per attack in the given order,
-    budgets ascending, then with two or more attacks the 'union' rows: budget None = robust
-    against every attack run at every budget; budget b (pixels) = robust against every
-    minimum-norm attack at T-norm b and every pixel-T-norm FlowPGD run at b, when at least two
-    attacks share that budget; then a preset's worst-case rows) and the median successful T-norm
-    of each minimum-norm attack; ``masking``: the gradient-masking check (:func:`masking_check`),
-    also in the markdown and JSON; ``protocol``: the preset's name and version (None without
-    one), every attack's settings and budgets, the library version and commit.
+
+    Args:
+        model: classifier; its mode is restored after each attack (attacks run it in eval mode).
+        data: a DataLoader (any iterable of (images, labels) batches) or an (images, labels) tuple
+            of tensors, cut into ``batch_size`` batches. Images (N, C, H, W) in [0, 1], integer
+            labels. The batches are read once and kept (as given, usually on the CPU) for every
+            attack.
+        attacks: {name: attack}, or a sequence of attacks named by class ('FlowPGD'; a class given
+            more than once is numbered: 'FlowPGD-1', 'FlowPGD-2', ... in order), or one attack.
+            Untargeted attacks built on this ``model`` (the same module, or the module under a
+            torch.compile / DataParallel / DistributedDataParallel wrapper; another model is a
+            ValueError). 'clean', 'union', 'worst-case-linf' and 'worst-case-tnorm' are reserved
+            names. With a ``preset``: None (every attack of the preset) or a list of the preset's
+            attack names.
+        budgets: {name: [budget, ...]} or {name: budget} (optional, per attack; a number is one
+            budget). What a budget means is the attack's to say (the budget protocol of
+            :class:`~flowtriton.attacks.FlowAttack`): a ``budget_kind`` norm ('linf' or 'tnorm')
+            in its ``budget_units``.
+
+            * FlowPGD, RandomFlow (not ``minimum_norm``): one run per budget
+              (``attack.with_budget(b)``), eps in the attack's ``units``.
+            * ADef, StAdv (``minimum_norm``, ``budget_kind`` 'tnorm' in pixels): ONE run; the
+              accuracy at budget b counts an example as robust when it is correct and the attack
+              either failed or needed a T-norm > b. Budget-less rows give the accuracy with no
+              norm limit.
+            * An attack without budgets runs once at its settings (row budget None); budgets for
+              an attack whose ``budget_kind`` is None (RotationTranslation) are a ValueError.
+
+            With a ``preset``: {'linf': [...], 'tnorm': [...]} (normalized L-inf budgets of FlowPGD
+            and RandomFlow, pixel T-norm budgets of ADef and StAdv), each optional (default: the
+            preset's).
+        batch_size: examples per batch when ``data`` is an (images, labels) tuple.
+        device: where to attack (default: the model's).
+        max_batches: stop after that many batches.
+        progress: show a progress bar (off by default; total = batches x attack runs, one tick per
+            attack run on a batch; ``flowtriton evaluate`` turns it on).
+        on_attack_done: ``callable(name, result)`` called after each attack with the
+            :class:`EvaluationResult` of the attacks finished so far (write it to disk there, so
+            that a failure late in a long run loses nothing).
+        preset: 'standard', 'fast' or 'paper' (:mod:`flowtriton.attacks.presets`, docs/attacks.md):
+            build the preset's attacks on ``model`` (ADef's labels from the model's class count)
+            and add, after the union rows, one worst-case row per budget: 'worst-case-linf' at
+            each L-inf budget (normalized) and 'worst-case-tnorm' at each T-norm budget (pixels),
+            where an example counts as robust when it is correct and NO run of ANY attack fooled
+            it with a flow within that budget (the L-inf box per flow component; the T-norm ball).
+        cache_dir: a folder (created when missing) where each attack's per-example outcome is
+            saved as it finishes (``<name>.pt``, written atomically); a later call with the same
+            folder, the same model weights, images, labels, attack settings and budgets reads it
+            back instead of attacking again, so an interrupted evaluation resumes at the next
+            attack and gives the same result as an uninterrupted one. A saved outcome that differs
+            in any of these is attacked again (and overwritten). ``result.seconds`` holds each
+            attack's wall time, read back with the outcome.
+
+    Returns:
+        An :class:`EvaluationResult`: rows (clean first, then per attack in the given order,
+        budgets ascending, then with two or more attacks the 'union' rows: budget None = robust
+        against every attack run at every budget; budget b (pixels) = robust against every
+        minimum-norm attack at T-norm b and every pixel-T-norm FlowPGD run at b, when at least two
+        attacks share that budget; then a preset's worst-case rows) and the median successful
+        T-norm of each minimum-norm attack; ``masking``: the gradient-masking check
+        (:func:`masking_check`), also in the markdown and JSON; ``protocol``: the preset's name and
+        version (None without one), every attack's settings and budgets, the library version and
+        commit.
+
+    Example:
+        >>> from flowtriton.attacks import FlowPGD, RandomFlow, evaluate
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        >>> images = torch.rand(4, 1, 8, 8)
+        >>> labels = model(images).argmax(dim=1)  # every example correct clean
+        >>> attacks = {"pgd": FlowPGD(model, steps=3, restarts=1, seed=0),
+        ...            "random": RandomFlow(model, samples=4, seed=0)}
+        >>> result = evaluate(model, (images, labels), attacks, budgets={"pgd": [0.01, 0.05], "random": 0.05})
+        >>> [(row.attack, row.budget, row.units) for row in result.rows]  # doctest: +NORMALIZE_WHITESPACE
+        [('clean', None, None), ('pgd', 0.01, 'normalized'), ('pgd', 0.05, 'normalized'),
+         ('random', 0.05, 'normalized'), ('union', None, None)]
+        >>> result.clean_accuracy, result.masking_flagged
+        (1.0, False)
+        >>> print(result.to_markdown())  # doctest: +ELLIPSIS
+        | attack | budget | units | accuracy | examples |
+        |---|---|---|---|---|
+        | clean | - | - | 1.0000 | 4 |
+        ...
     """
     check_grad_mode("evaluate")
     if not callable(model):
@@ -673,10 +785,9 @@ def evaluate(model, data, attacks=None, budgets=None, batch_size: int = 256, dev
 
         attacks, plans = preset_suite(model, preset, classes, preset_names, linf_budgets, tnorm_budgets)
         plans = _plan(attacks, plans, model)
-        spec_kinds = {name: getattr(attack, "units", None) for name, attack in attacks.items()}
-        linf_levels = sorted({(spec_kinds[n], b) for n, a in attacks.items()
-                              if not a.minimum_norm and getattr(a, "norm", None) == "linf" for b in plans[n]})
-        tnorm_levels = sorted({b for n, a in attacks.items() if a.minimum_norm for b in plans[n]})
+        linf_levels = sorted({(a.budget_units, b) for n, a in attacks.items()
+                              if not a.minimum_norm and a.budget_kind == "linf" for b in plans[n]})
+        tnorm_levels = sorted({b for n, a in attacks.items() if _tnorm_pixels(a) for b in plans[n]})
         worst = (linf_levels, tnorm_levels)
     from .presets import protocol as describe
 

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from ..ops.warp import warp
-from ..ops.units import UNITS, unit_scale
+from ..ops.units import unit_scale
 from ..ops.validation import check_choice
-from .base import (PADDING_MODES, FlowAttack, attack_goal_met, check_int, check_number, check_seed, input_gradient,
-                   margin_loss, resolve_generator, uniform)
+from .base import (PADDING_MODES, FlowAttack, attack_goal_met, check_generator, check_int, check_number, check_seed,
+                   check_units, input_gradient, margin_loss, resolve_generator, uniform)
 
 LOSSES = ("ce", "margin")
 NORMS = ("linf", "tnorm")
@@ -105,35 +105,61 @@ class FlowPGD(FlowAttack):
     authors' attack (docs/attacks.md) with fewer model passes; it costs at most
     12 x 41 = 492 passes per image (the authors' attack: 101).
 
-    Arguments (all distances in ``units``: 'normalized' (default) or 'pixels'):
-      eps: budget. ``norm='linf'``: a box |flow component| <= eps (per component, in ``units``);
-        ``norm='tnorm'``: each pixel's flow vector has Euclidean length <= eps (measured in
-        ``units``; with 'normalized' units on non-square images that is an ellipse in pixels).
-      steps: updates per start (>= 1, default 40); each start evaluates the model ``steps + 1`` times.
-      step_size: 'constant': every step (default eps / steps); 'apgd': the first step (default
-        2 eps), halved at checkpoints. In ``units``; a value set here does not follow
-        :meth:`with_budget`. For 'tnorm' the step moves each pixel ``step_size`` along its
-        normalized gradient vector.
-      loss: 'ce' (cross-entropy), 'margin' (C&W logit margin, unclamped) or a sequence of them
-        (default ('ce', 'margin')): every start runs once per loss.
-      schedule: 'apgd' (default) or 'constant' (the authors').
-      random_start, restarts: ``restarts`` starts per loss (>= 1, default 6); the first starts at 0
-        unless ``random_start`` (default True), the others uniformly inside the budget.
-      keep: 'best' (default): per example the first iterate (over every step of every start) that
-        fools the model, else the one with the highest criterion; a fooled example stops and
-        later starts skip it. 'last': each start's final iterate (the authors'; every start runs
-        on every example), then per example a successful start first, else the highest criterion.
-        The criterion is the attack loss when ``loss`` is one loss, the margin when it is several.
-      momentum: APGD's weight of the new step (0.75), in (0, 1]; unused by 'constant'.
-      targeted: ``labels`` are target classes; the losses are descended towards them.
-      padding_mode: warp padding ('zeros' as the authors).
-      generator / seed: randomness of the random starts; with neither, torch's global generator
-        (``torch.manual_seed`` makes runs repeatable).
-    ``result.info``: 'loss' (N,) the criterion at the kept flow (ascent direction: CE for
-    untargeted, -CE towards a target; logit units for the margin); 'evaluations' (N,) model
-    forward passes (all but the last of each start with a backward).
-    ``result.iterations``: updates made per example (fewer than ``steps x restarts x losses``
-    where ``keep='best'`` stopped an example early).
+    Calling the attack returns the (N, C, H, W) adversarial images; ``run`` an
+    :class:`~flowtriton.attacks.AttackResult` (flow in pixels). ``result.info``: 'loss' (N,) the
+    criterion at the kept flow (ascent direction: CE for untargeted, -CE towards a target; logit
+    units for the margin); 'evaluations' (N,) model forward passes (all but the last of each start
+    with a backward). ``result.iterations``: updates made per example (fewer than
+    ``steps x restarts x losses`` where ``keep='best'`` stopped an example early).
+
+    Args:
+        model: classifier, (N, C, H, W) images in [0, 1] -> (N, classes) logits.
+        eps: budget, in ``units``. ``norm='linf'``: a box |flow component| <= eps (per component);
+            ``norm='tnorm'``: each pixel's flow vector has Euclidean length <= eps (measured in
+            ``units``; with 'normalized' units on non-square images that is an ellipse in pixels).
+        steps: updates per start (>= 1, default 40); each start evaluates the model ``steps + 1``
+            times.
+        step_size: 'constant': every step (default eps / steps); 'apgd': the first step (default
+            2 eps), halved at checkpoints. In ``units``; a value set here does not follow
+            :meth:`with_budget`. For 'tnorm' the step moves each pixel ``step_size`` along its
+            normalized gradient vector.
+        units: unit of every distance argument: 'normalized' (default; 1 unit = (size - 1) / 2 px
+            per axis) or 'pixels'.
+        norm: 'linf' (default: a box per flow component) or 'tnorm' (a ball per pixel).
+        loss: 'ce' (cross-entropy), 'margin' (C&W logit margin, unclamped) or a sequence of them
+            (default ('ce', 'margin')): every start runs once per loss.
+        schedule: 'apgd' (default) or 'constant' (the authors').
+        random_start: the first start is random too (default True); False: it starts at 0.
+        restarts: starts per loss (>= 1, default 6); all but a non-random first one start
+            uniformly inside the budget.
+        keep: 'best' (default): per example the first iterate (over every step of every start)
+            that fools the model, else the one with the highest criterion; a fooled example stops
+            and later starts skip it. 'last': each start's final iterate (the authors'; every start
+            runs on every example), then per example a successful start first, else the highest
+            criterion. The criterion is the attack loss when ``loss`` is one loss, the margin when
+            it is several.
+        momentum: APGD's weight of the new step (0.75), in (0, 1]; unused by 'constant'.
+        targeted: ``labels`` are target classes; the losses are descended towards them.
+        padding_mode: warp padding ('zeros' as the authors).
+        generator: randomness of the random starts (a ``torch.Generator``).
+        seed: an integer seed for the random starts, used when ``generator`` is None; with
+            neither, torch's global generator (``torch.manual_seed`` makes runs repeatable).
+        backend: flowtriton ops backend ('auto', 'triton', 'torch' or None).
+
+    Example:
+        >>> from flowtriton.attacks import FlowPGD
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        >>> images, labels = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
+        >>> attack = FlowPGD(model, eps=0.05, steps=5, restarts=1, seed=0)  # eps: normalized units
+        >>> adv = attack(images, labels)
+        >>> adv.shape, bool(adv.min() >= 0 and adv.max() <= 1)
+        (torch.Size([2, 1, 8, 8]), True)
+        >>> result = attack.run(images, labels)
+        >>> result.flow.shape, bool((result.linf <= 0.05 * 3.5 + 1e-6).all())  # 0.05 normalized = 0.175 px
+        (torch.Size([2, 2, 8, 8]), True)
+        >>> FlowPGD.preset("paper", model, eps=0.01).schedule  # the FGR authors' attack
+        'constant'
     """
 
     gradient_budgeted = True
@@ -148,7 +174,7 @@ class FlowPGD(FlowAttack):
         self.eps = check_number(eps, "eps")
         self.steps = check_int(steps, "steps")
         self.step_size = None if step_size is None else check_number(step_size, "step_size")
-        self.units = check_choice(units, UNITS, "units")
+        self.units = check_units(units, "FlowPGD")
         self.norm = check_choice(norm, NORMS, "norm")
         losses = _check_losses(loss)
         self.loss = losses[0] if len(losses) == 1 else losses
@@ -162,7 +188,7 @@ class FlowPGD(FlowAttack):
         if self.momentum > 1:
             raise ValueError(f"momentum must lie in (0, 1], got {self.momentum}")
         self.padding_mode = check_choice(padding_mode, PADDING_MODES, "padding_mode")
-        self.generator = generator
+        self.generator = check_generator(generator, seed)
         self.seed = check_seed(seed)
 
     @classmethod
@@ -188,6 +214,11 @@ class FlowPGD(FlowAttack):
     def runs(self) -> int:
         """Starts per example at most: ``restarts x len(losses)``."""
         return self.restarts * len(self.losses)
+
+    @property
+    def budget_kind(self) -> str:
+        """``norm``: 'linf' (the default: a box per flow component) or 'tnorm' (a ball per pixel)."""
+        return self.norm
 
     def with_budget(self, budget: float) -> "FlowPGD":
         """A copy with ``eps = budget`` (same units; the step size follows eps unless set)."""

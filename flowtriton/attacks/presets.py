@@ -5,9 +5,10 @@ evaluated with a preset records the preset's name and version, every attack's se
 library commit (:func:`library_commit`). A preset's version changes whenever anything it runs
 changes, so two numbers quoted with the same name and version were measured the same way.
 
-Budget kinds: 'linf' (FlowPGD and RandomFlow: eps per flow component, NORMALIZED units, 1 unit =
-(size - 1) / 2 px per axis), 'tnorm' (ADef and StAdv, minimum-norm: a T-norm in PIXELS), none
-(rotation + translation: one run over its grid).
+Budget kinds (each attack's ``budget_kind`` and ``budget_units``, :class:`~flowtriton.attacks.FlowAttack`):
+'linf' (FlowPGD and RandomFlow: eps per flow component, NORMALIZED units, 1 unit = (size - 1) / 2 px
+per axis), 'tnorm' (ADef and StAdv, minimum-norm: a T-norm in PIXELS), none (rotation +
+translation: one run over its grid).
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from .stadv import StAdv
 
 LINF_BUDGETS = [0.005, 0.01, 0.02, 0.04]   # normalized units, per flow component
 TNORM_BUDGETS = [0.25, 0.5, 1.0, 2.0]      # pixels
+#: The units of each budget kind's budgets (every preset attack's ``budget_units``).
+BUDGET_UNITS = {"linf": "normalized", "tnorm": "pixels"}
 
 
 def _standard(model, classes: int) -> dict:
     return {
         "flowpgd": FlowPGD.preset("standard", model, eps=0.01, units="normalized", seed=0),
         "random": RandomFlow.preset("standard", model, eps=0.01, units="normalized", seed=0),
-        "adef": ADef(model, candidates=range(1, classes), max_iter=100, smooth=0.5, overshoot=1.2),
+        "adef": ADef(model, candidates=range(1, classes), steps=100, smooth=0.5, overshoot=1.2),
         "stadv": StAdv.preset("standard", model),
         "rt": RotationTranslation(model),
     }
@@ -39,7 +42,7 @@ def _standard(model, classes: int) -> dict:
 def _paper(model, classes: int) -> dict:
     return {
         "flowpgd": FlowPGD.preset("paper", model, eps=0.01, steps=100, units="normalized"),
-        "adef": ADef(model, candidates=range(1, classes), max_iter=100, smooth=0.5, overshoot=1.2),
+        "adef": ADef(model, candidates=range(1, classes), steps=100, smooth=0.5, overshoot=1.2),
         "stadv": StAdv.preset("fast", model),
         "rt": RotationTranslation(model),
     }
@@ -48,7 +51,7 @@ def _paper(model, classes: int) -> dict:
 def _fast(model, classes: int) -> dict:
     return {
         "flowpgd": FlowPGD.preset("paper", model, eps=0.01, steps=20, units="normalized"),
-        "adef": ADef(model, candidates=range(1, min(classes, 4)), max_iter=20, smooth=0.5, overshoot=1.2),
+        "adef": ADef(model, candidates=range(1, min(classes, 4)), steps=20, smooth=0.5, overshoot=1.2),
         "stadv": StAdv.preset("fast", model),
         "rt": RotationTranslation(model, max_rotation=15.0, max_translation=2.0, num_rotations=5,
                                   num_translations=3),
@@ -56,7 +59,7 @@ def _fast(model, classes: int) -> dict:
 
 
 #: name -> {'version', 'build' (model, classes) -> {attack name: attack}, 'kinds' {attack: budget
-#: kind}, 'linf_budgets', 'tnorm_budgets', 'description'}.
+#: kind, as the attack's ``budget_kind`` says}, 'linf_budgets', 'tnorm_budgets', 'description'}.
 EVALUATION_PRESETS = {
     "standard": {
         "version": 1, "build": _standard,
@@ -97,10 +100,30 @@ def check_preset(name) -> dict:
 
 def preset_suite(model, name: str = "standard", num_classes: int = 10, names=None, linf_budgets=None,
                  tnorm_budgets=None) -> tuple[dict, dict]:
-    """({attack name: attack}, {attack name: budgets}) of evaluation preset ``name`` on ``model``.
+    """The attacks and budgets of an evaluation preset (:data:`EVALUATION_PRESETS`), built on ``model``.
 
-    ``names``: a subset of the preset's attacks (default all, in the preset's order).
-    ``linf_budgets`` (normalized) and ``tnorm_budgets`` (pixels) replace the preset's budgets."""
+    Args:
+        model: the classifier the attacks are built on.
+        name: the preset: 'standard' (default), 'paper' or 'fast'.
+        num_classes: the model's class count (ADef's candidate labels).
+        names: a subset of the preset's attacks (default all, in the preset's order).
+        linf_budgets: L-inf budgets (normalized units) replacing the preset's.
+        tnorm_budgets: T-norm budgets (pixels) replacing the preset's.
+
+    Returns:
+        ({attack name: attack}, {attack name: budgets}): the budgets of every attack that has a
+        budget kind (none for rotation + translation), ready for :func:`evaluate`.
+
+    Example:
+        >>> from flowtriton.attacks import preset_suite
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        >>> attacks, budgets = preset_suite(model, "fast", num_classes=3)
+        >>> list(attacks), budgets["flowpgd"], budgets["adef"]
+        (['flowpgd', 'adef', 'stadv', 'rt'], [0.005, 0.01, 0.02, 0.04], [0.25, 0.5, 1.0, 2.0])
+        >>> attacks, budgets = preset_suite(model, "standard", names=["flowpgd"], linf_budgets=[0.02])
+        >>> budgets
+        {'flowpgd': [0.02]}
+    """
     spec = check_preset(name)
     attacks = spec["build"](model, int(num_classes))
     if names is not None:
@@ -112,15 +135,36 @@ def preset_suite(model, name: str = "standard", num_classes: int = 10, names=Non
         attacks = {n: attacks[n] for n in attacks if n in set(names)}
     budgets = {"linf": list(spec["linf_budgets"] if linf_budgets is None else linf_budgets),
                "tnorm": list(spec["tnorm_budgets"] if tnorm_budgets is None else tnorm_budgets)}
-    plan = {n: budgets[spec["kinds"][n]] for n in attacks if spec["kinds"][n] is not None}
+    plan = {}
+    for n, attack in attacks.items():
+        kind = attack.budget_kind
+        if kind != spec["kinds"][n] or (kind is not None and attack.budget_units != BUDGET_UNITS[kind]):
+            raise RuntimeError(f"preset {name!r}: attack {n!r} has budget kind {kind!r} in {attack.budget_units!r}, "
+                               f"the preset declares {spec['kinds'][n]!r}")
+        if kind is not None:
+            plan[n] = budgets[kind]
     return attacks, plan
 
 
 @functools.lru_cache(maxsize=1)
 def library_commit() -> dict:
-    """{'commit': ``git rev-parse HEAD`` of the checkout flowtriton is imported from, else
-    'unknown'; 'uncommitted_changes': whether ``git status`` lists changes in the package folder
-    (True / False), 'unknown' without git}. Looked up once per process."""
+    """The git commit of the flowtriton checkout in use, as evaluation protocols record it.
+
+    Looked up once per process.
+
+    Returns:
+        {'commit': ``git rev-parse HEAD`` of the checkout flowtriton is imported from, else
+        'unknown'; 'uncommitted_changes': whether ``git status`` lists changes in the package
+        folder (True / False), 'unknown' without git}.
+
+    Example:
+        >>> from flowtriton.attacks import library_commit
+        >>> info = library_commit()
+        >>> sorted(info)
+        ['commit', 'uncommitted_changes']
+        >>> info["commit"] == "unknown" or len(info["commit"]) == 40
+        True
+    """
     package = Path(__file__).resolve().parents[1]
     out = {"commit": "unknown", "uncommitted_changes": "unknown"}
     try:

@@ -8,10 +8,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..ops.units import UNITS, unit_scale
+from ..ops.units import unit_scale
 from ..ops.validation import check_choice
 from ..ops.warp import warp
-from .base import (PADDING_MODES, FlowAttack, check_int, check_number, check_seed,
+from .base import (PADDING_MODES, FlowAttack, check_generator, check_int, check_number, check_seed, check_units,
                    resolve_generator, uniform)
 
 
@@ -26,16 +26,36 @@ class RandomFlow(FlowAttack):
     box: every flow lies inside it, most of its components on its faces. The same flows are tried
     on every image of a batch.
 
-    Arguments:
-      eps: L-infinity budget per flow component, in ``units`` ('normalized' as FlowPGD, or
-        'pixels').
-      samples: flows tried per image (>= 1).
-      resolutions: coarse grid sizes cycled through (ints >= 1).
-      padding_mode: warp padding ('zeros', as FlowPGD); images are clamped to [0, 1] as FlowPGD's.
-      max_batch: most warped images per model call.
-      generator / seed: the draws; with neither, torch's global generator.
-    ``result.iterations``: flows tried per image. ``result.info``: 'evaluations' (N,) model
-    forward passes per image (no backward).
+    Calling the attack returns the (N, C, H, W) adversarial images; ``run`` an
+    :class:`~flowtriton.attacks.AttackResult` (flow in pixels). ``result.iterations``: flows tried
+    per image. ``result.info``: 'evaluations' (N,) model forward passes per image (no backward).
+
+    Args:
+        model: classifier, (N, C, H, W) images in [0, 1] -> (N, classes) logits.
+        eps: L-infinity budget per flow component, in ``units``.
+        samples: flows tried per image (>= 1).
+        units: 'normalized' (default, as FlowPGD; 1 unit = (size - 1) / 2 px per axis) or 'pixels'.
+        resolutions: coarse grid sizes cycled through (ints >= 1).
+        padding_mode: warp padding ('zeros', as FlowPGD); images are clamped to [0, 1] as FlowPGD's.
+        max_batch: most warped images per model call.
+        targeted: ``labels`` are target classes (fallback: the flow with the lowest cross-entropy
+            towards the target).
+        generator: the draws (a ``torch.Generator``).
+        seed: an integer seed for the draws, used when ``generator`` is None; with neither,
+            torch's global generator.
+        backend: flowtriton ops backend ('auto', 'triton', 'torch' or None).
+
+    Example:
+        >>> from flowtriton.attacks import RandomFlow
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        >>> images, labels = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
+        >>> attack = RandomFlow(model, eps=0.05, samples=8, seed=0)
+        >>> attack.flows(8, 8, images).shape  # the flows tried, in units
+        torch.Size([8, 2, 8, 8])
+        >>> result = attack.run(images, labels)
+        >>> result.iterations.tolist(), round(float(result.linf.max()), 3)  # 0.05 normalized = 0.175 px
+        ([8, 8], 0.175)
     """
 
     PRESETS = {
@@ -50,7 +70,7 @@ class RandomFlow(FlowAttack):
         super().__init__(model, targeted=targeted, backend=backend)
         self.eps = check_number(eps, "eps")
         self.samples = check_int(samples, "samples")
-        self.units = check_choice(units, UNITS, "units")
+        self.units = check_units(units, "RandomFlow")
         self.norm = "linf"
         try:
             self.resolutions = tuple(check_int(r, "resolutions") for r in resolutions)
@@ -60,8 +80,13 @@ class RandomFlow(FlowAttack):
             raise ValueError("resolutions must not be empty")
         self.padding_mode = check_choice(padding_mode, PADDING_MODES, "padding_mode")
         self.max_batch = check_int(max_batch, "max_batch")
-        self.generator = generator
+        self.generator = check_generator(generator, seed)
         self.seed = check_seed(seed)
+
+    @property
+    def budget_kind(self) -> str:
+        """'linf': ``eps`` bounds every flow component."""
+        return "linf"
 
     def with_budget(self, budget: float) -> "RandomFlow":
         """A copy with ``eps = budget`` (same units)."""

@@ -15,15 +15,35 @@ import torch.nn.functional as F
 
 from ..ops.warp import warp
 from ..ops.validation import check_choice
-from .base import PADDING_MODES, FlowAttack, attack_goal_met, check_int, check_number, margin_loss
+from .base import (PADDING_MODES, FlowAttack, attack_goal_met, check_int, check_number, check_units, flow_norms,
+                   margin_loss, renamed_arguments, renamed_attribute)
+
+#: Why StAdv's distances are pixels only.
+PIXELS_ONLY = ("its loss L_flow, its step size lr and its T-norm cap max_norm are pixel distances (normalized "
+               "units would change the published loss, and make the cap an ellipse on non-square images). "
+               "Convert a normalized distance d to pixels with d * (size - 1) / 2 (flowtriton.ops.units.pixel_scale)")
 
 
 def flow_smoothness(flow: torch.Tensor) -> torch.Tensor:
-    """stAdv's L_flow: (N, 2, H, W) pixel flow -> (N,), pixels.
+    """stAdv's smoothness loss L_flow of a flow, per example.
 
     ``sum_p sum_{q in N(p)} sqrt(||du_p - du_q||^2 + ||dv_p - dv_q||^2 + 1e-8)`` over the 4
     neighbours of each pixel; a neighbour outside the image repeats the edge pixel (TensorFlow's
     SYMMETRIC padding by one, as the authors' package), so it adds sqrt(1e-8) = 1e-4.
+
+    Args:
+        flow: (N, 2, H, W) flow in pixels.
+
+    Returns:
+        (N,) L_flow, pixels; differentiable in ``flow``.
+
+    Example:
+        >>> from flowtriton.attacks import flow_smoothness
+        >>> flow_smoothness(torch.zeros(2, 2, 8, 8)).round(decimals=4)  # 4 x 64 x 1e-4
+        tensor([0.0256, 0.0256])
+        >>> shift = torch.ones(1, 2, 8, 8)  # a rigid shift costs no more than zero flow
+        >>> torch.allclose(flow_smoothness(shift), flow_smoothness(torch.zeros(1, 2, 8, 8)))
+        True
     """
     height, width = flow.shape[-2:]
     padded = F.pad(flow, (1, 1, 1, 1), mode="replicate")
@@ -36,10 +56,12 @@ def flow_smoothness(flow: torch.Tensor) -> torch.Tensor:
 
 class _Record:
     """Per-example bookkeeping of one optimizer run: the best successful flow overall (smallest
-    L_flow, shared across search steps) and this run's smallest-loss flow and success."""
+    L_flow, shared across search steps; with a finite ``max_norm``, among the successful flows of
+    T-norm <= max_norm only) and this run's smallest-loss flow and success."""
 
-    def __init__(self, best_flow, best_smooth, best_tau, found):
+    def __init__(self, best_flow, best_smooth, best_tau, found, max_norm=math.inf):
         self.best_flow, self.best_smooth, self.best_tau, self.found = best_flow, best_smooth, best_tau, found
+        self.max_norm = max_norm
         n = found.shape[0]
         self.run_found = torch.zeros_like(found)
         self.low_loss = torch.full((n,), math.inf, dtype=best_smooth.dtype, device=found.device)
@@ -47,7 +69,8 @@ class _Record:
         self.evaluations = torch.zeros(n, dtype=torch.int64, device=found.device)
 
     def update(self, idx, flow, total, smooth, success, tau):
-        improved = success & (smooth < self.best_smooth[idx])
+        within = success if math.isinf(self.max_norm) else success & (flow_norms(flow)[0] <= self.max_norm)
+        improved = within & (smooth < self.best_smooth[idx])
         sel = idx[improved]
         self.best_flow[sel] = flow[improved]
         self.best_smooth[sel] = smooth[improved]
@@ -65,11 +88,11 @@ PRESETS = {
     # The published loss and weight at full strength (the defaults): 5 tau search steps of up to
     # 100 Adam steps, each search step continuing from the previous one's flows. At most
     # 5 x (100 + 1) model passes per image; robust models use most of them.
-    "standard": dict(tau=0.05, kappa=0.0, optimizer="adam", max_iter=100, search_steps=5, warm_start=True,
+    "standard": dict(tau=0.05, kappa=0.0, optimizer="adam", steps=100, search_steps=5, warm_start=True,
                      abort_early=True, lr=0.05),
     # The defaults before issue 20, bit for bit: 2 search steps of up to 20 Adam steps, each from
     # zero flow. At most 2 x 21 passes; enough on undefended models, far too little on robust ones.
-    "fast": dict(tau=0.05, kappa=0.0, optimizer="adam", max_iter=20, search_steps=2, warm_start=False,
+    "fast": dict(tau=0.05, kappa=0.0, optimizer="adam", steps=20, search_steps=2, warm_start=False,
                  abort_early=True, lr=0.05),
 }
 
@@ -95,46 +118,78 @@ class StAdv(FlowAttack):
     optimizer: on the benchmark's MNIST CNN it fooled every image with about a quarter of the
     model evaluations of L-BFGS (the paper's optimizer, ``optimizer='lbfgs'``).
 
-    Arguments:
-      tau: smoothness weight at the first search step (paper 0.05), logits per pixel.
-      kappa: confidence, logits (>= 0).
-      optimizer: 'adam' (default; step size ``lr`` in pixels, ``betas``; an example's step size
-        halves whenever a step raised its loss, so its objective cannot keep rising) or 'lbfgs'
-        (the paper's: a batched L-BFGS with ``history`` pairs and a backtracking Armijo line
-        search of at most ``max_line_search`` halvings, all per example; it never raises its
-        objective).
-      max_iter: optimizer iterations per search step.
-      search_steps: search over tau per example (1 = none; default 5): after a failure tau / 10
-        until a success bounds it, after a success tau * 10 until a failure bounds it, then the
-        geometric mean of the bounds.
-      warm_start: each search step starts from the previous one's flow (the smoothest successful
-        flow where it succeeded, else its lowest-loss flow); False: from zero flow (the old
-        behaviour; warm starts give the same success with smaller flows on robust models).
-      abort_early: every ``max(1, max_iter // 10)`` iterations, an example that has a successful
-        flow and whose loss fell by less than 0.1 % since the previous check stops. L-BFGS also
-        stops an example whose line search finds no decrease (a stationary point: the next
-        search step lowers its tau).
     Kept per example: the successful flow with the smallest L_flow among every flow evaluated
     (for a fixed tau and kappa = 0 that is the smallest-loss successful flow); an example never
-    fooled gets its smallest-loss flow of the last search step.
-    ``result.iterations``: optimizer iterations. ``result.info``: 'tau' (N,) the weight at which
-    the kept flow was found; 'flow_loss' (N,) its L_flow (pixels); 'evaluations' (N,) loss and
-    gradient evaluations (model forward + backward passes).
+    fooled gets its smallest-loss flow of the last search step. Calling the attack returns the
+    (N, C, H, W) adversarial images; ``run`` an :class:`~flowtriton.attacks.AttackResult` (flow in
+    pixels). ``result.iterations``: optimizer iterations. ``result.info``: 'tau' (N,) the weight
+    at which the kept flow was found; 'flow_loss' (N,) its L_flow (pixels); 'evaluations' (N,)
+    loss and gradient evaluations (model forward + backward passes).
+
+    Args:
+        model: classifier, (N, C, H, W) images in [0, 1] -> (N, classes) logits.
+        tau: smoothness weight at the first search step (paper 0.05), logits per pixel.
+        kappa: confidence, logits (>= 0).
+        optimizer: 'adam' (default; step size ``lr`` in pixels, ``betas``; an example's step size
+            halves whenever a step raised its loss, so its objective cannot keep rising) or
+            'lbfgs' (the paper's: a batched L-BFGS with ``history`` pairs and a backtracking
+            Armijo line search of at most ``max_line_search`` halvings, all per example; it never
+            raises its objective).
+        steps: optimizer iterations (Adam or L-BFGS steps) per search step (``max_iter``, its old
+            name, is deprecated).
+        search_steps: search over tau per example (1 = none; default 5), an outer loop around
+            ``steps``: after a failure tau / 10 until a success bounds it, after a success tau * 10
+            until a failure bounds it, then the geometric mean of the bounds.
+        warm_start: each search step starts from the previous one's flow (the smoothest successful
+            flow where it succeeded, else its lowest-loss flow); False: from zero flow (the old
+            behaviour; warm starts give the same success with smaller flows on robust models).
+        abort_early: every ``max(1, steps // 10)`` iterations, an example that has a successful
+            flow and whose loss fell by less than 0.1 % since the previous check stops. L-BFGS
+            also stops an example whose line search finds no decrease (a stationary point: the
+            next search step lowers its tau).
+        history: L-BFGS curvature pairs kept per example.
+        max_line_search: L-BFGS line-search halvings at most.
+        lr: Adam step size, pixels.
+        betas: Adam's moment decay rates, each in [0, 1).
+        padding_mode: warp padding ('border' by default: the authors' sampler clamps coordinates).
+        targeted: ``labels`` are target classes.
+        backend: flowtriton ops backend ('auto', 'triton', 'torch' or None).
+        max_norm: T-norm cap in pixels (inf = none, the default; the attack's budget, see
+            :meth:`with_budget`): only successful flows of T-norm <= max_norm are kept, and an
+            example with none gets its fallback flow scaled into that T-norm ball.
+        units: 'pixels' (the only value: ``lr``, ``max_norm`` and L_flow are pixel distances;
+            'normalized' is a ValueError).
+
+    Example:
+        >>> from flowtriton.attacks import StAdv
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        >>> images, labels = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
+        >>> attack = StAdv(model, steps=5, search_steps=2)
+        >>> result = attack.run(images, labels)
+        >>> result.flow.shape, sorted(result.info)
+        (torch.Size([2, 2, 8, 8]), ['evaluations', 'flow_loss', 'tau'])
+        >>> capped = attack.with_budget(0.5).run(images, labels)  # T-norm cap, pixels
+        >>> bool((capped.tnorm <= 0.5 + 1e-6).all())
+        True
     """
 
     minimum_norm = True
     PRESETS = PRESETS
+    max_iter = renamed_attribute("max_iter", "steps")
 
+    @renamed_arguments(max_iter="steps")
     def __init__(self, model, tau: float = 0.05, kappa: float = 0.0, optimizer: str = "adam",
-                 max_iter: int = 100, search_steps: int = 5, warm_start: bool = True, abort_early: bool = True,
+                 steps: int = 100, search_steps: int = 5, warm_start: bool = True, abort_early: bool = True,
                  history: int = 10, max_line_search: int = 10, lr: float = 0.05,
                  betas: tuple[float, float] = (0.9, 0.999), padding_mode: str = "border",
-                 targeted: bool = False, backend: str | None = None):
+                 targeted: bool = False, backend: str | None = None, max_norm: float = math.inf,
+                 units: str = "pixels"):
         super().__init__(model, targeted=targeted, backend=backend)
         self.tau = check_number(tau, "tau")
         self.kappa = check_number(kappa, "kappa")
         self.optimizer = check_choice(optimizer, ("lbfgs", "adam"), "optimizer")
-        self.max_iter = check_int(max_iter, "max_iter")
+        self.steps = check_int(steps, "steps")
         self.search_steps = check_int(search_steps, "search_steps")
         if not isinstance(warm_start, bool):
             raise TypeError(f"warm_start must be a bool, got {type(warm_start).__name__}")
@@ -151,6 +206,18 @@ class StAdv(FlowAttack):
         if not all(b < 1 for b in self.betas):
             raise ValueError(f"betas must lie in [0, 1), got {betas!r}")
         self.padding_mode = check_choice(padding_mode, PADDING_MODES, "padding_mode")
+        self.max_norm = check_number(max_norm, "max_norm", strict=True, allow_inf=True)
+        self.units = check_units(units, "StAdv", ("pixels",), PIXELS_ONLY)
+
+    @property
+    def budget_kind(self) -> str:
+        """'tnorm': a budget is a T-norm in pixels (:func:`flowtriton.attacks.evaluate` runs StAdv
+        once and judges every budget on the T-norm of the flow it kept)."""
+        return "tnorm"
+
+    def with_budget(self, budget: float) -> "StAdv":
+        """A copy with ``max_norm = budget`` (a T-norm cap, pixels): its flows stay within it."""
+        return self._copy_with(max_norm=check_number(budget, "budget", strict=True, allow_inf=True))
 
     def losses(self, images, flow, labels, tau):
         """Per-example (total, adversarial, flow) losses, each (N,), and the logits; ``tau`` a
@@ -185,21 +252,25 @@ class StAdv(FlowAttack):
         iterations = torch.zeros(n, dtype=torch.int64, device=device)
         evaluations = torch.zeros(n, dtype=torch.int64, device=device)
         optimize = self._lbfgs if self.optimizer == "lbfgs" else self._adam
+        capped = None if math.isinf(self.max_norm) else self.max_norm
         start = images.new_zeros(shape)
         for _ in range(self.search_steps):
-            record = _Record(best_flow, best_smooth, best_tau, found)
+            record = _Record(best_flow, best_smooth, best_tau, found, self.max_norm)
             iterations += optimize(images, labels, tau, record, start)
             evaluations += record.evaluations
             if self.warm_start:
                 # The next search step continues from this one: from the smoothest successful flow
                 # where it succeeded (tau goes up), else from its lowest-loss flow (tau goes down).
-                start = torch.where(record.run_found[:, None, None, None], best_flow, record.low_flow)
+                succeeded = record.run_found if capped is None else record.run_found & found
+                start = torch.where(succeeded[:, None, None, None], best_flow, record.low_flow)
             last_tau = tau
             lower = torch.where(record.run_found, tau, lower)
             upper = torch.where(record.run_found, upper, tau)
             tau = torch.where(torch.isinf(upper), tau * 10,
                               torch.where(lower == 0, tau / 10, (lower * upper).sqrt()))
         flow = torch.where(found[:, None, None, None], best_flow, record.low_flow)
+        if capped is not None:  # the fallback flows, scaled into the T-norm ball
+            flow = flow * (capped / flow_norms(flow)[0].clamp_min(1e-30)).clamp(max=1.0)[:, None, None, None]
         tau_used = torch.where(found, best_tau, last_tau)
         with torch.no_grad():
             adv = warp(images, flow, self.padding_mode, backend=self.backend)
@@ -207,8 +278,8 @@ class StAdv(FlowAttack):
                                        "evaluations": evaluations}
 
     def _stop_stalled(self, step, idx, total, checkpoint, record, active):
-        """Success-aware early stop at the check points (every max_iter // 10 iterations)."""
-        if self.abort_early and (step + 1) % max(1, self.max_iter // 10) == 0:
+        """Success-aware early stop at the check points (every steps // 10 iterations)."""
+        if self.abort_early and (step + 1) % max(1, self.steps // 10) == 0:
             previous = checkpoint[idx]
             stalled = total > previous - 1e-3 * previous.abs()
             active[idx[stalled & record.run_found[idx]]] = False
@@ -226,7 +297,7 @@ class StAdv(FlowAttack):
         active = torch.ones(n, dtype=torch.bool, device=images.device)
         lr = torch.full_like(tau, self.lr)
         previous = torch.full_like(tau, math.inf)
-        for step in range(self.max_iter):
+        for step in range(self.steps):
             idx = active.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
@@ -266,7 +337,7 @@ class StAdv(FlowAttack):
         steps = torch.zeros(n, dtype=torch.int64, device=device)
         active = torch.ones(n, dtype=torch.bool, device=device)
         head = 0
-        for step in range(self.max_iter):
+        for step in range(self.steps):
             idx = active.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break

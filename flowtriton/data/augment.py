@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_choice, check_int
+
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear resize of the shorter side to ``size`` px (antialiased when shrinking)."""
@@ -33,6 +35,8 @@ def crop_at(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: i
 
 
 def random_crop(images: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A ``size`` x ``size`` crop of each image at an offset drawn from ``generator`` (uniform over
+    the positions that fit); ValueError when the images are smaller than ``size``."""
     h, w = images.shape[-2:]
     if h < size or w < size:
         raise ValueError(f"random_crop size {size} is larger than the images ({h}x{w})")
@@ -43,12 +47,14 @@ def random_crop(images: torch.Tensor, size: int, generator: torch.Generator | No
 
 
 def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The central ``size`` x ``size`` crop of every image (a view)."""
     h, w = images.shape[-2:]
     top, left = (h - size) // 2, (w - size) // 2
     return images[..., top:top + size, left:left + size]
 
 
 def random_hflip(images: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.5) -> torch.Tensor:
+    """Each image mirrored left-right with probability ``p`` (one draw per image from ``generator``)."""
     flip = (torch.rand(images.shape[0], generator=generator) < p).to(images.device)
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
@@ -61,9 +67,8 @@ class Augmentation:
     NAMES = ("none", "paper", "crop")
 
     def __init__(self, name: str = "none", size: int = 32):
-        if name not in self.NAMES:
-            raise ValueError(f"augmentation must be one of {self.NAMES}, got {name!r}")
-        self.name, self.size = name, size
+        self.name = check_choice(name, self.NAMES, "augmentation")
+        self.size = check_int(size, "size")
 
     def train(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.name == "none":

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..checks import check_choice, check_int
 from .cifar import CIFAR10_CLASSES, CIFAR10_FOLDER, load_cifar10_python
 from .download import download_dataset, where_to_put
 from .embedded import load_embedded_mnist
@@ -106,10 +107,8 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
     missing originals (md5-checked) into the data root first. ``max_per_class``: image folders
     only, keep the first files of each class.
     """
-    if name not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_choice(name, DATASETS, "dataset")
+    check_choice(split, SPLITS, "split")
     if name == "mnist-subset":
         images, labels = load_embedded_mnist(split)
         return ImageData(images, labels, _DIGITS, name)
@@ -160,10 +159,11 @@ def evaluation_subset(data: ImageData, count: int | None, seed: int = 0) -> Imag
     (MNIST and Fashion-MNIST test files are shuffled), else a seeded random subset kept in data
     order (image folders such as the CIFAR-10 JPEGs load sorted by class, so the first N would be
     one class). ``None`` or ``count >= len(data)``: all of it."""
-    if count is None or count >= len(data):
+    if count is None:
         return data
-    if count < 1:
-        raise ValueError(f"count must be >= 1, got {count}")
+    count = check_int(count, "count")
+    if count >= len(data):
+        return data
     index = torch.arange(count)
     if data.labels[index].unique().numel() < data.labels.unique().numel():
         index = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count].sort().values

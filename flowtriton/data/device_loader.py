@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import check_int
 from .augment import Augmentation, center_crop, crop_at, resize
 from .datasets import ImageData, to_float
 
@@ -39,8 +40,7 @@ class DeviceLoader:
     def __init__(self, data: ImageData, batch_size: int, device: str | torch.device,
                  augment: Augmentation | None = None, train: bool = True, shuffle: bool | None = None,
                  drop_last: bool = False, seed: int = 0):
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        batch_size = check_int(batch_size, "batch_size")
         if data.images.dtype != torch.uint8:
             raise TypeError(f"data.images must be uint8 (the copy on the device stays uint8), got {data.images.dtype}")
         self.device = torch.device(device)

@@ -13,6 +13,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..checks import check_choice
+
 _MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 _FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 
@@ -92,8 +94,7 @@ def extract_tar(archive_path: Path, folder: Path) -> None:
 
 def download_dataset(name: str, root: Path) -> Path:
     """Fetch dataset ``name`` ('mnist', 'fashion-mnist', 'cifar10') into ``root/<name>``."""
-    if name not in RESOURCES:
-        raise ValueError(f"name must be one of {sorted(RESOURCES)} for --download, got {name!r}")
+    check_choice(name, tuple(sorted(RESOURCES)), "name")
     folder = Path(root) / name
     for url, md5 in RESOURCES[name]:
         target = folder / url.rsplit("/", 1)[1]

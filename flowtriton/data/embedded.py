@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checks import check_choice
+
 EMBEDDED_FILE = Path(__file__).parent / "embedded" / "mnist_subset.npz"
 
 
 def load_embedded_mnist(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(images uint8 (N, 1, 28, 28), labels int64 (N,)) of the embedded subset's ``split``."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    check_choice(split, ("train", "test"), "split")
     if not EMBEDDED_FILE.is_file():
         raise FileNotFoundError(f"the embedded MNIST subset {EMBEDDED_FILE} is missing from this installation "
                                 f"(package data not installed?)")

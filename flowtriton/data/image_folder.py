@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._io import save_atomic
+from ..checks import check_choice
+from ..io import save_atomic
 from .paths import cache_dir
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -82,8 +83,7 @@ def decode_images(files: list[tuple[Path, int]], mode: str = "auto") -> tuple[to
     ``mode``: 'RGB' (C=3), 'L' (C=1) or 'auto': one channel when every file is greyscale (PIL
     modes '1', 'L', 'LA', 'I', 'I;16', 'F'), else three."""
     Image, UnidentifiedImageError = _pil()
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    check_choice(mode, MODES, "mode")
     if mode == "auto":
         mode = "L" if all(_is_greyscale(path) for path, _ in files) else "RGB"
     arrays = []

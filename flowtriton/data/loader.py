@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import check_int
 from .augment import Augmentation
 from .datasets import ImageData, to_float
 
@@ -24,10 +25,9 @@ class TensorLoader:
     def __init__(self, data: ImageData, batch_size: int, shuffle: bool = True, drop_last: bool = False,
                  seed: int = 0, rank: int = 0, world_size: int = 1, augment: Augmentation | None = None,
                  train: bool = True, device: str | torch.device = "cpu"):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        batch_size = check_int(batch_size, "batch_size")
+        world_size = check_int(world_size, "world_size")
+        rank = check_int(rank, "rank", minimum=0, maximum=world_size, strict_maximum=True)
         self.data, self.batch_size, self.shuffle, self.drop_last = data, batch_size, shuffle, drop_last
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.augment, self.train, self.device = augment or Augmentation("none"), train, torch.device(device)

@@ -21,6 +21,8 @@ MODELS = {
 
 
 def list_models() -> list[str]:
+    """The model names :func:`build_model` accepts, sorted (VGG widths such as 'vgg11-w0.5' are
+    accepted too without being listed)."""
     return sorted(MODELS)
 
 

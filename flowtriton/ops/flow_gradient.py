@@ -1,7 +1,7 @@
 """``flow_gradient``, ``flow_gradient_penalty`` and ``flow_jvp``: the FGR closed form at zero flow.
 
 With ``D_x, D_y`` the scheme's spatial differences and ``s`` the unit scales (see
-``kernels/penalty.py`` for the notation), three bilinear maps of an image ``x`` (N, C, H, W), a
+``kernels/flow_gradient.py`` for the notation), three bilinear maps of an image ``x`` (N, C, H, W), a
 loss gradient ``g`` (N, C, H, W) and a flow field ``T`` (N, 2, H, W) close under differentiation:
 
 * ``B(x, g) = flow_gradient``                 (N, 2, H, W)
@@ -30,23 +30,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import reference
 from ..backend import eager_apply, resolve_backend, traced
+from ..conventions import SCHEMES, UNITS
 from ..reference.flow_gradient import flow_gradient as ref_flow_gradient
 from ..reference.flow_gradient import flow_gradient_penalty as ref_penalty
 from ..reference.flow_gradient import flow_jvp as ref_flow_jvp
-from .units import UNITS, pixel_scale
+from .units import pixel_scale
 from .validation import check_choice, check_image_flow, check_image_pair
 
-SCHEMES = reference.SCHEMES
-
-_KP = None  # flowtriton.kernels.penalty, imported on the first Triton call: TRITON_INTERPRET must be set first
+_KP = None  # flowtriton.kernels.flow_gradient, imported on the first Triton call: TRITON_INTERPRET must be set first
 
 
 def _kernels():
     global _KP
     if _KP is None:
-        from ..kernels import penalty as k
+        from ..kernels import flow_gradient as k
 
         _KP = k
     return _KP
@@ -369,11 +367,37 @@ def flow_gradient(image: torch.Tensor, grad_image: torch.Tensor, scheme: str = "
                   backend: str | None = None, units: str = "pixels") -> torch.Tensor:
     """(N, 2, H, W) gradient of a loss w.r.t. the flow at zero flow.
 
-    ``grad_image`` is the loss's gradient w.r.t. ``image`` (both (N, C, H, W)); channel 0 is x
-    (along W), channel 1 is y. ``scheme``: 'forward' (the paper's; the derivative of the clamped
-    gather sampler) or 'central' (ADef's). ``units``: 'pixels' (loss per pixel of flow) or
-    'normalized' (per normalized unit: x times (W-1)/2, y times (H-1)/2). Differentiable in both
-    inputs to any order on either backend.
+    The chain rule through the warp at zero flow: ``sum_c grad_image * D_d image`` per direction
+    d, with ``D_d`` the scheme's spatial difference. Differentiable in both inputs to any order
+    on either backend.
+
+    Args:
+        image: (N, C, H, W) image the loss was evaluated at.
+        grad_image: (N, C, H, W) gradient of the loss w.r.t. ``image``, same shape, dtype and device.
+        scheme: 'forward' (the paper's; the derivative of the clamped gather sampler) or
+            'central' (ADef's).
+        backend: 'auto', 'triton' or 'torch'; ``None`` uses the setting in force.
+        units: 'pixels' (loss per pixel of flow) or 'normalized' (per normalized unit: x times
+            (W-1)/2, y times (H-1)/2).
+
+    Returns:
+        (N, 2, H, W) gradient w.r.t. the flow; channel 0 is x (along W), channel 1 is y.
+
+    Example:
+        >>> from flowtriton import flow_gradient, warp
+        >>> image = torch.rand(1, 3, 5, 5, dtype=torch.float64)
+        >>> grad_image = torch.randn(1, 3, 5, 5, dtype=torch.float64)
+        >>> field = flow_gradient(image, grad_image)
+        >>> field.shape, field.dtype
+        (torch.Size([1, 2, 5, 5]), torch.float64)
+        >>> # the same as differentiating the (border-padded) warp at zero flow
+        >>> flow = torch.zeros(1, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+        >>> loss = (warp(image, flow, padding_mode="border") * grad_image).sum()
+        >>> torch.allclose(torch.autograd.grad(loss, flow)[0], field)
+        True
+        >>> normalized = flow_gradient(image, grad_image, units="normalized")  # (5 - 1) / 2 = 2 px per unit
+        >>> torch.allclose(normalized, 2 * field)
+        True
     """
     _check(image, grad_image, scheme, units)
     scale = _scale(units, image.shape[2], image.shape[3])
@@ -389,6 +413,25 @@ def flow_gradient_penalty(image: torch.Tensor, grad_image: torch.Tensor, scheme:
     On the Triton backend the stencil, product, channel sum, square and per-example reduction
     are one kernel; the backward (w.r.t. ``grad_image``, and ``image`` when it requires grad) is
     differentiable again, as FGR's double backpropagation and gradgradcheck need.
+
+    Args:
+        image: (N, C, H, W) image the loss was evaluated at.
+        grad_image: (N, C, H, W) gradient of the loss w.r.t. ``image``, same shape, dtype and device.
+        scheme: 'forward' or 'central', as in :func:`flow_gradient`.
+        backend: 'auto', 'triton' or 'torch'; ``None`` uses the setting in force.
+        units: 'pixels' or 'normalized', as in :func:`flow_gradient`.
+
+    Returns:
+        (N,) ``||flow_gradient(image, grad_image)||^2`` per example, ``image``'s dtype.
+
+    Example:
+        >>> from flowtriton import flow_gradient, flow_gradient_penalty
+        >>> image, grad_image = torch.rand(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+        >>> penalty = flow_gradient_penalty(image, grad_image)
+        >>> penalty.shape, penalty.dtype
+        (torch.Size([2]), torch.float32)
+        >>> torch.allclose(penalty, flow_gradient(image, grad_image).pow(2).sum(dim=(1, 2, 3)))
+        True
     """
     _check(image, grad_image, scheme, units)
     scale = _PIXELS if units == "pixels" else pixel_scale(image.shape[2], image.shape[3])
@@ -404,10 +447,34 @@ def flow_gradient_penalty(image: torch.Tensor, grad_image: torch.Tensor, scheme:
 
 def flow_jvp(image: torch.Tensor, flow: torch.Tensor, scheme: str = "forward",
              backend: str | None = None) -> torch.Tensor:
-    """(N, C, H, W) first-order change of ``image`` warped by a small pixel ``flow`` (N, 2, H, W)
-    at zero flow: ``sum_d flow_d D_d image`` (the adjoint of :func:`flow_gradient` in
-    ``grad_image``). With scheme='forward' it is the derivative of the clamped gather sampler
-    along ``flow``. Differentiable in both inputs to any order.
+    """(N, C, H, W) first-order change of ``image`` warped by a small pixel ``flow`` at zero flow.
+
+    ``sum_d flow_d D_d image``: the adjoint of :func:`flow_gradient` in ``grad_image``, i.e.
+    ``<flow_gradient(x, g), T> = <g, flow_jvp(x, T)>``. With scheme='forward' it is the
+    derivative of the clamped gather sampler along ``flow``. Differentiable in both inputs to any
+    order.
+
+    Args:
+        image: (N, C, H, W) image.
+        flow: (N, 2, H, W) direction in pixels (channel 0 = x, channel 1 = y), same N, H, W,
+            dtype and device as ``image``.
+        scheme: 'forward' or 'central', as in :func:`flow_gradient`.
+        backend: 'auto', 'triton' or 'torch'; ``None`` uses the setting in force.
+
+    Returns:
+        (N, C, H, W) directional derivative, ``image``'s dtype.
+
+    Example:
+        >>> from flowtriton import flow_gradient, flow_jvp
+        >>> ramp = torch.arange(5.0).expand(1, 1, 5, 5)  # rises by 1 per pixel along x
+        >>> flow = torch.zeros(1, 2, 5, 5)
+        >>> flow[:, 0] = 0.5
+        >>> flow_jvp(ramp, flow)[0, 0, 0]  # 0.5 px times slope 1; the forward difference is 0 at the edge
+        tensor([0.5000, 0.5000, 0.5000, 0.5000, 0.0000])
+        >>> image, grad_image, field = torch.rand(1, 3, 5, 5), torch.randn(1, 3, 5, 5), torch.randn(1, 2, 5, 5)
+        >>> lhs = (flow_gradient(image, grad_image) * field).sum()
+        >>> torch.allclose(lhs, (grad_image * flow_jvp(image, field)).sum())  # the adjoint
+        True
     """
     check_image_flow(image, flow, scheme, SCHEMES, "scheme")
     if resolve_backend(backend, image) == "torch":

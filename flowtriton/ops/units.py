@@ -11,7 +11,7 @@ import numbers
 import torch
 from einops import rearrange
 
-UNITS = ("normalized", "pixels")
+from ..conventions import UNITS
 
 
 def _check_size(value, name: str) -> None:
@@ -22,8 +22,26 @@ def _check_size(value, name: str) -> None:
 
 
 def pixel_scale(height: int, width: int) -> tuple[float, float]:
-    """Pixels per normalized unit, (x along W, y along H); ``height`` and ``width`` are image
-    sizes in pixels, integers >= 1 (TypeError/ValueError naming the argument otherwise)."""
+    """Pixels per normalized unit, (x along W, y along H).
+
+    One normalized unit (``align_corners=True``) is ``(size - 1) / 2`` pixels; a 1-pixel axis
+    has scale 0.
+
+    Args:
+        height: image height in pixels, an integer >= 1.
+        width: image width in pixels, an integer >= 1.
+
+    Returns:
+        ``((width - 1) / 2, (height - 1) / 2)`` as floats. A TypeError / ValueError names the
+        argument that is not an integer >= 1.
+
+    Example:
+        >>> from flowtriton import pixel_scale
+        >>> pixel_scale(32, 64)
+        (31.5, 15.5)
+        >>> pixel_scale(1, 3)
+        (1.0, 0.0)
+    """
     _check_size(height, "height")
     _check_size(width, "width")
     return (width - 1) / 2.0, (height - 1) / 2.0
@@ -83,13 +101,44 @@ def _scale_tensor(flow: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def normalized_to_pixels(flow: torch.Tensor) -> torch.Tensor:
-    """(N, 2, H, W) normalized flow -> pixel flow."""
+    """(N, 2, H, W) normalized flow -> pixel flow.
+
+    Args:
+        flow: (N, 2, H, W) flow in normalized units (``align_corners=True``); channel 0 = x,
+            channel 1 = y. Another shape raises a ValueError.
+
+    Returns:
+        (N, 2, H, W) flow in pixels: x times (W-1)/2, y times (H-1)/2 (see :func:`pixel_scale`).
+
+    Example:
+        >>> from flowtriton import normalized_to_pixels
+        >>> normalized_to_pixels(torch.ones(1, 2, 5, 9))[0, :, 0, 0]  # (9 - 1) / 2, (5 - 1) / 2
+        tensor([4., 2.])
+    """
     return flow * _scale_tensor(flow, "flow")
 
 
 def pixels_to_normalized(flow: torch.Tensor) -> torch.Tensor:
-    """(N, 2, H, W) pixel flow -> normalized flow. An axis with a single pixel has no normalized
-    extent: a ValueError names it (its pixel flow cannot be expressed in normalized units)."""
+    """(N, 2, H, W) pixel flow -> normalized flow.
+
+    An axis with a single pixel has no normalized extent: a ValueError names it (its pixel flow
+    cannot be expressed in normalized units).
+
+    Args:
+        flow: (N, 2, H, W) flow in pixels; channel 0 = x, channel 1 = y; H, W >= 2.
+
+    Returns:
+        (N, 2, H, W) flow in normalized units: x divided by (W-1)/2, y by (H-1)/2.
+
+    Example:
+        >>> from flowtriton import normalized_to_pixels, pixels_to_normalized
+        >>> flow = torch.tensor([4.0, 2.0]).view(1, 2, 1, 1).expand(1, 2, 5, 9)
+        >>> pixels_to_normalized(flow)[0, :, 0, 0]
+        tensor([1., 1.])
+        >>> flow = torch.randn(1, 2, 5, 9)
+        >>> torch.allclose(normalized_to_pixels(pixels_to_normalized(flow)), flow)  # round trip
+        True
+    """
     scale = _scale_tensor(flow, "flow")
     for axis, size in (("W (x)", flow.shape[3]), ("H (y)", flow.shape[2])):
         if size == 1:
@@ -117,10 +166,31 @@ def identity_grid(n: int, height: int, width: int, dtype=torch.float32, device=N
 
 
 def flow_to_grid(flow: torch.Tensor) -> torch.Tensor:
-    """(N, 2, H, W) pixel flow -> (N, H, W, 2) normalized sampling grid for ``F.grid_sample``
-    with ``align_corners=True``. Inexact at integer positions in float32 (the float32 grid lands
-    just off the integers for some widths, see docs/method.md): use float64 or non-integer flows
-    when comparing. Along a 1-pixel axis the offset is 0 (grid_sample samples that pixel)."""
+    """(N, 2, H, W) pixel flow -> (N, H, W, 2) normalized sampling grid for ``F.grid_sample``.
+
+    The grid is for ``align_corners=True``. Inexact at integer positions in float32 (the float32
+    grid lands just off the integers for some widths, see docs/method.md): use float64 or
+    non-integer flows when comparing. Along a 1-pixel axis the offset is 0 (grid_sample samples
+    that pixel).
+
+    Args:
+        flow: (N, 2, H, W) flow in pixels; channel 0 = x (along W), channel 1 = y (along H).
+
+    Returns:
+        (N, H, W, 2) sampling grid in [-1, 1] (plus the flow), ``flow``'s dtype and device; last
+        axis (x, y).
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> from flowtriton import flow_to_grid, warp
+        >>> grid = flow_to_grid(torch.zeros(1, 2, 3, 5))
+        >>> grid.shape, grid[0, 0, 0], grid[0, -1, -1]  # zero flow: the identity grid, corners at -1 and 1
+        (torch.Size([1, 3, 5, 2]), tensor([-1., -1.]), tensor([1., 1.]))
+        >>> image = torch.rand(1, 1, 4, 6, dtype=torch.float64)
+        >>> flow = torch.rand(1, 2, 4, 6, dtype=torch.float64) - 0.5
+        >>> torch.allclose(F.grid_sample(image, flow_to_grid(flow), align_corners=True), warp(image, flow))
+        True
+    """
     n, _, height, width = flow.shape
     base = identity_grid(n, height, width, dtype=flow.dtype, device=flow.device)
     return base + rearrange(_grid_offsets(flow), "n xy h w -> n h w xy")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import check_choice  # the one definition; ops and attacks import it from here
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -85,13 +87,6 @@ def check_same(tensor: torch.Tensor, other: torch.Tensor, name: str, other_name:
         raise TypeError(f"{name} dtype {tensor.dtype} differs from {other_name} dtype {other.dtype}")
     if tensor.device != other.device:
         raise ValueError(f"{name} is on {tensor.device} but {other_name} is on {other.device}")
-
-
-def check_choice(value, choices, name: str):
-    """``value`` if it is one of ``choices``, else a ValueError naming ``name``."""
-    if isinstance(value, bool) or value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
-    return value
 
 
 IMAGE_RANGE_TOLERANCE = 1e-4

@@ -33,9 +33,8 @@ from torch import Tensor
 
 from .. import reference
 from ..backend import eager_apply, resolve_backend, traced
+from ..conventions import PADDING_MODES
 from .validation import check_image_flow, check_image_pair
-
-PADDING_MODES = reference.PADDING_MODES
 
 _KW = None  # flowtriton.kernels.warp, imported on the first Triton call: TRITON_INTERPRET must be set first
 
@@ -323,12 +322,36 @@ def warp(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros",
     """Backward-warp ``image`` (N, C, H, W) by ``flow`` (N, 2, H, W) in pixels.
 
     ``out[n, c, i, j] = image[n, c](i + flow[n, 1, i, j], j + flow[n, 0, i, j])``, bilinear,
-    pixel centres on integers (``align_corners=True``). ``padding_mode``: 'zeros', 'border' or
-    'reflection'. A pixel whose flow is NaN or infinite reads 0 and passes no gradient.
-    ``backend``: 'auto' (Triton on CUDA, reference elsewhere), 'triton' or 'torch'; see
-    :mod:`flowtriton.backend`. Differentiable w.r.t. image and flow, twice (any order on the
+    pixel centres on integers (``align_corners=True``). A pixel whose flow is NaN or infinite
+    reads 0 and passes no gradient. Differentiable w.r.t. image and flow, twice (any order on the
     reference). On the Triton path the gradient w.r.t. the image is an atomic scatter: under
     ``torch.use_deterministic_algorithms(True)`` it raises, as ``F.grid_sample``'s backward does.
+
+    Args:
+        image: (N, C, H, W) image to sample from.
+        flow: (N, 2, H, W) displacement in pixels, same N, H, W, dtype and device as ``image``;
+            channel 0 = x (along W), channel 1 = y (along H).
+        padding_mode: what is read outside the image: 'zeros', 'border' or 'reflection'.
+        backend: 'auto' (Triton on CUDA, reference elsewhere), 'triton' or 'torch'; ``None``
+            uses the setting in force (see :mod:`flowtriton.backend`).
+
+    Returns:
+        (N, C, H, W) warped image, ``image``'s dtype and device.
+
+    Example:
+        >>> from flowtriton import warp
+        >>> image = torch.arange(16.0).view(1, 1, 4, 4)
+        >>> flow = torch.zeros(1, 2, 4, 4)
+        >>> torch.equal(warp(image, flow), image)  # zero flow: the image itself
+        True
+        >>> flow[:, 0] = 1.0  # every pixel reads its right-hand neighbour
+        >>> out = warp(image, flow)
+        >>> torch.equal(out[..., :-1], torch.roll(image, -1, dims=3)[..., :-1])
+        True
+        >>> out[0, 0, :, -1]  # past the right edge: zeros
+        tensor([0., 0., 0., 0.])
+        >>> warp(image, flow, padding_mode="border")[0, 0, :, -1]
+        tensor([ 3.,  7., 11., 15.])
     """
     check_image_flow(image, flow, padding_mode, PADDING_MODES)
     if resolve_backend(backend, image) == "torch":

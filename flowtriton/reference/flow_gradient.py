@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-SCHEMES = ("forward", "central")
+from ..conventions import SCHEMES
 
 
 def spatial_differences(image: torch.Tensor, scheme: str = "forward") -> torch.Tensor:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-PADDING_MODES = ("zeros", "border", "reflection")
+from ..conventions import PADDING_MODES
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

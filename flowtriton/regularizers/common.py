@@ -1,4 +1,4 @@
-"""Pieces shared by the gradient regularizers: argument checks, the classifier loss, reductions.
+"""Pieces shared by the gradient regularizers: batch checks, the classifier loss, reductions.
 
 Scale convention (``reduction``), for a batch of B examples, per-example losses ``l_b``, batch
 loss ``L = mean_b l_b`` and ``G_b`` the gradient of ``L`` w.r.t. example b's input (or flow):
@@ -14,33 +14,12 @@ loss ``L = mean_b l_b`` and ``G_b`` the gradient of ``L`` w.r.t. example b's inp
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 import torch.nn.functional as F
 
+from ..checks import check_generator, check_seed, resolve_generator
+from ..conventions import REDUCTIONS  # noqa: F401 - re-exported: flowtriton.regularizers.REDUCTIONS
 from ..ops.validation import IMAGE_RANGE_TOLERANCE, check_unit_range
-
-REDUCTIONS = ("paper", "mean", "sum")
-
-
-def check_nonnegative(value, name: str) -> float:
-    """``value`` as a float; TypeError unless it is a real number (not a bool or a string),
-    ValueError naming ``name`` unless it is finite and >= 0."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    number = float(value)
-    if not math.isfinite(number) or number < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return number
-
-
-def check_positive(value, name: str) -> float:
-    number = check_nonnegative(value, name)
-    if number == 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-    return number
 
 
 def _check_unit_range_compiled(images: torch.Tensor, name: str) -> None:
@@ -216,50 +195,25 @@ def reduce_squared_norms(squared: torch.Tensor, reduction: str, batch: int) -> t
     return scaled.mean() if reduction == "mean" else scaled.sum()
 
 
-def mean_norm(squared: torch.Tensor, batch: int) -> torch.Tensor:
+def mean_norm(squared: torch.Tensor) -> torch.Tensor:
     """Mean over examples of the per-example gradient norm of the SUMMED loss (for logging):
     ``mean_b(B sqrt(squared_b)) = sum_b sqrt(squared_b)``, two small kernels."""
     return squared.detach().sqrt().sum()
 
 
-SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
-
-
-def check_seed(seed, name: str = "seed") -> int | None:
-    """``seed`` as a Python int (None stays None): any integer, numpy's included, in
-    [-2**63, 2**64 - 1] (``torch.Generator.manual_seed``'s range); TypeError for a bool or a
-    non-integer, ValueError outside that range, both naming ``name``."""
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"{name} must be an int or None, got {type(seed).__name__} {seed!r}")
-    seed = int(seed)
-    if not SEED_MIN <= seed <= SEED_MAX:
-        raise ValueError(f"{name} must lie in [-2**63, 2**64 - 1] (torch.Generator's range), got {seed}")
-    return seed
-
-
-def make_generator(generator, seed):
-    if generator is not None and seed is not None:
-        raise ValueError("give either generator or seed, not both")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    return generator
-
-
 class SeededNoise:
     """Gaussian draws from a generator (given, or created from ``seed`` on first use on the images'
-    device), else from torch's global generator."""
+    device), else from torch's global generator. Both arguments are checked here, as
+    :func:`flowtriton.checks.resolve_generator` checks them."""
 
     def __init__(self, generator=None, seed=None):
-        self.generator = make_generator(generator, seed)
+        self.generator = check_generator(generator, seed)
         self.seed = check_seed(seed)
 
     def generator_for(self, like: torch.Tensor) -> torch.Generator | None:
         """The generator (made from ``seed`` on ``like``'s device on first use), or None."""
         if self.generator is None and self.seed is not None:
-            self.generator = torch.Generator(device=like.device)
-            self.generator.manual_seed(self.seed)
+            self.generator = resolve_generator(None, self.seed, like.device)
         return self.generator
 
 

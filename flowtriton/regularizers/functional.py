@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import check_choice, check_number
 from ..ops import flow_gradient, flow_gradient_penalty, flow_jvp, warp
 from ..ops.units import UNITS, unit_scale
-from ..ops.validation import check_choice
 from ..reference import SCHEMES
 from .common import (
     MODEL_IGNORES_INPUT,
@@ -41,8 +41,6 @@ from .common import (
     RangeCheck,
     check_images,
     check_images_in_range,
-    check_nonnegative,
-    check_positive,
     input_gradient,
     reduce_squared_norms,
 )
@@ -101,17 +99,37 @@ def _check_loss_and_images(loss, images, per_example: bool) -> torch.Tensor:
 def fgr_random_start(images: torch.Tensor, sigma: float = DEFAULT_SIGMA, units: str = "normalized",
                      generator: torch.Generator | None = None, backend: str | None = None, *,
                      check_range: bool | None = None) -> torch.Tensor:
-    """Detached ``clamp(warp(images, n, 'zeros'), 0, 1)``, ``n ~ N(0, sigma^2)`` drawn per pixel and
-    flow component in ``units`` (the authors' random start); ``images`` (N, C, H, W) in [0, 1],
-    detached, when ``sigma`` is 0.
+    """FGR's random start: the images warped by a small random flow (the authors' random start).
 
     The images are checked as :func:`fgr_penalty` checks them (ValueError naming ``images``
     outside [0, 1]; the clamp would otherwise turn [0, 255] images white and hide them from every
-    later check). ``check_range``: True always, False never (the caller checked), None: every
-    call off CUDA and the first CUDA call of the process (one host sync; later CUDA calls stay
-    sync-free)."""
+    later check).
+
+    Args:
+        images: (N, C, H, W) in [0, 1].
+        sigma: std of the random flow, in ``units`` (default 0.01); 0: no random start.
+        units: 'normalized' (default; x: (W-1)/2 px, y: (H-1)/2 px) or 'pixels'.
+        generator: a ``torch.Generator`` for the draw (default: torch's global generator).
+        backend: backend of the warp ('auto', 'triton', 'torch' or None).
+        check_range: True always, False never (the caller checked), None: every call off CUDA and
+            the first CUDA call of the process (one host sync; later CUDA calls stay sync-free).
+
+    Returns:
+        Detached (N, C, H, W) ``clamp(warp(images, n, 'zeros'), 0, 1)``, ``n ~ N(0, sigma^2)``
+        drawn per pixel and flow component in ``units``; ``images``, detached, when ``sigma`` is 0.
+
+    Example:
+        >>> from flowtriton.regularizers import fgr_random_start
+        >>> _ = torch.manual_seed(0)
+        >>> images = torch.rand(2, 1, 8, 8)
+        >>> moved = fgr_random_start(images, sigma=0.01)
+        >>> moved.shape, moved.requires_grad, bool(moved.min() >= 0 and moved.max() <= 1)
+        (torch.Size([2, 1, 8, 8]), False, True)
+        >>> torch.equal(fgr_random_start(images, sigma=0.0), images)
+        True
+    """
     check_images(images)
-    sigma = check_nonnegative(sigma, "sigma")
+    sigma = check_number(sigma, "sigma")
     check_choice(units, UNITS, "units")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
@@ -138,24 +156,48 @@ def fgr_penalty(loss: torch.Tensor, images: torch.Tensor, *, scheme: str = "forw
                 check_range: bool | None = None) -> torch.Tensor:
     """Scalar flow gradient penalty of ``loss`` w.r.t. a flow warping ``images``, at zero flow.
 
-    ``images``: (N, C, H, W) in [0, 1] that require grad; ``loss``: a scalar computed from them
-    (for ``reduction='paper'`` the batch mean) or (N,) per-example losses (their mean is used).
-    Returns ``reduction`` over examples of ``||d loss / d flow_b||^2`` (loss^2 per ``units``^2):
-    'paper' the mean, 'mean' ``B^2`` times it (batch-size free), 'sum' ``B^2`` times the sum.
-    ``scheme``: 'forward' (the authors' clamped-sampler derivative) or 'central'.
+    ValueError when ``loss`` does not depend on ``images``; RuntimeError under
+    ``torch.inference_mode()``. See :class:`~flowtriton.FlowGradReg` for the details.
 
-    ``mode='exact'``: differentiable (double backpropagation: the input gradient is taken with
-    ``create_graph=True``); nothing is accumulated into ``.grad``. ``mode='finite_difference'``
-    (first-order gradients only): ``loss`` must be the (N,) per-example losses and
-    ``loss_at(moved_images) -> (N,)`` re-evaluates them; ``d_b = (l_b(moved) - l_b) / fd_step``
-    along the detached, normalized flow gradient estimates each example's gradient norm
-    (``fd_perturbation`` 'linear': the scheme's first-order image change; 'warp': a real warp
-    with border padding). See :class:`~flowtriton.FlowGradReg` for the details.
+    Args:
+        loss: a scalar computed from ``images`` (for ``reduction='paper'`` the batch mean) or (N,)
+            per-example losses (their mean is used).
+        images: (N, C, H, W) in [0, 1] that require grad.
+        scheme: 'forward' (default: the authors' clamped-sampler derivative) or 'central'.
+        units: 'normalized' (default) or 'pixels': the unit of the flow.
+        reduction: 'paper' (default), 'mean' or 'sum' (see Returns).
+        mode: 'exact' (default): differentiable (double backpropagation: the input gradient is
+            taken with ``create_graph=True``); nothing is accumulated into ``.grad``.
+            'finite_difference' (first-order gradients only): ``loss`` must be the (N,) per-example
+            losses; ``d_b = (l_b(moved) - l_b) / fd_step`` along the detached, normalized flow
+            gradient estimates each example's gradient norm.
+        loss_at: ``loss_at(moved_images) -> (N,)`` re-evaluates the per-example losses
+            ('finite_difference' only).
+        fd_step: finite-difference step, in ``units`` (default 0.01).
+        fd_perturbation: 'linear' (default: the scheme's first-order image change) or 'warp' (a
+            real warp with border padding).
+        backend: backend of the flowtriton ops ('auto', 'triton', 'torch' or None).
+        check_range: the [0, 1] check on ``images`` (True always, False never, None: every call
+            off CUDA and the first CUDA call of the process, so later CUDA training steps need no
+            host sync; under ``torch.compile`` it adds no graph break).
 
-    ``check_range``: the [0, 1] check on ``images`` (True always, False never, None: every call
-    off CUDA and the first CUDA call of the process, so later CUDA training steps need no host
-    sync; under ``torch.compile`` it adds no graph break). ValueError when ``loss`` does not
-    depend on ``images``; RuntimeError under ``torch.inference_mode()``.
+    Returns:
+        Scalar: ``reduction`` over examples of ``||d loss / d flow_b||^2`` (loss^2 per
+        ``units``^2): 'paper' the mean, 'mean' ``B^2`` times it (batch-size free), 'sum' ``B^2``
+        times the sum.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> from flowtriton.regularizers import fgr_penalty
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        >>> x = torch.rand(2, 1, 8, 8).requires_grad_(True)
+        >>> labels = torch.tensor([0, 1])
+        >>> ce = F.cross_entropy(model(x), labels)  # the batch mean
+        >>> penalty = fgr_penalty(ce, x)
+        >>> penalty.shape, penalty.requires_grad, bool(penalty >= 0)
+        (torch.Size([]), True, True)
+        >>> (ce + 200.0 * penalty).backward()  # then optimizer.step()
     """
     scheme = check_choice(scheme, SCHEMES, "scheme")
     units = check_choice(units, UNITS, "units")
@@ -167,7 +209,8 @@ def fgr_penalty(loss: torch.Tensor, images: torch.Tensor, *, scheme: str = "forw
         return fgr_exact(mean_loss, images, scheme, units, reduction, backend, LOSS_IGNORES_IMAGES)[0]
     if not callable(loss_at):
         raise TypeError("mode='finite_difference' needs loss_at(moved_images) -> (N,) per-example losses")
-    return fgr_finite_difference(loss, images, loss_at, scheme, units, reduction, check_positive(fd_step, "fd_step"),
+    return fgr_finite_difference(loss, images, loss_at, scheme, units, reduction,
+                                 check_number(fd_step, "fd_step", strict=True),
                                  check_choice(fd_perturbation, FD_PERTURBATIONS, "fd_perturbation"), backend,
                                  LOSS_IGNORES_IMAGES)[0]
 
@@ -214,9 +257,31 @@ def fgr_finite_difference(losses, images, loss_at, scheme, units, reduction, fd_
 
 def igr_penalty(loss: torch.Tensor, images: torch.Tensor, *, reduction: str = "paper",
                 check_range: bool | None = None) -> torch.Tensor:
-    """Scalar input-gradient penalty: ``reduction`` over examples of ``||d loss / d images_b||^2``
-    (pixel values in [0, 1]), differentiable (double backpropagation). ``loss``, ``images`` and
-    ``check_range`` as in :func:`fgr_penalty`; same reductions."""
+    """Scalar input-gradient penalty (double backpropagation), on the scale of :func:`fgr_penalty`.
+
+    Args:
+        loss: a scalar computed from ``images`` (for ``reduction='paper'`` the batch mean) or (N,)
+            per-example losses (their mean is used), as in :func:`fgr_penalty`.
+        images: (N, C, H, W) in [0, 1] that require grad.
+        reduction: 'paper' (default), 'mean' or 'sum', as in :func:`fgr_penalty`.
+        check_range: the [0, 1] check on ``images``, as in :func:`fgr_penalty`.
+
+    Returns:
+        Scalar: ``reduction`` over examples of ``||d loss / d images_b||^2`` (pixel values in
+        [0, 1]), differentiable.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> from flowtriton.regularizers import igr_penalty
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        >>> x = torch.rand(2, 1, 8, 8).requires_grad_(True)
+        >>> ce = F.cross_entropy(model(x), torch.tensor([0, 1]))
+        >>> penalty = igr_penalty(ce, x)  # 'paper': mean_b ||d ce / d x_b||^2
+        >>> (grad,) = torch.autograd.grad(ce, x, retain_graph=True)
+        >>> bool(torch.isclose(penalty, grad.flatten(1).square().sum(1).mean())), penalty.requires_grad
+        (True, True)
+    """
     reduction = check_choice(reduction, REDUCTIONS, "reduction")
     mean_loss = _check_loss_and_images(loss, images, per_example=False)
     _check_range(images, check_range, "igr_penalty")

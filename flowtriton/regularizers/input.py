@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import check_choice, check_number
 from ..backend import check_backend
 from ..ops import flow_gradient
-from ..ops.validation import check_choice
 from .common import (
     GradientRegularizer,
     REDUCTIONS,
     RangeCheck,
-    check_nonnegative,
     classifier_losses,
     mean_norm,
     per_example_cross_entropy,
@@ -42,11 +41,30 @@ class InputGradReg(GradientRegularizer):
     Images, labels, empty batches, ``torch.no_grad()`` / ``torch.inference_mode()`` and models
     that ignore their input are handled as :class:`FlowGradReg` handles them. The penalty itself
     is :func:`flowtriton.igr_penalty`.
+
+    Args:
+        lam: penalty weight (>= 0; default :data:`DEFAULT_IGR_LAM`).
+        loss_fn: ``loss_fn(logits, labels) -> (N,)`` per-example losses (default cross-entropy).
+        reduction: 'paper' (default), 'mean' or 'sum', as above.
+        backend: backend of the flowtriton ops behind 'flow_grad_norm' ('auto', 'triton', 'torch'
+            or None).
+
+    Example:
+        >>> from flowtriton.regularizers import InputGradReg
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        >>> images, labels = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
+        >>> loss, parts = InputGradReg(lam=3000.0)(model, images, labels)
+        >>> loss.shape, loss.requires_grad, sorted(parts)
+        (torch.Size([]), True, ['ce', 'flow_grad_norm', 'input_grad_norm', 'logits', 'loss', 'penalty'])
+        >>> bool(torch.isclose(loss, parts["ce"] + 3000.0 * parts["penalty"]))
+        True
+        >>> loss.backward()  # then optimizer.step()
     """
 
     def __init__(self, lam: float = DEFAULT_IGR_LAM, loss_fn=None, reduction: str = "paper",
                  backend: str | None = None):
-        self.lam = check_nonnegative(lam, "lam")
+        self.lam = check_number(lam, "lam")
         self.reduction = check_choice(reduction, REDUCTIONS, "reduction")
         self.loss_fn = per_example_cross_entropy if loss_fn is None else loss_fn
         self.backend = check_backend(backend)
@@ -56,7 +74,6 @@ class InputGradReg(GradientRegularizer):
         return f"InputGradReg(lam={self.lam}, reduction={self.reduction!r})"
 
     def _loss(self, model, images, labels, check):
-        batch = images.shape[0]
         z = images.detach().requires_grad_(True)
         losses, logits = classifier_losses(model, z, labels, self.loss_fn, check)
         ce = losses.mean()
@@ -70,5 +87,5 @@ class InputGradReg(GradientRegularizer):
             field = flow_gradient(z.detach(), grad_image.detach().to(z.dtype), "forward", backend=self.backend,
                                   units="normalized")
             flow_sq = field.flatten(1).square().sum(1)
-        return loss, {"ce": ce.detach(), "penalty": penalty.detach(), "input_grad_norm": mean_norm(squared, batch),
-                      "flow_grad_norm": mean_norm(flow_sq, batch), "loss": loss.detach(), "logits": logits.detach()}
+        return loss, {"ce": ce.detach(), "penalty": penalty.detach(), "input_grad_norm": mean_norm(squared),
+                      "flow_grad_norm": mean_norm(flow_sq), "loss": loss.detach(), "logits": logits.detach()}

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import check_choice, check_number
 from ..backend import check_backend
 from ..ops import identity_grid, normalized_to_pixels, warp
 from ..ops.units import UNITS
 from ..reference import PADDING_MODES
-from ..ops.validation import check_choice
 from .common import (
     GradientRegularizer,
     REDUCTIONS,
     RangeCheck,
-    check_nonnegative,
     classifier_losses,
     input_gradient,
     mean_norm,
@@ -33,8 +32,25 @@ TRANSFORM_IGNORED = ("model's output does not depend on the transformation's par
 
 
 def affine_flow(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(N, 2, H, W) pixel flow of the affine map ``p -> p + theta @ [x, y, 1]`` in normalized
-    ([-1, 1], align_corners=True) coordinates; ``theta`` is (N, 2, 3), zero = identity."""
+    """Pixel flow of the affine map ``p -> p + theta @ [x, y, 1]`` in normalized coordinates.
+
+    Args:
+        theta: (N, 2, 3) affine parameters acting on normalized ([-1, 1], align_corners=True)
+            coordinates; zero = identity.
+        height: image height H, pixels.
+        width: image width W, pixels.
+
+    Returns:
+        (N, 2, H, W) flow in pixels, for :func:`flowtriton.warp`.
+
+    Example:
+        >>> from flowtriton.regularizers import affine_flow
+        >>> theta = torch.zeros(1, 2, 3)
+        >>> theta[0, 0, 2] = 2 / 7  # x shift of 2/7 normalized = 1 px on 8 pixels
+        >>> flow = affine_flow(theta, 8, 8)
+        >>> flow.shape, flow[0, :, 3, 5].round(decimals=4).tolist()
+        (torch.Size([1, 2, 8, 8]), [1.0, 0.0])
+    """
     if theta.dim() != 3 or theta.shape[1:] != (2, 3):
         raise ValueError(f"theta must have shape (N, 2, 3), got {tuple(theta.shape)}")
     grid = identity_grid(1, height, width, dtype=theta.dtype, device=theta.device)[0]  # (H, W, 2)
@@ -53,7 +69,30 @@ class TransformGradReg(GradientRegularizer):
     the per-example mean). ``parts`` (detached): 'ce', 'penalty', 'param_grad_norm', 'loss',
     'logits'. No random start. Images, labels, empty batches, ``torch.no_grad()`` /
     ``torch.inference_mode()`` and models that ignore their input are handled as
-    :class:`FlowGradReg` handles them.
+    :class:`FlowGradReg` handles them. ``TransformGradReg.flow(...)`` and
+    ``TransformGradReg.affine(...)`` build the flow and affine instances.
+
+    Args:
+        transform: ``transform(images, params) -> images``, differentiable twice in ``params``.
+        zero_params: ``zero_params(images) -> params``, the identity parameters (leading dimension
+            N).
+        lam: penalty weight (>= 0, default 1).
+        loss_fn: ``loss_fn(logits, labels) -> (N,)`` per-example losses (default cross-entropy).
+        reduction: 'paper' (default), 'mean' or 'sum', as in :class:`FlowGradReg`.
+
+    Example:
+        >>> from flowtriton.regularizers import TransformGradReg
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        >>> images, labels = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
+        >>> brightness = TransformGradReg(lambda x, p: x * (1 + p[:, :, None, None]),  # one gain per image
+        ...                               lambda x: x.new_zeros(x.shape[0], 1), lam=1.0)
+        >>> loss, parts = brightness(model, images, labels)
+        >>> loss.shape, sorted(parts)
+        (torch.Size([]), ['ce', 'logits', 'loss', 'param_grad_norm', 'penalty'])
+        >>> loss, parts = TransformGradReg.affine(lam=1.0)(model, images, labels)  # small affine warps
+        >>> loss.requires_grad, bool(parts["penalty"] >= 0)
+        (True, True)
     """
 
     def __init__(self, transform, zero_params, lam: float = 1.0, loss_fn=None, reduction: str = "paper"):
@@ -61,7 +100,7 @@ class TransformGradReg(GradientRegularizer):
             raise TypeError("transform and zero_params must be callables")
         self.transform = transform
         self.zero_params = zero_params
-        self.lam = check_nonnegative(lam, "lam")
+        self.lam = check_number(lam, "lam")
         self.reduction = check_choice(reduction, REDUCTIONS, "reduction")
         self.loss_fn = per_example_cross_entropy if loss_fn is None else loss_fn
         self._check_range = RangeCheck()
@@ -115,5 +154,5 @@ class TransformGradReg(GradientRegularizer):
         squared = grad_params.flatten(1).square().sum(1)
         penalty = reduce_squared_norms(squared, self.reduction, batch)
         loss = ce + self.lam * penalty
-        return loss, {"ce": ce.detach(), "penalty": penalty.detach(), "param_grad_norm": mean_norm(squared, batch),
+        return loss, {"ce": ce.detach(), "penalty": penalty.detach(), "param_grad_norm": mean_norm(squared),
                       "loss": loss.detach(), "logits": logits.detach()}

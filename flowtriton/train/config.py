@@ -9,17 +9,18 @@ couple of short epochs to check a set-up. Explicit settings override the preset.
 from __future__ import annotations
 
 import json
-import math
 import os
-import numbers
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from ..checks import check_choice, check_int, check_number
 from ..data.datasets import check_val_size
 
 METHODS = ("standard", "igr", "fgr", "fgr-fd", "at", "fgr+at")
 REGULARIZED = ("igr", "fgr", "fgr-fd", "fgr+at")   # the methods that take a weight ``lam``
+AMP_MODES = ("auto", "bf16", "off")
+SEED_LIMIT = 2**63   # a run's seeds lie in [0, 2**63)
 
 
 @dataclass
@@ -61,36 +62,41 @@ class TrainConfig:
     cuda_graph: bool = False                  # replay each training step from a CUDA graph (CUDA, one process)
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        for name in ("epochs", "batch_size", "at_steps", "log_every"):
-            _check_count(getattr(self, name), name)
-        for name in ("max_steps_per_epoch", "max_per_class", "checkpoint_every"):
-            if getattr(self, name) is not None:
-                _check_count(getattr(self, name), name)
-        for name in ("seed", "split_seed"):
-            _check_seed(getattr(self, name), name)
-        _check_real(self.lr, "lr", low=0.0, low_open=True)
-        _check_real(self.momentum, "momentum", low=0.0, high=1.0, high_open=True)
-        _check_real(self.weight_decay, "weight_decay", low=0.0)
-        _check_real(self.gamma, "gamma", low=0.0, low_open=True)
-        _check_real(self.sigma, "sigma", low=0.0)
-        _check_real(self.at_eps, "at_eps", low=0.0, low_open=True)
-        if self.amp not in ("auto", "bf16", "off"):
-            raise ValueError(f"amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
+        try:
+            self._check_settings()
+        except TypeError as err:  # a config comes from files and flags: every refused setting is a ValueError
+            raise ValueError(str(err)) from None
         self.val_size = check_val_size(self.val_size)
         if self.lam is not None:
-            if isinstance(self.lam, bool) or not isinstance(self.lam, numbers.Real) or not math.isfinite(self.lam) \
-                    or self.lam < 0:
-                raise ValueError(f"lam must be a finite number >= 0, got {self.lam!r}")
             if self.method not in REGULARIZED:
                 raise ValueError(f"method {self.method!r} has no regularizer, so lam={self.lam:g} would be ignored: "
                                  f"drop lam (--lam) or use one of {REGULARIZED}")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other: continue the run or replace it")
+
+    def _check_settings(self) -> None:
+        """The scalar settings, each by :mod:`flowtriton.checks` (TypeError or ValueError naming it);
+        the values are kept as given (a saved config reads back equal)."""
+        check_choice(self.method, METHODS, "method")
+        for name in ("epochs", "batch_size", "at_steps", "log_every"):
+            check_int(getattr(self, name), name)
+        for name in ("max_steps_per_epoch", "max_per_class", "checkpoint_every"):
+            if getattr(self, name) is not None:
+                check_int(getattr(self, name), name)
+        for name in ("seed", "split_seed"):
+            check_int(getattr(self, name), name, minimum=0, maximum=SEED_LIMIT, strict_maximum=True)
+        check_number(self.lr, "lr", strict=True)
+        check_number(self.momentum, "momentum", maximum=1.0, strict_maximum=True)
+        check_number(self.weight_decay, "weight_decay")
+        check_number(self.gamma, "gamma", strict=True)
+        check_number(self.sigma, "sigma")
+        check_number(self.at_eps, "at_eps", strict=True)
+        check_choice(self.amp, AMP_MODES, "amp")
+        if self.lam is not None:
+            check_number(self.lam, "lam")
         self.milestones = list(self.milestones)
         for milestone in self.milestones:
-            _check_count(milestone, "milestones")
+            check_int(milestone, "milestones")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -143,35 +149,6 @@ class TrainConfig:
 
 
 _ACTIONS = ("resume", "overwrite")
-
-
-def _check_count(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-    return value
-
-
-def _check_seed(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value < 2**63:
-        raise ValueError(f"{name} must be a whole number in [0, 2**63), got {value!r}")
-    return value
-
-
-def _check_real(value, name: str, low: float | None = None, high: float | None = None,
-                low_open: bool = False, high_open: bool = False) -> float:
-    """A finite real number within [low, high] (open at an end when asked); ValueError naming it."""
-    ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}"
-        hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
-        where = f" in {lo}, {hi}" if low is not None and high is not None else (
-            f" {'>' if low_open else '>='} {low:g}" if low is not None else "")
-        raise ValueError(f"{name} must be a finite number{where}, got {value!r}")
-    return value
 
 
 PRESETS = {

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..checks import check_int
+
 
 @dataclass
 class DistContext:
@@ -64,10 +66,9 @@ def resolve_device(name, local_rank: int = 0, argument: str = "device") -> torch
 
 
 def set_threads(threads, argument: str = "threads") -> None:
-    """``torch.set_num_threads(threads)``; 0 keeps torch's default. ValueError naming
+    """``torch.set_num_threads(threads)``; 0 keeps torch's default. TypeError / ValueError naming
     ``argument`` for anything but a whole number >= 0."""
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-        raise ValueError(f"{argument} must be a whole number >= 0 (0: torch's default), got {threads!r}")
+    threads = check_int(threads, argument, minimum=0)
     if threads:
         torch.set_num_threads(threads)
 

@@ -34,11 +34,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .._io import ensure_writable_dir, remove_stale_temporaries
+from ..io import ensure_writable_dir, remove_stale_temporaries
 from .._progress import progress_bar, write
 from ..data import Augmentation, ImageData, TensorLoader, load_dataset, split_train_val
 from ..models import build_model
-from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from .checkpoint import load_checkpoint, load_weights, rng_state, save_atomic, set_rng_state
 from .config import TrainConfig
 from .distributed import DistContext, any_rank, init_distributed, shutdown
 from .graphed import StaticStep, check_capturable
@@ -87,6 +87,8 @@ def check_out_dir(cfg: TrainConfig) -> Path:
 
 
 def load_splits(cfg: TrainConfig) -> DataSplits:
+    """The run's data (:class:`DataSplits`): ``cfg.dataset``'s train split minus the seeded
+    validation split (``cfg.val_size``, ``cfg.split_seed``), the validation split, the test split."""
     train = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download, cfg.max_per_class)
     test = load_dataset(cfg.dataset, "test", cfg.data_dir, False, cfg.max_per_class)
     train, val = split_train_val(train, cfg.val_size, cfg.split_seed)
@@ -551,12 +553,11 @@ class Trainer:
     def _final_test(self) -> float | None:
         best = self.out_dir / "best.pt"
         if self.ctx.is_main and best.is_file():
-            state = load_checkpoint(best, map_location=self.ctx.device)
+            model = build_model(self.cfg.model, self.model_num_classes(), self.data.train.images.shape[1])
+            state = load_weights(model, best, map_location=self.ctx.device)
             if state.get("epoch") != self.best_epoch:
                 raise ValueError(f"{best} holds epoch {state.get('epoch')} but the run's best epoch is "
                                  f"{self.best_epoch}: not testing weights under the wrong label")
-            model = build_model(self.cfg.model, self.model_num_classes(), self.data.train.images.shape[1])
-            model.load_state_dict(state["model"])
             model.to(self.ctx.device)
         else:
             model = self.model

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..regularizers import DEFAULT_FGR_LAM, DEFAULT_IGR_LAM
+from ..regularizers.flow import DEFAULT_FGR_LAM
+from ..regularizers.input import DEFAULT_IGR_LAM
 from .config import METHODS, TrainConfig
 
 # Default regularizer weights (``lam``) per method: the regularizers' own defaults.
@@ -51,7 +52,8 @@ class Objective:
         self.method, self.lam = cfg.method, method_lam(cfg)
         self.regularizer = self.attack = None
         if cfg.method in ("igr", "fgr", "fgr-fd", "fgr+at"):
-            from ..regularizers import FlowGradReg, InputGradReg
+            from ..regularizers.flow import FlowGradReg
+            from ..regularizers.input import InputGradReg
 
             lam = self.lam * world_size_scale("paper", world_size)  # both regularizers run reduction='paper'
             if cfg.method == "igr":
@@ -62,7 +64,7 @@ class Objective:
         if cfg.method in ("at", "fgr+at"):
             if attack_model is None:
                 raise ValueError(f"method {cfg.method!r} needs attack_model (the model the attack differentiates)")
-            from ..attacks import FlowPGD
+            from ..attacks.flow_pgd import FlowPGD
 
             # The authors' cheap attack (eps / steps sign steps on the cross-entropy, one start, the
             # final iterate), not FlowPGD's evaluation-grade defaults: training stays as it was.

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import torch
 
+from ..checks import check_number
 from ..data import Augmentation, TensorLoader, load_dataset, split_train_val
-from ..regularizers import DEFAULT_FGR_LAM
-from .config import make_config
-from .engine import DataSplits, Trainer
-from .evaluation import build_attacks, curves_from
+from ..regularizers.flow import DEFAULT_FGR_LAM
+from ..train.checkpoint import load_best
+from ..train.config import make_config
+from ..train.engine import DataSplits, Trainer
+from .evaluation import build_attacks, curves_from, gallery_rows
 
 DEMO_MODEL = "small-cnn"
 DEMO_EPOCHS = 4
@@ -59,13 +61,12 @@ def run_demo(out_dir: str | Path = "flowtriton-demo", quick: bool = False, epoch
     own: a rerun replaces what an earlier run wrote there.
     """
     from ..attacks import evaluate
-    from .config import _check_real
-    from .distributed import resolve_device, set_threads
+    from ..train.distributed import resolve_device, set_threads
 
     # every setting is checked before the first model trains (a bad lam used to surface only
     # after the standard model had trained)
     if lam is not None:
-        _check_real(lam, "lam", low=0.0)
+        check_number(lam, "lam")
     set_threads(threads)
     resolve_device(device)
     started = time.perf_counter()
@@ -90,9 +91,7 @@ def run_demo(out_dir: str | Path = "flowtriton-demo", quick: bool = False, epoch
         trainer = Trainer(cfg, data)
         result = trainer.fit()
         print(f"[demo] {method}: best val acc {result.best_val_acc:.3f}, test acc {result.test_acc:.3f}")
-        state = torch.load(out / method / "best.pt", map_location=trainer.ctx.device, weights_only=False)
-        trainer.model.load_state_dict(state["model"])
-        models[method] = trainer.model.eval()
+        models[method] = load_best(trainer)
     device_used = next(models["standard"].parameters()).device
     loader = TensorLoader(test.subset(torch.arange(eval_examples)), eval_examples, shuffle=False,
                           augment=Augmentation("none"), train=False, device=device_used)
@@ -112,15 +111,16 @@ def run_demo(out_dir: str | Path = "flowtriton-demo", quick: bool = False, epoch
         print(f"[demo] {method}: clean {results[method].clean_accuracy:.3f}, attacked in "
               f"{time.perf_counter() - attack_started:.0f} s", flush=True)
     table = demo_table(results)
-    from ..plots import plot_accuracy_vs_budget, plot_attack_grid
+    from .plots import plot_accuracy_vs_budget, plot_gallery
 
     plot_accuracy_vs_budget(curves, out / "accuracy_vs_budget.png",
                             title=f"Standard vs FGR (lam {lam:g}), {eval_examples} MNIST test images",
                             xlabel={"flowpgd": "eps (normalized)", "adef": "T-norm (px)", "stadv": "T-norm (px)"},
                             fixed=fixed)
-    attack_names = list(suites["standard"])
-    plot_attack_grid(gallery_grid(suites, images, labels, picks), attack_names, out / "gallery.png",
-                     title=f"{len(picks)} MNIST test images x standard / FGR (FlowPGD at eps {GALLERY_PGD_BUDGET:g})")
+    per_model = [gallery_rows(suite, images, labels, method, picks, {"flowpgd": GALLERY_PGD_BUDGET})
+                 for method, suite in suites.items()]
+    plot_gallery([row for rows in zip(*per_model) for row in rows], out / "gallery.png",
+                 title=f"{len(picks)} MNIST test images x standard / FGR (FlowPGD at eps {GALLERY_PGD_BUDGET:g})")
     seconds = time.perf_counter() - started
     header = (f"# flowtriton demo: standard vs FGR (lam {lam:g}), {DEMO_MODEL}, {epochs} epoch(s), "
               f"{eval_examples} MNIST test images, {seconds:.0f} s\n\n"
@@ -149,26 +149,3 @@ def gallery_picks(models: dict, images: torch.Tensor, labels: torch.Tensor, coun
             return picks
     return picks or list(range(min(count, len(labels))))
 
-
-def gallery_grid(suites: dict, images: torch.Tensor, labels: torch.Tensor, picks: list[int]) -> list:
-    """Rows for :func:`flowtriton.plots.plot_attack_grid`: per picked image and model, every
-    attack of that model's suite run on the image (FlowPGD at ``GALLERY_PGD_BUDGET``)."""
-    from ..plots import GalleryCell
-
-    x, y = images[picks], labels[picks]
-    runs = {}
-    for method, suite in suites.items():
-        for name, attack in suite.items():
-            if name == "flowpgd":
-                attack = attack.with_budget(GALLERY_PGD_BUDGET)
-            runs[method, name] = attack.run(x, y)
-    rows = []
-    for i in range(len(picks)):
-        for method, suite in suites.items():
-            cells = []
-            for name in suite:
-                result = runs[method, name]
-                cells.append(GalleryCell(result.images[i], result.flow[i], bool(result.success[i]),
-                                         f"pred {int(result.predictions[i])}"))
-            rows.append((f"{method}, test image {picks[i]} (label {int(y[i])})", x[i], cells))
-    return rows

@@ -37,36 +37,27 @@ import torch
 import triton
 import triton.language as tl
 
+from ..conventions import SCHEME_CODES
 from . import utils as _utils
-from .utils import (LaunchConfig, block_size, cached_config, compute_dtype, grid_1d, launch_config, penalty_block_size,
-                    program_pixels)
-
-SCHEMES = ("forward", "central")
+from .utils import (LaunchConfig, block_size, cached_config, compute_dtype, grid_1d, launch_config, load_acc,
+                    load_field, penalty_block_size, pixel_block)
 
 
 @triton.jit
-def _load(ptr, offs, mask, IS_FP64: tl.constexpr):
-    value = tl.load(ptr + offs, mask=mask, other=0.0)
-    if IS_FP64:
-        value = value.to(tl.float64)
-    else:
-        value = value.to(tl.float32)
-    return value
-
-
-@triton.jit
-def _differences(base, offs, row, col, H, W, mask, CENTRAL: tl.constexpr, IS_FP64: tl.constexpr):
-    """(D_x v, D_y v) of the plane at ``base`` for the pixels ``offs``."""
-    v = _load(base, offs, mask, IS_FP64)
-    has_right = col < W - 1
-    has_down = row < H - 1
-    right = _load(base, offs + 1, mask & has_right, IS_FP64)
-    down = _load(base, offs + W, mask & has_down, IS_FP64)
+def _differences(base, px, H, W, CENTRAL: tl.constexpr, IS_FP64: tl.constexpr):
+    """(D_x v, D_y v) of the plane at ``base`` for the pixels ``px`` (a :class:`~.utils.PixelBlock`)."""
+    offs = px.offs
+    mask = px.mask
+    v = load_acc(base, offs, mask, IS_FP64)
+    has_right = px.col < W - 1
+    has_down = px.row < H - 1
+    right = load_acc(base, offs + 1, mask & has_right, IS_FP64)
+    down = load_acc(base, offs + W, mask & has_down, IS_FP64)
     if CENTRAL:
-        has_left = col > 0
-        has_up = row > 0
-        left = _load(base, offs - 1, mask & has_left, IS_FP64)
-        up = _load(base, offs - W, mask & has_up, IS_FP64)
+        has_left = px.col > 0
+        has_up = px.row > 0
+        left = load_acc(base, offs - 1, mask & has_left, IS_FP64)
+        up = load_acc(base, offs - W, mask & has_up, IS_FP64)
         right = tl.where(has_right, right, v)
         left = tl.where(has_left, left, v)
         down = tl.where(has_down, down, v)
@@ -98,9 +89,9 @@ def _adjoint_difference(b_prev, b_mid, b_next, k, size, CENTRAL: tl.constexpr):
 
 
 @triton.jit
-def _field_from_grad(x_ptr, g_ptr, n64, offs, row, col, C, H, W, mask, scale_x, scale_y,
+def _field_from_grad(x_ptr, g_ptr, px, C, H, W, scale_x, scale_y,
                      CENTRAL: tl.constexpr, IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
-    """B(x, g) at the pixels ``offs`` of image ``n64``: (F_x, F_y)."""
+    """B(x, g) at the pixels ``px`` (a :class:`~.utils.PixelBlock`): (F_x, F_y)."""
     hw = H * W
     if IS_FP64:
         fx = tl.zeros([BLOCK], dtype=tl.float64)
@@ -109,42 +100,32 @@ def _field_from_grad(x_ptr, g_ptr, n64, offs, row, col, C, H, W, mask, scale_x, 
         fx = tl.zeros([BLOCK], dtype=tl.float32)
         fy = tl.zeros([BLOCK], dtype=tl.float32)
     for c in range(C):
-        plane = (n64 * C + c) * hw
-        g = _load(g_ptr + plane, offs, mask, IS_FP64)
-        dx, dy = _differences(x_ptr + plane, offs, row, col, H, W, mask, CENTRAL, IS_FP64)
+        plane = (px.n * C + c) * hw
+        g = load_acc(g_ptr + plane, px.offs, px.mask, IS_FP64)
+        dx, dy = _differences(x_ptr + plane, px, H, W, CENTRAL, IS_FP64)
         fx += g * dx
         fy += g * dy
     return fx * scale_x, fy * scale_y
 
 
 @triton.jit
-def _pixel_block(H, W, BLOCK: tl.constexpr):
-    """This program's image (int64), pixel block, flat pixel offsets, in-image mask, rows, columns."""
-    n64, block, offs = program_pixels(H * W, BLOCK)
-    mask = offs < H * W
-    return n64, block, offs, mask, offs // W, offs % W
-
-
-@triton.jit
 def _penalty_partial_kernel(x_ptr, g_ptr, partial_ptr, C, H, W, n_blocks, scale_x, scale_y,
                             CENTRAL: tl.constexpr, IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
-    n64, pid, offs, mask, row, col = _pixel_block(H, W, BLOCK)
-    fx, fy = _field_from_grad(x_ptr, g_ptr, n64, offs, row, col, C, H, W, mask, scale_x, scale_y,
-                              CENTRAL, IS_FP64, BLOCK)
-    squares = tl.where(mask, fx * fx + fy * fy, 0.0)
-    tl.store(partial_ptr + n64 * n_blocks + pid, tl.sum(squares, axis=0))
+    px = pixel_block(H, W, BLOCK)
+    fx, fy = _field_from_grad(x_ptr, g_ptr, px, C, H, W, scale_x, scale_y, CENTRAL, IS_FP64, BLOCK)
+    squares = tl.where(px.mask, fx * fx + fy * fy, 0.0)
+    tl.store(partial_ptr + px.n * n_blocks + px.block, tl.sum(squares, axis=0))
 
 
 @triton.jit
 def _flow_gradient_kernel(x_ptr, g_ptr, out_ptr, C, H, W, scale_x, scale_y,
                           CENTRAL: tl.constexpr, IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
     hw = H * W
-    n64, pid, offs, mask, row, col = _pixel_block(H, W, BLOCK)
-    fx, fy = _field_from_grad(x_ptr, g_ptr, n64, offs, row, col, C, H, W, mask, scale_x, scale_y,
-                              CENTRAL, IS_FP64, BLOCK)
-    base = out_ptr + n64 * 2 * hw
-    tl.store(base + offs, fx.to(out_ptr.dtype.element_ty), mask=mask)
-    tl.store(base + hw + offs, fy.to(out_ptr.dtype.element_ty), mask=mask)
+    px = pixel_block(H, W, BLOCK)
+    fx, fy = _field_from_grad(x_ptr, g_ptr, px, C, H, W, scale_x, scale_y, CENTRAL, IS_FP64, BLOCK)
+    base = out_ptr + px.n * 2 * hw
+    tl.store(base + px.offs, fx.to(out_ptr.dtype.element_ty), mask=px.mask)
+    tl.store(base + hw + px.offs, fy.to(out_ptr.dtype.element_ty), mask=px.mask)
 
 
 @triton.jit
@@ -153,24 +134,22 @@ def _flow_jvp_kernel(x_ptr, g_ptr, field_ptr, coef_ptr, out_ptr, C, H, W, scale_
                      CENTRAL: tl.constexpr, FIELD_FROM_GRAD: tl.constexpr, HAS_COEF: tl.constexpr,
                      IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
     hw = H * W
-    n64, pid, offs, mask, row, col = _pixel_block(H, W, BLOCK)
+    px = pixel_block(H, W, BLOCK)
     if FIELD_FROM_GRAD:
-        tx, ty = _field_from_grad(x_ptr, g_ptr, n64, offs, row, col, C, H, W, mask, scale_x, scale_y,
-                                  CENTRAL, IS_FP64, BLOCK)
+        tx, ty = _field_from_grad(x_ptr, g_ptr, px, C, H, W, scale_x, scale_y, CENTRAL, IS_FP64, BLOCK)
     else:
-        tx = _load(field_ptr + n64 * 2 * hw, offs, mask, IS_FP64)
-        ty = _load(field_ptr + n64 * 2 * hw + hw, offs, mask, IS_FP64)
+        tx, ty = load_field(field_ptr, px.n, px.offs, hw, px.mask, IS_FP64)
     tx = tx * scale_x
     ty = ty * scale_y
     if HAS_COEF:
-        coef = _load(coef_ptr, n64 * coef_stride, True, IS_FP64) * coef_scale
+        coef = load_acc(coef_ptr, px.n * coef_stride, True, IS_FP64) * coef_scale
         tx = tx * coef
         ty = ty * coef
     for c in range(C):
-        plane = (n64 * C + c) * hw
-        dx, dy = _differences(x_ptr + plane, offs, row, col, H, W, mask, CENTRAL, IS_FP64)
+        plane = (px.n * C + c) * hw
+        dx, dy = _differences(x_ptr + plane, px, H, W, CENTRAL, IS_FP64)
         out = tx * dx + ty * dy
-        tl.store(out_ptr + plane + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptr + plane + px.offs, out.to(out_ptr.dtype.element_ty), mask=px.mask)
 
 
 @triton.jit
@@ -179,37 +158,39 @@ def _image_vjp_kernel(g_ptr, field_ptr, coef_ptr, out_ptr, C, H, W, scale_x, sca
                       CENTRAL: tl.constexpr, HAS_COEF: tl.constexpr,
                       IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
     hw = H * W
-    n64, pid, offs, mask, row, col = _pixel_block(H, W, BLOCK)
-    has_left = mask & (col > 0)
-    has_up = mask & (row > 0)
-    has_right = mask & (col < W - 1)
-    has_down = mask & (row < H - 1)
-    fbase = field_ptr + n64 * 2 * hw
-    tx = _load(fbase, offs, mask, IS_FP64) * scale_x
-    tx_left = _load(fbase, offs - 1, has_left, IS_FP64) * scale_x
-    ty = _load(fbase + hw, offs, mask, IS_FP64) * scale_y
-    ty_up = _load(fbase + hw, offs - W, has_up, IS_FP64) * scale_y
+    px = pixel_block(H, W, BLOCK)
+    offs = px.offs
+    mask = px.mask
+    has_left = mask & (px.col > 0)
+    has_up = mask & (px.row > 0)
+    has_right = mask & (px.col < W - 1)
+    has_down = mask & (px.row < H - 1)
+    fbase = field_ptr + px.n * 2 * hw
+    tx = load_acc(fbase, offs, mask, IS_FP64) * scale_x
+    tx_left = load_acc(fbase, offs - 1, has_left, IS_FP64) * scale_x
+    ty = load_acc(fbase + hw, offs, mask, IS_FP64) * scale_y
+    ty_up = load_acc(fbase + hw, offs - W, has_up, IS_FP64) * scale_y
     if CENTRAL:
-        tx_right = _load(fbase, offs + 1, has_right, IS_FP64) * scale_x
-        ty_down = _load(fbase + hw, offs + W, has_down, IS_FP64) * scale_y
+        tx_right = load_acc(fbase, offs + 1, has_right, IS_FP64) * scale_x
+        ty_down = load_acc(fbase + hw, offs + W, has_down, IS_FP64) * scale_y
     if HAS_COEF:
-        coef = _load(coef_ptr, n64 * coef_stride, True, IS_FP64) * coef_scale
+        coef = load_acc(coef_ptr, px.n * coef_stride, True, IS_FP64) * coef_scale
     for c in range(C):
-        plane = (n64 * C + c) * hw
+        plane = (px.n * C + c) * hw
         gbase = g_ptr + plane
-        g = _load(gbase, offs, mask, IS_FP64)
-        g_left = _load(gbase, offs - 1, has_left, IS_FP64)
-        g_up = _load(gbase, offs - W, has_up, IS_FP64)
+        g = load_acc(gbase, offs, mask, IS_FP64)
+        g_left = load_acc(gbase, offs - 1, has_left, IS_FP64)
+        g_up = load_acc(gbase, offs - W, has_up, IS_FP64)
         if CENTRAL:
-            g_right = _load(gbase, offs + 1, has_right, IS_FP64)
-            g_down = _load(gbase, offs + W, has_down, IS_FP64)
+            g_right = load_acc(gbase, offs + 1, has_right, IS_FP64)
+            g_down = load_acc(gbase, offs + W, has_down, IS_FP64)
             next_x = tx_right * g_right
             next_y = ty_down * g_down
         else:
             next_x = tl.zeros_like(g)
             next_y = tl.zeros_like(g)
-        out = _adjoint_difference(tx_left * g_left, tx * g, next_x, col, W, CENTRAL)
-        out += _adjoint_difference(ty_up * g_up, ty * g, next_y, row, H, CENTRAL)
+        out = _adjoint_difference(tx_left * g_left, tx * g, next_x, px.col, W, CENTRAL)
+        out += _adjoint_difference(ty_up * g_up, ty * g, next_y, px.row, H, CENTRAL)
         if HAS_COEF:
             out = out * coef
         tl.store(out_ptr + plane + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
@@ -249,7 +230,7 @@ def _config(variant: tuple, shape, dtype: torch.dtype, scheme: str, scale, coef_
         name, flag_names = _VARIANTS[variant[0]]
         block = penalty_block_size(h * w) if variant[0] == "penalty" else block_size(h * w)
         blocks = triton.cdiv(h * w, block)
-        constexprs = dict(CENTRAL=scheme == "central", **dict(zip(flag_names, variant[1:])),
+        constexprs = dict(CENTRAL=bool(SCHEME_CODES[scheme]), **dict(zip(flag_names, variant[1:])),
                           IS_FP64=dtype == torch.float64, BLOCK=block)
         ints = (c, h, w, blocks) if variant[0] == "penalty" else (c, h, w)
         scalars = ints + (float(scale[0]), float(scale[1]))

@@ -8,17 +8,18 @@ in PIXELS (max over pixels of the flow vector's length); rotation + translation 
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import time
 from pathlib import Path
 
 import torch
 
 from ..data import TensorLoader, evaluation_subset, load_dataset
-from ..models import build_model
-from .checkpoint import load_checkpoint
-from .config import TrainConfig
-from .distributed import resolve_device
-from .engine import resolve_augment
+from ..train.checkpoint import load_checkpoint, load_trained_model  # noqa: F401  (part of this module's API)
+from ..train.config import TrainConfig
+from ..train.distributed import resolve_device
+from ..train.engine import resolve_augment
 
 ATTACK_NAMES = ("flowpgd", "adef", "stadv", "rt")
 PGD_BUDGETS = [0.005, 0.01, 0.02, 0.04]          # normalized units
@@ -44,6 +45,29 @@ def resolve_preset(preset: str | None = None, size: str | None = None) -> str:
     return SIZE_PRESETS[size] if size is not None else DEFAULT_PRESET
 
 
+def check_budgets(values, name: str) -> list[float] | None:
+    """Budgets given for a budget kind (``--pgd-budgets``, ``--tnorm-budgets``): None kept (the
+    preset's), else a non-empty sequence of finite numbers > 0, each once; returned as floats in
+    ascending order. ValueError (TypeError for a non-number) naming ``name``."""
+    if values is None:
+        return None
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name}: expected a list of budgets, got {type(values).__name__}")
+    out = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name}: budgets must be numbers, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{name}: budgets must be finite numbers > 0, got {value:g}")
+        if value in out:
+            raise ValueError(f"{name}: budget {value:g} is given twice")
+        out.append(value)
+    if not out:
+        raise ValueError(f"{name}: give at least one budget")
+    return sorted(out)
+
+
 def build_attacks(model, names=None, size: str = "full", num_classes: int = 10,
                   pgd_budgets=None, tnorm_budgets=None, preset: str | None = None):
     """({name: attack}, {name: budgets}) of an evaluation preset (:mod:`flowtriton.attacks.presets`).
@@ -62,38 +86,6 @@ def build_attacks(model, names=None, size: str = "full", num_classes: int = 10,
     if names is None and preset is None:
         names = ATTACK_NAMES
     return preset_suite(model, name, num_classes, names, linf_budgets=pgd_budgets, tnorm_budgets=tnorm_budgets)
-
-
-def load_trained_model(checkpoint: str | Path, device="cpu"):
-    """(model in eval mode, TrainConfig, class names) from a trainer checkpoint (last.pt/best.pt)."""
-    state = load_checkpoint(checkpoint, map_location=device)
-    if isinstance(state, torch.nn.Module):
-        raise ValueError(f"checkpoint {checkpoint} is a pickled {type(state).__name__} module, not a checkpoint "
-                         "written by flowtriton train; attack such a model from Python with "
-                         "flowtriton.attacks.evaluate(model, (images, labels), ...)")
-    if not isinstance(state, dict):
-        raise ValueError(f"checkpoint {checkpoint} holds a {type(state).__name__}, not a checkpoint written by "
-                         "flowtriton train")
-    for key in ("model", "config"):
-        if key not in state:
-            raise ValueError(f"checkpoint {checkpoint} has no {key!r} entry: not written by flowtriton train")
-    try:
-        cfg = TrainConfig.from_dict(state["config"], saved=True)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"checkpoint {checkpoint} has an unusable config: {err}") from None
-    classes = state.get("classes") or []
-    weights = [k for k in state["model"] if k.endswith("weight")]
-    if not weights:
-        raise ValueError(f"checkpoint {checkpoint} holds no model weights")
-    num_classes = len(classes) or state["model"][weights[-1]].shape[0]
-    model = build_model(cfg.model, num_classes, state.get("in_channels", 3))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise ValueError(f"checkpoint {checkpoint}: its weights do not fit the model its config names "
-                         f"({cfg.model!r}, {num_classes} classes): {first}") from None
-    return model.to(device).eval(), cfg, classes
 
 
 def eval_images(cfg: TrainConfig, split: str, num_examples: int | None, data_dir=None,
@@ -116,20 +108,29 @@ def eval_images(cfg: TrainConfig, split: str, num_examples: int | None, data_dir
     return next(iter(loader))
 
 
-def gallery_rows(attacks: dict, images: torch.Tensor, labels: torch.Tensor, label: str, index: int = 0,
+def gallery_rows(attacks: dict, images: torch.Tensor, labels: torch.Tensor, label: str, index=0,
                  budgets: dict | None = None) -> list:
-    """One gallery row per attack for example ``index``: (label, original, deformed, flow, caption).
-    ``budgets``: {name: budget} to show an attack at another budget than it was built with."""
-    rows = []
-    x, y = images[index:index + 1], labels[index:index + 1]
+    """Rows for :func:`flowtriton.app.plots.plot_gallery`, the library's one way of building them:
+    every attack of ``attacks`` ({name: attack}, one model's suite) run once on the examples
+    ``index`` (an index or a list of them), then per example ``(f"{label}, test image {i} (label
+    {y})", original, [GalleryCell per attack: deformed image, flow, success, 'pred P', name])``.
+    ``budgets``: {name: budget} to show an attack at another budget than it was built with. For
+    several models, call it per model and interleave the rows (``zip``)."""
+    from .plots import GalleryCell
+
+    if isinstance(index, torch.Tensor):
+        index = index.reshape(-1).tolist()
+    picks = [int(i) for i in index] if isinstance(index, (list, tuple, range)) else [int(index)]
+    x, y = images[picks], labels[picks]
+    results = {}
     for name, attack in attacks.items():
         if budgets and name in budgets:
             attack = attack.with_budget(budgets[name])
-        result = attack.run(x, y)
-        caption = (f"{name}: pred {int(result.predictions[0])} (true {int(y[0])}), "
-                   f"T-norm {float(result.tnorm[0]):.2f} px")
-        rows.append((f"{label} / {name}", x[0], result.images[0], result.flow[0], caption))
-    return rows
+        results[name] = attack.run(x, y)
+    return [(f"{label}, test image {pick} (label {int(y[i])})", x[i],
+             [GalleryCell(r.images[i], r.flow[i], bool(r.success[i]), f"pred {int(r.predictions[i])}", name)
+              for name, r in results.items()])
+            for i, pick in enumerate(picks)]
 
 
 def curves_from(result, label: str) -> dict:
@@ -175,26 +176,36 @@ def format_seconds(seconds: float) -> str:
 def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, attacks=None, size: str | None = None,
                         split: str = "test", num_examples: int | None = 1000, batch_size: int = 256,
                         device: str = "auto", data_dir=None, plots: bool = True, progress: bool = True,
-                        say=None, preset: str | None = None):
+                        say=None, preset: str | None = None, pgd_budgets=None, tnorm_budgets=None):
     """Attack a checkpoint with an evaluation preset; write ``results.json`` and ``results.md``
     (and plots) to ``out_dir``. ``preset``: 'standard' (default), 'paper' or 'fast'; ``size``, the
     older spelling, maps 'full' to 'paper' and 'small' to 'fast'. ``attacks``: a subset of the
-    preset's attack names (default all). results.json holds the table, the gradient-masking
+    preset's attack names (default all). ``pgd_budgets``: L-inf budgets of FlowPGD and RandomFlow
+    (normalized units), ``tnorm_budgets``: T-norm budgets of ADef and StAdv (pixels); each a list
+    of finite numbers > 0 (:func:`check_budgets`), default the preset's. results.json holds the
+    table, the budgets ('budgets': those used, 'budgets_given': the arguments), the gradient-masking
     check ('masking_check') and the protocol ('protocol': preset name and version, every attack's
     settings and budgets, library version and commit). ``say``: a callable given one line (e.g.
     ``print``): what is attacked and the estimated time (:func:`estimate_seconds`) before the
     attacks start, and a warning when the masking check fires. Returns the
     :class:`flowtriton.attacks.EvaluationResult`."""
     from ..attacks import evaluate
+    from ..attacks.presets import EVALUATION_PRESETS
 
     name = resolve_preset(preset, size)
+    pgd_budgets = check_budgets(pgd_budgets, "pgd_budgets")
+    tnorm_budgets = check_budgets(tnorm_budgets, "tnorm_budgets")
+    spec = EVALUATION_PRESETS[name]
+    plan = {"linf": list(spec["linf_budgets"]) if pgd_budgets is None else pgd_budgets,
+            "tnorm": list(spec["tnorm_budgets"]) if tnorm_budgets is None else tnorm_budgets}
     dev = resolve_device(device)
     model, cfg, _ = load_trained_model(checkpoint, dev)
     images, labels = eval_images(cfg, split, num_examples, data_dir, dev)
     classes = int(labels.max()) + 1
     with torch.no_grad():
         classes = max(classes, int(model(images[:1]).shape[1]))
-    suite, budgets = build_attacks(model, attacks, num_classes=classes, preset=name)
+    suite, budgets = build_attacks(model, attacks, num_classes=classes, preset=name, pgd_budgets=plan["linf"],
+                                   tnorm_budgets=plan["tnorm"])
     if say is not None:
         estimates = estimate_seconds(suite, budgets, images, labels)
         parts = ", ".join(f"{n} {format_seconds(sec)}" for n, sec in estimates.items())
@@ -205,6 +216,8 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, attacks=Non
     out.mkdir(parents=True, exist_ok=True)
     meta = {"checkpoint": str(checkpoint), "model": cfg.model, "method": cfg.method, "dataset": cfg.dataset,
             "split": split, "examples": int(labels.numel()), "preset": name, "size": size,
+            "budgets": {"linf": plan["linf"], "tnorm": plan["tnorm"]},
+            "budgets_given": {"pgd_budgets": pgd_budgets, "tnorm_budgets": tnorm_budgets},
             "units": {"flowpgd": "normalized (L-inf per flow component)", "random": "normalized (L-inf per flow "
                       "component)", "adef": "pixels (T-norm)", "stadv": "pixels (T-norm)",
                       "union": "pixels (T-norm) where budgeted: the worst case per example over the attacks at that "
@@ -228,14 +241,12 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, attacks=Non
         finished.append(attack_name)
         write(partial, list(finished))
 
-    plan = {"linf": budgets.get("flowpgd", budgets.get("random", PGD_BUDGETS)),
-            "tnorm": budgets.get("adef", budgets.get("stadv", TNORM_BUDGETS))}
     result = evaluate(model, (images, labels), list(suite), plan, batch_size=batch_size, progress=progress,
                       on_attack_done=on_attack_done, preset=name)
     if say is not None and result.masking_flagged:
         say("WARNING (gradient-masking check): " + next(e["advice"] for e in result.masking if e["flagged"]))
     if plots:
-        from ..plots import plot_accuracy_vs_budget, plot_gallery
+        from .plots import plot_accuracy_vs_budget, plot_gallery
 
         if any(row.budget is not None for row in result.rows):
             plot_accuracy_vs_budget(curves_from(result, cfg.method), out / "accuracy_vs_budget.png",

@@ -1,5 +1,6 @@
-"""Plots (matplotlib, Agg backend, files only): robust accuracy against attack budget, and
-galleries of deformed images with their flow fields (a column per attack, or a row per attack)."""
+"""Plots (matplotlib, Agg backend, files only): robust accuracy against attack budget, and the
+gallery of deformed images with their flow fields (a row per image and model, a column per
+attack; :func:`flowtriton.app.evaluation.gallery_rows` builds its rows)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import torch
 _LONG_NAMES = {"rt": "rt: rotation+translation"}
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (files only); ValueError naming the extra to
+    install when matplotlib is missing. For scripts that draw their own figures."""
     try:
         import matplotlib
     except ImportError:
@@ -24,13 +27,14 @@ def _pyplot():
     return plt
 
 
+
 def plot_accuracy_vs_budget(curves: dict, path: str | Path, title: str = "Robust accuracy",
                             xlabel: str = "budget", fixed: dict | None = None) -> Path:
     """``curves``: {(model label, attack name): (budgets, accuracies)}; one panel per attack,
     one line per model. ``fixed``: {(model label, attack name): accuracy} for attacks without a
     budget (rotation + translation), one bar panel each. Accuracies in [0, 1]. Writes ``path``
     (png/pdf/svg by suffix)."""
-    plt = _pyplot()
+    plt = pyplot()
     attacks = sorted({attack for _, attack in curves})
     fixed = fixed or {}
     bar_attacks = sorted({attack for _, attack in fixed})
@@ -79,45 +83,17 @@ def _as_image(image: torch.Tensor):
     return image.permute(1, 2, 0).numpy(), None
 
 
-def plot_gallery(rows: list, path: str | Path, title: str = "Adversarial deformations") -> Path:
-    """``rows``: [(label, original (C,H,W), deformed (C,H,W), flow (2,H,W) in pixels, caption)].
-    One row per entry: original, deformed image, and the flow as arrows (quiver; x along W, y
-    along H; the y axis points down as in the image, so an arrow points at where the pixel samples from)."""
-    plt = _pyplot()
-    if not rows:
-        raise ValueError("rows is empty: nothing to plot")
-    fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.5 * len(rows)), squeeze=False)
-    for (label, original, deformed, flow, caption), ax in zip(rows, axes):
-        img, cmap = _as_image(original)
-        ax[0].imshow(img, cmap=cmap, vmin=0, vmax=1)
-        ax[0].set_title(f"{label}: original", fontsize=8)
-        img, cmap = _as_image(deformed)
-        ax[1].imshow(img, cmap=cmap, vmin=0, vmax=1)
-        ax[1].set_title(caption, fontsize=8)
-        flow = flow.detach().float().cpu()
-        h, w = flow.shape[-2:]
-        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        ax[2].imshow(img, cmap=cmap, vmin=0, vmax=1, alpha=0.35)
-        longest = float(flow.square().sum(0).sqrt().max())
-        if longest > 0:  # arrows drawn 1.5 px long at the longest vector; the title gives the true size
-            ax[2].quiver(xs.numpy(), ys.numpy(), flow[0].numpy(), flow[1].numpy(), color="tab:red",
-                         angles="xy", scale_units="xy", scale=longest / 1.5, width=0.006)
-        ax[2].set_title(f"flow (longest {longest:.2f} px)", fontsize=8)
-        for a in ax:
-            a.set_xticks([])
-            a.set_yticks([])
-    return _save(plt, fig, title, path)
-
-
 @dataclass
 class GalleryCell:
     """One attack on one image: the deformed image (C, H, W) in [0, 1], its flow (2, H, W) in
-    pixels, whether the attack fooled the model, and a short caption."""
+    pixels, whether the attack fooled the model, a short caption, and the attack's name (the
+    column title when :func:`plot_gallery` is given no ``attacks``)."""
 
     image: torch.Tensor
     flow: torch.Tensor
     success: bool
     caption: str
+    attack: str = ""
 
 
 def _draw_flow(ax, flow: torch.Tensor, step: int) -> float:
@@ -139,13 +115,19 @@ def _draw_flow(ax, flow: torch.Tensor, step: int) -> float:
     return longest
 
 
-def plot_attack_grid(rows: list, attacks: list, path: str | Path, title: str = "Adversarial deformations") -> Path:
-    """``rows``: [(label, original (C, H, W), [GalleryCell per attack])]; a row per (image,
-    model), the original first, then a column per attack: the deformed image with its flow
-    drawn on it, framed red when the attack fooled the model and green when the model held."""
-    plt = _pyplot()
+def plot_gallery(rows: list, path: str | Path, title: str = "Adversarial deformations",
+                 attacks: list | None = None) -> Path:
+    """``rows``: [(label, original (C, H, W), [GalleryCell per attack])], as
+    :func:`flowtriton.app.evaluation.gallery_rows` builds them; a row per (image, model), the
+    original first, then a column per attack: the deformed image with its flow drawn on it (x
+    along W, y along H, pointing at where the pixel samples from), framed red when the attack
+    fooled the model and green when the model held. ``attacks``: the column names (default: the
+    first row's cells' ``attack``). Writes ``path`` (png/pdf/svg by suffix)."""
+    plt = pyplot()
     if not rows:
         raise ValueError("rows is empty: nothing to plot")
+    if attacks is None:
+        attacks = [cell.attack for cell in rows[0][2]]
     columns = 1 + len(attacks)
     fig, axes = plt.subplots(len(rows), columns, figsize=(2.1 * columns, 2.3 * len(rows)), squeeze=False)
     for (label, original, cells), ax in zip(rows, axes):
