@@ -285,14 +285,10 @@ def warp_forward(image: torch.Tensor, flow: torch.Tensor, padding_mode: str) -> 
 
 
 def warp_gather(flow: torch.Tensor, padding_mode: str, value_src: torch.Tensor | None = None,
-                tangent_src: torch.Tensor | None = None, tangent: torch.Tensor | None = None,
-                out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``warp(value_src, flow) + jvp(tangent_src, flow; tangent)``, (N, C, H, W)."""
+                tangent_src: torch.Tensor | None = None, tangent: torch.Tensor | None = None) -> torch.Tensor:
+    """``warp(value_src, flow) + jvp(tangent_src, flow; tangent)``, (N, C, H, W) in the sources' dtype."""
     ref = value_src if value_src is not None else tangent_src
-    if out_dtype is None or out_dtype == ref.dtype:
-        out = torch.empty_like(ref)
-    else:
-        out = torch.empty(ref.shape, dtype=out_dtype, device=ref.device)
+    out = torch.empty_like(ref)
     if ref.numel() == 0:
         return out.zero_()
     has_value, has_tangent = value_src is not None, tangent_src is not None
@@ -322,9 +318,10 @@ def warp_grad_flow(flow: torch.Tensor, grad_out: torch.Tensor, padding_mode: str
 
 
 def warp_scatter(flow: torch.Tensor, grad_out: torch.Tensor, padding_mode: str,
-                 tangent: torch.Tensor | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+                 tangent: torch.Tensor | None = None) -> torch.Tensor:
     """Adjoint of the warp w.r.t. the image: scatter ``grad_out`` into the four corners with the
-    bilinear weights (or their derivative along ``tangent``); (N, C, H, W)."""
+    bilinear weights (or their derivative along ``tangent``); (N, C, H, W) in ``grad_out``'s dtype
+    (accumulated in float32 for half types)."""
     acc = torch.zeros(grad_out.shape, dtype=compute_dtype(grad_out.dtype), device=grad_out.device)
     if grad_out.numel() > 0:
         alert_nondeterministic("flowtriton warp backward w.r.t. the image (atomic scatter)")
@@ -332,5 +329,4 @@ def warp_scatter(flow: torch.Tensor, grad_out: torch.Tensor, padding_mode: str,
         cfg = _config(("scatter", use_tangent), grad_out.shape, grad_out.dtype, padding_mode)
         launch_config(cfg, acc, (grad_out, flow, tangent if use_tangent else flow, acc),
                       guard=(grad_out, flow, tangent, acc) if use_tangent else (grad_out, flow, acc))
-    want = out_dtype or grad_out.dtype
-    return acc if acc.dtype == want else acc.to(want)
+    return acc if acc.dtype == grad_out.dtype else acc.to(grad_out.dtype)

@@ -83,7 +83,7 @@ def main() -> int:
                 ((f, x, t), lambda x=x, f=f, t=t, m=mode: kw.warp_gather(f, m, tangent_src=x, tangent=t)),
                 ((f, x, y, t), lambda x=x, y=y, f=f, t=t, m=mode: kw.warp_gather(f, m, value_src=y, tangent_src=x,
                                                                                   tangent=t)),
-                ((f, x), lambda x=x, f=f, m=mode: kw.warp_gather(f, m, value_src=x, out_dtype=torch.float32)),
+                ((f, x), lambda x=x, f=f, m=mode: kw.warp_gather(f, m, value_src=x)),
                 ((f, y, x), lambda x=x, y=y, f=f, m=mode: kw.warp_grad_flow(f, y, m, src=x)),
                 ((f, y, x, t), lambda x=x, y=y, f=f, t=t, m=mode: kw.warp_grad_flow(f, y, m, cross_src=x,
                                                                                      tangent=t)),

@@ -37,6 +37,7 @@ from ..reference.flow_gradient import flow_gradient_penalty as ref_penalty
 from ..reference.flow_gradient import flow_jvp as ref_flow_jvp
 from .units import pixel_scale
 from .validation import check_choice, check_image_flow, check_image_pair
+from .validation import contiguous as _c
 
 _KP = None  # flowtriton.kernels.flow_gradient, imported on the first Triton call: TRITON_INTERPRET must be set first
 
@@ -49,10 +50,6 @@ def _kernels():
         _KP = k
     return _KP
 
-
-def _c(t: Tensor) -> Tensor:
-    """Contiguous (the launchers read flat planes); the custom ops are an entry of their own."""
-    return t if t.is_contiguous() else t.contiguous()
 
 
 _PIXELS = (1.0, 1.0)

@@ -104,3 +104,8 @@ def check_unit_range(images: torch.Tensor, name: str = "images", tol: float = IM
         raise ValueError(
             f"{name} must hold values in [0, 1] (normalize inside the model), got min {lo:.4g}, max {hi:.4g}"
         )
+
+
+def contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t`` in contiguous memory (the launchers read flat planes); None stays None."""
+    return t if t is None or t.is_contiguous() else t.contiguous()

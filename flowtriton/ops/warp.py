@@ -35,6 +35,7 @@ from .. import reference
 from ..backend import eager_apply, resolve_backend, traced
 from ..conventions import PADDING_MODES
 from .validation import check_image_flow, check_image_pair
+from .validation import contiguous as _c
 
 _KW = None  # flowtriton.kernels.warp, imported on the first Triton call: TRITON_INTERPRET must be set first
 
@@ -50,10 +51,6 @@ def _kernels():
         _KW = k
     return _KW
 
-
-def _c(t: Optional[Tensor]) -> Optional[Tensor]:
-    """Contiguous (the launchers read flat planes); the custom ops are an entry of their own."""
-    return t if t is None or t.is_contiguous() else t.contiguous()
 
 
 # --- raw kernels (no autograd: a derivative through them raises) ------------------------------
@@ -313,10 +310,6 @@ class WarpFunction(torch.autograd.Function):
 _warp_apply = eager_apply(WarpFunction)
 
 
-def _contiguous(t: Tensor) -> Tensor:
-    return t if t.is_contiguous() else t.contiguous()
-
-
 def warp(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros",
          backend: str | None = None) -> torch.Tensor:
     """Backward-warp ``image`` (N, C, H, W) by ``flow`` (N, 2, H, W) in pixels.
@@ -356,7 +349,7 @@ def warp(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros",
     check_image_flow(image, flow, padding_mode, PADDING_MODES)
     if resolve_backend(backend, image) == "torch":
         return reference.warp(image, flow, padding_mode)
-    image, flow = _contiguous(image), _contiguous(flow)
+    image, flow = _c(image), _c(flow)
     if traced(image, flow):
         return warp_op(image, flow, padding_mode)
     if (image.requires_grad or flow.requires_grad) and torch.is_grad_enabled():
