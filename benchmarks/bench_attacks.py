@@ -22,12 +22,13 @@ at its own defaults (constant 1, 1000 L-BFGS-B iterations) and at tau 0.05) and 
 preset of ``flowtriton.attacks.evaluate`` ('standard', 'fast', 'paper'): robust accuracy, success on
 correctly classified images, model forward passes per image (counted by a hook on the model;
 all but the last pass of each gradient step come with a backward) and seconds per image; written
-to benchmarks/results/attacks_robust_<device>.json.
+to benchmarks/results/<device>/attacks_robust_<device>.json (and .csv).
 
     python benchmarks/bench_attacks.py --adef-reference /tmp/adef_ref --images 200
     python benchmarks/bench_attacks.py --robust-checkpoint /tmp/at-mnist/best.pt --robust-only --threads 1
 
-Writes benchmarks/results/attacks_<device>.json and .csv (with the device and versions).
+Writes benchmarks/results/<device>/attacks_<device>.json and .csv (cpu/ or cuda/; --out-dir to choose),
+with the device and versions.
 """
 
 from __future__ import annotations
@@ -505,6 +506,8 @@ def main(argv=None) -> None:
     parser.add_argument("--robust-presets", nargs="*", default=["standard", "fast", "paper"],
                         help="evaluation presets run on it")
     parser.add_argument("--robust-only", action="store_true", help="skip the side-by-side comparison")
+    parser.add_argument("--out-dir", default=None,
+                        help="folder for the JSON and CSV results (default benchmarks/results/<device>)")
     parser.add_argument("--advertorch-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.advertorch_worker:
@@ -514,17 +517,18 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
 
     sys.path.insert(0, str(HERE))
-    from common import environment, markdown_table, write_results
+    from common import environment, markdown_table, results_dir, shown, write_results
 
     device = torch.device(args.device)
+    out_dir = Path(args.out_dir) if args.out_dir else results_dir(device)
     env = environment(device)
     if args.robust_checkpoint:
         robust_rows, robust_env = robust_section(args, device)
         print(markdown_table(robust_rows, ["attack", "implementation", "images", "robust_accuracy", "success_rate",
                                            "forward_passes_per_image", "seconds_per_image", "masking_flagged",
                                            "error"]))
-        path = write_results(f"attacks_robust_{device.type}", {**env, **robust_env}, robust_rows)
-        print(f"wrote benchmarks/results/{path.name}")
+        path = write_results(f"attacks_robust_{device.type}", {**env, **robust_env}, robust_rows, out_dir)
+        print(f"wrote {shown(path)}")
         if args.robust_only:
             return
     model, x_test, y_test, note = mnist_cnn(device, args.data_dir, n_test=max(args.images * 2, 1000))
@@ -551,8 +555,8 @@ def main(argv=None) -> None:
         print(markdown_table([r for r in rows if r["comparison"] == "throughput"],
                              ["model", "attack", "images", "images_per_s", "success_rate", "median_tnorm_px",
                               "evaluations_per_image"]))
-    path = write_results(f"attacks_{device.type}", env, rows)
-    print(f"wrote benchmarks/results/{path.name}")
+    path = write_results(f"attacks_{device.type}", env, rows, out_dir)
+    print(f"wrote {shown(path)}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ columns are skipped (--timing device is refused there).
     python benchmarks/bench_fgr.py --device cpu --quick --threads 1   # reduced sizes, ~4 minutes
     python benchmarks/bench_fgr.py --device cpu --skip-steps --compile  # table 2 only
 
-Writes benchmarks/results/fgr_<device>[_quick].json and two CSVs, with the device and versions.
+Writes benchmarks/results/<device>/fgr_<device>[_quick][_penalty_only].json (cpu/ or cuda/; --out-dir to
+choose) and two CSVs beside it (_step, _penalty), with the device and versions.
 """
 
 from __future__ import annotations
@@ -55,12 +56,11 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import hbm_peak_gbps, parse_shape  # noqa: E402
+from common import hbm_peak_gbps, parse_shape, results_dir, shown  # noqa: E402
 
 from flowtriton.models.resnet import BasicBlock  # noqa: E402
 from flowtriton.regularizers import DEFAULT_FGR_LAM  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("standard", "igr", "fgr-exact", "fgr-functional", "fgr-exact-torch", "fgr-fd", "authors", "grid-sample")
 # name: (channels, size, batch, quick batch, quick size)
 WORKLOADS = {
@@ -424,7 +424,7 @@ def _print_penalty(rows):
             print(f"    device time: {r['device_error']}")
 
 
-def _write(rows, penalty_rows, meta, tag, folder=RESULTS):
+def _write(rows, penalty_rows, meta, tag, folder):
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / f"fgr_{tag}.json", "w") as out:
@@ -437,7 +437,7 @@ def _write(rows, penalty_rows, meta, tag, folder=RESULTS):
             writer = csv.DictWriter(out, fieldnames=keys)
             writer.writeheader()
             writer.writerows(table)
-    print(f"\nwrote {folder / f'fgr_{tag}.json'}")
+    print(f"\nwrote {shown(folder / f'fgr_{tag}.json')}")
 
 
 def main(argv=None) -> int:
@@ -460,7 +460,8 @@ def main(argv=None) -> int:
                         help="table 2 shapes (default: the workloads' full sizes, plus 256x3x64x64 on CUDA)")
     parser.add_argument("--replays", type=int, default=20, help="CUDA-graph replays per table-2 case")
     parser.add_argument("--peak-gbps", type=float, default=None, help="HBM roofline for table 2, GB/s")
-    parser.add_argument("--out-dir", default=str(RESULTS), help="folder for the JSON and CSV results")
+    parser.add_argument("--out-dir", default=None,
+                        help="folder for the JSON and CSV results (default benchmarks/results/<device>)")
     parser.add_argument("--case-timeout", type=int, default=1200)
     parser.add_argument("--case", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -507,7 +508,7 @@ def main(argv=None) -> int:
     penalty_rows = penalty_isolated(device, shapes, max(args.repeats, 5), use_compile, args.timing, args.replays, peak)
     _print_penalty(penalty_rows)
     tag = device.type + ("_quick" if args.quick else "") + ("_penalty_only" if args.skip_steps else "")
-    _write(rows, penalty_rows, meta, tag, args.out_dir)
+    _write(rows, penalty_rows, meta, tag, args.out_dir or results_dir(device))
     return 0
 
 

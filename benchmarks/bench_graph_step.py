@@ -19,7 +19,8 @@ On a CPU only the eager column is measured (a CPU cannot capture); the graphed c
     python benchmarks/bench_graph_step.py --device cuda
     python benchmarks/bench_graph_step.py --device cpu --quick --threads 1
 
-Writes benchmarks/results/graph_step_<device>[_quick].json and .csv.
+Writes benchmarks/results/<device>/graph_step_<device>[_quick].json and .csv (cpu/ or cuda/; --name and
+--out-dir to choose).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, markdown_table, sync, write_results  # noqa: E402
+from common import environment, markdown_table, results_dir, shown, sync, write_results  # noqa: E402
 
 from flowtriton.models import build_model  # noqa: E402
 from flowtriton.train import Objective, make_config  # noqa: E402
@@ -129,7 +130,8 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="small batches (CPU checks)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--name", help="results file stem (default graph_step_<device>[_quick])")
-    parser.add_argument("--out-dir", type=Path, default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help="results folder (default benchmarks/results/<device>)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
@@ -145,11 +147,10 @@ def main(argv=None) -> Path:
     rows = run(args)
     device = torch.device(args.device)
     name = args.name or f"graph_step_{device.type}" + ("_quick" if args.quick else "")
-    path = write_results(name, environment(device), rows, **({"folder": args.out_dir} if args.out_dir else {}))
+    path = write_results(name, environment(device), rows, args.out_dir or results_dir(device))
     print(markdown_table(rows, ["workload", "method", "batch", "eager_ms", "graph_ms", "graph_event_ms", "speedup",
                                 "fgr_over_igr_eager", "fgr_over_igr_graph"]))
-    root = Path(__file__).resolve().parent.parent
-    print(f"wrote {path.relative_to(root) if path.is_relative_to(root) else path}")
+    print(f"wrote {shown(path)}")
     return path
 
 

@@ -23,10 +23,11 @@ Ratios: forward-only cases against the launch floor, fwd+bwd cases against autog
 each is the median over rounds of the ratio within a round (load changes between rounds cancel).
 Targets (issue 19, 2-core CPU machine): warp <= 1.5, warp_fwd_bwd_flow and penalty_fwd_bwd <= 1.6.
 
-    python benchmarks/bench_host_overhead.py [--device cpu|cuda] [--before results/old.json]
+    python benchmarks/bench_host_overhead.py [--device cpu|cuda] [--before benchmarks/results/cpu/old.json]
 
-Writes benchmarks/results/host_overhead_<device>.json (environment, floors, cases, ratios,
-targets; with --before, the earlier run's cases beside the new ones).
+Writes benchmarks/results/<device>/host_overhead_<device>.json (cpu/ or cuda/; --out to choose):
+environment, floors, cases, ratios, targets; with --before, the earlier run's cases beside the new
+ones.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+RESULTS = HERE / "results"  # the output goes to its cpu/ or cuda/ subfolder, by --device
 TARGETS = {"warp": 1.5, "warp_fwd_bwd_flow": 1.6, "penalty_fwd_bwd": 1.6}
 CASES = ("warp", "warp_fwd_bwd_flow", "penalty_fwd_bwd", "flow_gradient", "flow_jvp")
 FWD_BWD = ("warp_fwd_bwd_flow", "penalty_fwd_bwd")
@@ -238,7 +239,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=21, help="timed rounds (median reported)")
     parser.add_argument("--before", default=None, help="an earlier result JSON to show beside this one")
     parser.add_argument("--label", default=None, help="free text stored with the result (e.g. 'before', a commit)")
-    parser.add_argument("--out", default=None, help="output JSON (default results/host_overhead_<device>.json)")
+    parser.add_argument("--out", default=None,
+                        help="output JSON (default benchmarks/results/<device>/host_overhead_<device>.json)")
     args = parser.parse_args(argv)
     if args.number < 1 or args.repeats < 1:
         parser.error("--number and --repeats must be >= 1")
@@ -277,14 +279,15 @@ def main(argv=None) -> int:
         result["speedup_vs_before"] = {
             k: round(before["cases"][k]["us_per_call"] / v["us_per_call"], 2)
             for k, v in result["cases"].items() if k in before.get("cases", {})}
-    out = Path(args.out) if args.out else RESULTS / f"host_overhead_{args.device}.json"
+    out = Path(args.out) if args.out else RESULTS / args.device / f"host_overhead_{args.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     env = result["environment"]
     print(f"device: {env['device_name']} ({env['launch_path']}); torch {env['torch']}, triton {env['triton']}, "
           f"shape {tuple(args.shape)}, {args.repeats} rounds x {args.number} calls")
     print_table(result, before)
-    print(f"wrote {out}")
+    root = HERE.parent
+    print(f"wrote {out.resolve().relative_to(root) if out.resolve().is_relative_to(root) else out}")
     return 0
 
 

@@ -34,6 +34,9 @@ device-time columns are skipped (``--timing device`` is refused there).
 
     python benchmarks/bench_warp.py --device cuda [--quick] [--compile]
     python benchmarks/bench_warp.py --device cpu --threads 1
+
+Writes benchmarks/results/<device type>/warp_<device type>.json and .csv (cpu/ or cuda/; --out and
+--out-dir to choose), with the device and versions.
 """
 
 from __future__ import annotations
@@ -46,8 +49,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, parse_shape, device_time_cuda_graph, environment, hbm_peak_gbps, host_enqueue_us,  # noqa: E402
-                    markdown_table, measure, measure_round_robin, write_results)
+from common import (parse_shape, device_time_cuda_graph, environment, hbm_peak_gbps, host_enqueue_us,  # noqa: E402
+                    markdown_table, measure, measure_round_robin, results_dir, shown, write_results)
 
 import flowtriton  # noqa: E402
 from flowtriton import reference  # noqa: E402
@@ -164,7 +167,8 @@ def main(argv=None) -> int:
     parser.add_argument("--replays", type=int, default=None, help="CUDA-graph replays (default 20, quick 10)")
     parser.add_argument("--peak-gbps", type=float, default=None, help="memory bandwidth roofline, GB/s")
     parser.add_argument("--out", default=None, help="results name (default warp_<device type>)")
-    parser.add_argument("--out-dir", default=str(RESULTS), help="folder for <name>.json and .csv")
+    parser.add_argument("--out-dir", default=None,
+                        help="folder for <name>.json and .csv (default benchmarks/results/<device type>)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (1 is steadier on a shared machine)")
     args = parser.parse_args(argv)
@@ -241,7 +245,8 @@ def main(argv=None) -> int:
                         row["roofline_frac"] = row["gbps"] / peak if peak else None
                     rows.append(row)
 
-    path = write_results(args.out or f"warp_{device.type}", env, rows, Path(args.out_dir))
+    path = write_results(args.out or f"warp_{device.type}", env, rows,
+                         Path(args.out_dir) if args.out_dir else results_dir(device))
     print(f"device: {env['device']}  torch {env['torch']}  triton {env['triton']}  HBM peak "
           f"{peak or 'unknown'} GB/s")
     clock = "device_ms (CUDA-graph replay)" if device_timing else "eager_ms (wall, synchronized)"
@@ -259,7 +264,7 @@ def main(argv=None) -> int:
     for r in errors:
         print(f"  {r['shape']} {r['flow']} {r['padding']} {r['case']} {r['impl']}: "
               f"{r.get('error') or r.get('device_error')}")
-    print(f"\nwrote {path}")
+    print(f"\nwrote {shown(path)}")
     return 0
 
 

@@ -13,7 +13,27 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+#: benchmarks/results: cpu/ and cuda/ hold the benchmark outputs by the device they ran on,
+#: compile/ the kernel compile report (tests/compile_kernels.py), logs/ the GPU suite's logs;
+#: benchmarks/results/README.md indexes every file.
+RESULTS = ROOT / "benchmarks" / "results"
+DEVICE_FOLDERS = ("cpu", "cuda")
+
+
+def results_dir(device) -> Path:
+    """The default folder for a benchmark's outputs on ``device`` (a torch.device, or a string such
+    as 'cpu', 'cuda' or 'cuda:1'): benchmarks/results/cpu or benchmarks/results/cuda."""
+    kind = device.type if isinstance(device, torch.device) else torch.device(device).type
+    if kind not in DEVICE_FOLDERS:
+        raise ValueError(f"no results folder for device type {kind!r} (have: {', '.join(DEVICE_FOLDERS)})")
+    return RESULTS / kind
+
+
+def shown(path) -> str:
+    """``path`` as a message should name it: relative to the repository root when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def sync(device: torch.device) -> None:
@@ -84,10 +104,11 @@ def environment(device: torch.device) -> dict:
     return info
 
 
-def write_results(name: str, env: dict, rows: list[dict], folder: Path = RESULTS) -> Path:
+def write_results(name: str, env: dict, rows: list[dict], folder: Path | None = None) -> Path:
     """Write ``<folder>/<name>.json`` (environment + rows) and ``<folder>/<name>.csv`` (rows);
-    ``folder`` defaults to benchmarks/results."""
-    folder = Path(folder)
+    ``folder`` defaults to benchmarks/results/<device type> (cpu/ or cuda/), the device type taken
+    from ``env['device_type']`` (what :func:`environment` records)."""
+    folder = Path(folder) if folder is not None else results_dir(env["device_type"])
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
     path.write_text(json.dumps({"environment": env, "rows": rows}, indent=2) + "\n")

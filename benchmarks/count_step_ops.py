@@ -8,7 +8,11 @@ does not depend on flowtriton's own bookkeeping; torch ops are the profiler's to
 the code issues, forward and backward; ops nested inside another aten op are not counted again). The difference between
 the FGR and the plain step is what the regularizer adds, the model's double backward included.
 
-    TRITON_INTERPRET=1 python benchmarks/count_step_ops.py --backend triton [--json out.json]
+    TRITON_INTERPRET=1 python benchmarks/count_step_ops.py --backend triton [--json [out.json]]
+    python benchmarks/count_step_ops.py --backend triton --device cuda --json
+
+Prints the counts; ``--json PATH`` also writes them, with each op's name, to PATH, and a bare ``--json``
+to benchmarks/results/<device type>/step_ops_<device type>.json (cpu/ or cuda/).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import collections
 import json
 import os
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +81,9 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", default="triton", choices=["triton", "torch", "auto"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--json", nargs="?", const="", default=None, metavar="PATH",
+                        help="also write the counts here (bare --json: "
+                             "benchmarks/results/<device type>/step_ops_<device type>.json)")
     args = parser.parse_args(argv)
 
     triton_counts = _count_triton_launches()
@@ -120,9 +127,15 @@ def main(argv=None) -> int:
         r = result[name]
         print(f"{name}: {r['triton_launches']} Triton launches {r['triton_kernels']}, {r['torch_ops']} torch ops "
               f"({r['torch_kernel_ops']} that launch device work)")
-    if args.json:
-        with open(args.json, "w") as fh:
+    if args.json is not None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from common import results_dir, shown
+
+        path = Path(args.json) if args.json else results_dir(device) / f"step_ops_{device.type}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as fh:
             json.dump(result, fh, indent=1)
+        print(f"wrote {shown(path)}")
     return 0
 
 

@@ -2,7 +2,10 @@
 # The GPU checks, in stages that each end well inside 9 minutes, for a lent GPU machine with no
 # package index (torch >= 2.11 and triton >= 3.6 already installed). Each stage sets flowtriton up
 # from this source tree (an editable install) without touching an index, says clearly what is
-# missing, logs to benchmarks/results/, and copies at most 8 result files into $OUT when it is set.
+# missing, logs to benchmarks/results/logs/, writes its results to benchmarks/results/cuda/ (the
+# scripts' default folder on a CUDA device), and copies at most 8 result files into $OUT when it is
+# set. (benchmarks/results/compile/ holds tests/compile_kernels.py's report, built on a CPU machine;
+# no stage writes there. benchmarks/results/README.md indexes every committed result.)
 #
 #   bash benchmarks/gpu_suite.sh check       # environment, GPU, imports, the ops on the GPU    (~1 min)
 #   bash benchmarks/gpu_suite.sh tests       # gpu-marked tests, CUDA-vs-reference tests          (~5 min)
@@ -23,11 +26,12 @@ export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 stage=${1:-check}
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
-mkdir -p benchmarks/results runs/gpu-logs
+results=benchmarks/results/cuda
+mkdir -p "$results" benchmarks/results/logs runs/gpu-logs
 # The raw log stays out of the repository (it names this machine's folders); a copy with those
-# folders masked goes to benchmarks/results/ at the end.
+# folders masked goes to benchmarks/results/logs/ at the end.
 raw_log=runs/gpu-logs/gpu_${stage}_${stamp}.log
-log=benchmarks/results/gpu_${stage}_${stamp}.log
+log=benchmarks/results/logs/gpu_${stage}_${stamp}.log
 
 setup() {
   "$PY" - <<'EOF' || return 1
@@ -94,7 +98,7 @@ bench() {
   timeout 240 "$PY" benchmarks/bench_warp.py --device cuda
   timeout 300 "$PY" benchmarks/bench_fgr.py --device cuda --case-timeout 60
   timeout 120 "$PY" benchmarks/bench_graph_step.py --device cuda
-  timeout 60 "$PY" benchmarks/count_step_ops.py --backend triton --device cuda --json benchmarks/results/step_ops_cuda.json
+  timeout 60 "$PY" benchmarks/count_step_ops.py --backend triton --device cuda --json "$results/step_ops_cuda.json"
   # No advertorch or ADef reference code there: flowtriton's own attack throughput only.
   timeout 120 "$PY" benchmarks/bench_attacks.py --device cuda --no-advertorch --throughput --quick \
     || echo "bench_attacks: see its message above"
@@ -135,9 +139,9 @@ lease() {
   # shellcheck disable=SC2086
   [[ $skip == *" tests "* ]] || CI=true capped 200 "$PY" -m pytest -q -p no:cacheprovider "${xdist[@]}" \
     ${LEASE_TESTS:-tests} --ignore=tests/test_packaging.py --ignore=tests/test_kernels_compile.py \
-    --junitxml=benchmarks/results/tests_cuda.xml -rfE
+    --junitxml="$results/tests_cuda.xml" -rfE
   [[ $skip == *" ops "* ]] || capped 30 "$PY" benchmarks/count_step_ops.py --backend triton --device cuda \
-    --json benchmarks/results/step_ops_cuda.json
+    --json "$results/step_ops_cuda.json"
   [[ $skip == *" attacks "* ]] || capped 60 "$PY" benchmarks/bench_attacks.py --device cuda --no-advertorch \
     --throughput --quick
   if [ -n "${LEASE_FRONTIER:-}" ]; then
@@ -184,9 +188,10 @@ sed -E -e "s#$PWD/##g" -e 's#/[^[:space:]"'"'"':]*/site-packages/#<site-packages
   -e 's#(^|[^[:alnum:]_.<>/])/(tmp|work|root|home|opt|usr|var|srv|mnt|pytorch)/[^[:space:]"'"'"':,)]*#\1<path>#g' \
   "$raw_log" > "$log"
 if [ -n "${OUT:-}" ]; then
-  # The log, and every CUDA result in one archive (at most 8 files come back from a lease).
+  # The log, and every CUDA result (benchmarks/results/cuda/, paths kept) in one archive (at most 8
+  # files come back from a lease): unpack it in the repository root to put them in place.
   cp "$log" "$OUT"/ 2>/dev/null || true
-  tar czf "$OUT/gpu_results_${stamp}.tar.gz" $(ls benchmarks/results/*cuda* runs/gpu-recipe/*.json runs/gpu-recipe/*.md \
+  tar czf "$OUT/gpu_results_${stamp}.tar.gz" $(ls "$results"/* runs/gpu-recipe/*.json runs/gpu-recipe/*.md \
     runs/frontier-mnist-gpu/points/*.json runs/frontier-mnist-gpu/*.json runs/frontier-mnist-gpu/*.md 2>/dev/null) 2>/dev/null || true
 fi
 exit "$status"

@@ -70,9 +70,9 @@ def test_bad_arguments_are_refused(args, tmp_path):
 
 
 def test_committed_result_has_the_schema_and_a_before_run():
-    """benchmarks/results/host_overhead_cpu.json: this machine's numbers, with the run before the
+    """benchmarks/results/cpu/host_overhead_cpu.json: this machine's numbers, with the run before the
     lean eager path beside them (the README's before/after comes from it)."""
-    result = json.loads((ROOT / "benchmarks" / "results" / "host_overhead_cpu.json").read_text())
+    result = json.loads((ROOT / "benchmarks" / "results" / "cpu" / "host_overhead_cpu.json").read_text())
     _check_schema(result)
     assert result["before"]["cases"] and set(result["speedup_vs_before"]) == CASES
     assert all(v > 1 for v in result["speedup_vs_before"].values())

@@ -1,9 +1,11 @@
 """bench_warp.py and bench_fgr.py on a CPU: argument handling, the device-time mode refused with a
 clear message, and the schema of what they write (tiny shapes; the numbers themselves are the
-scripts' business, not a test's)."""
+scripts' business, not a test's). benchmarks/results/: its layout, its index, and the scripts'
+default output folders."""
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -12,6 +14,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
+RESULTS = BENCH / "results"
+RESULT_FOLDERS = ("cpu", "cuda", "compile", "logs")
 
 
 def _load(name):
@@ -136,3 +140,45 @@ def test_gpu_suite_is_valid_bash_and_its_lease_runs_every_gpu_figure(bench_warp,
         assert bench_warp.main(["--device", "cuda", "--quick", "--paddings", "zeros", "border"]) == 2
         assert bench_fgr.main(["--device", "cuda", "--skip-steps", "--repeats", "5", "--replays", "10"]) == 2
         assert capsys.readouterr().out.count("no CUDA device is visible") == 2
+
+
+def test_results_hold_the_index_and_four_folders_and_the_index_lists_every_file():
+    """benchmarks/results/: README.md (the index) and cpu/, cuda/, compile/, logs/, nothing else at
+    the top; every file below is named in the index (as `folder/name`), and every such name exists."""
+    top = {path.name: path for path in RESULTS.iterdir()}
+    assert set(top) == {"README.md", *RESULT_FOLDERS}, sorted(top)
+    assert top["README.md"].is_file() and all(top[name].is_dir() for name in RESULT_FOLDERS)
+    index = top["README.md"].read_text(encoding="utf-8")
+    files = sorted(path.relative_to(RESULTS).as_posix() for name in RESULT_FOLDERS
+                   for path in top[name].rglob("*") if path.is_file())
+    assert files, "no result files"
+    unlisted = [name for name in files if f"`{name}`" not in index]
+    assert not unlisted, f"benchmarks/results/README.md does not list {unlisted}"
+    named = set(re.findall(r"`((?:%s)/[\w.-]+)`" % "|".join(RESULT_FOLDERS), index))
+    assert named, "the index names no files"
+    assert not named - set(files), f"the index names missing files: {sorted(named - set(files))}"
+
+
+def test_writers_default_to_the_device_folder(bench_warp, bench_fgr, tmp_path, monkeypatch, capsys):
+    """With no --out-dir the scripts write to benchmarks/results/<device type>/ and say where."""
+    common = bench_warp.results_dir.__globals__  # the benchmarks' common module, as the scripts see it
+    assert common["results_dir"](torch.device("cpu")) == RESULTS / "cpu"
+    assert common["results_dir"]("cuda:1") == RESULTS / "cuda" == common["results_dir"](torch.device("cuda"))
+    with pytest.raises(ValueError, match="no results folder"):
+        common["results_dir"]("meta")
+    monkeypatch.setitem(common, "RESULTS", tmp_path)  # keep the committed results untouched
+    assert bench_warp.main(["--device", "cpu", "--shapes", "2x1x6x5", "--flows", "iid", "--paddings", "zeros",
+                            "--cases", "fwd", "--repeats", "1"]) == 0
+    assert {p.name for p in (tmp_path / "cpu").iterdir()} == {"warp_cpu.json", "warp_cpu.csv"}
+    assert f"wrote {tmp_path / 'cpu' / 'warp_cpu.json'}" in capsys.readouterr().out
+    assert bench_fgr.main(["--device", "cpu", "--skip-steps", "--penalty-shapes", "2x1x8x8", "--repeats", "1",
+                           "--threads", str(torch.get_num_threads())]) == 0
+    assert (tmp_path / "cpu" / "fgr_cpu_penalty_only_penalty.csv").exists()
+    assert f"wrote {tmp_path / 'cpu' / 'fgr_cpu_penalty_only.json'}" in capsys.readouterr().out
+    graph_step = _load("bench_graph_step")
+    path = graph_step.main(["--device", "cpu", "--quick", "--workloads", "mnist-cnn", "--methods", "standard",
+                            "--steps", "1", "--warmup", "0"])
+    assert path == tmp_path / "cpu" / "graph_step_cpu_quick.json" and path.exists()
+    assert common["shown"](RESULTS / "cuda" / "x.json") == "benchmarks/results/cuda/x.json"
+    host = (BENCH / "bench_host_overhead.py").read_text()
+    assert 'RESULTS / args.device / f"host_overhead_{args.device}.json"' in host

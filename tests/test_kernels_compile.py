@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).with_name("compile_kernels.py")
-COMMITTED = ROOT / "benchmarks" / "results" / "kernels_sm90.json"
+COMMITTED = ROOT / "benchmarks" / "results" / "compile" / "kernels_sm90.json"
 KERNELS = {"_warp_gather_kernel", "_warp_grad_flow_kernel", "_warp_scatter_kernel", "_penalty_partial_kernel",
            "_flow_gradient_kernel", "_flow_jvp_kernel", "_image_vjp_kernel"}
 # The second environment .ci/setup.sh builds (torch 2.13 CPU + triton 3.6.0); override with
@@ -55,8 +55,8 @@ def test_all_kernels_compile_for_sm90_under_triton_3_6(tmp_path):
 
 
 def test_committed_register_report_is_complete_and_spill_free():
-    """benchmarks/results/kernels_sm90.json: written by
-    ``python tests/compile_kernels.py --arch 90 --json benchmarks/results/kernels_sm90.json``."""
+    """benchmarks/results/compile/kernels_sm90.json: written by
+    ``python tests/compile_kernels.py --arch 90 --json`` (a bare --json writes it there)."""
     record = json.loads(COMMITTED.read_text())
     assert set(record["kernels"]) == KERNELS
     for name, per_dtype in record["kernels"].items():
