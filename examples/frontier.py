@@ -30,6 +30,16 @@ first), so a partial run already holds one whole frontier. Each point:
    library commit (``library_commit``; points written before these were stored report them as
    "not recorded").
 
+``--plan rejudge`` (its ``--preset`` defaults to 'standard') re-judges the claims under the
+standard evaluation preset (``flowtriton.attacks.evaluate(preset='standard')``: FlowPGD at full
+strength, RandomFlow, ADef, stAdv at full strength, rotation + translation, each at the preset's
+budgets, with its worst-case rows and gradient-masking check) on the points the claims and the
+cost comparison need: standard, FGR and FGR finite-difference at lambda 300 and 1000, IGR 3e4, AT
+eps 0.02 with 5 steps and with 2 ('at-2step'). Its featured columns are FlowPGD at 0.04, ADef
+and stAdv at 1 px and the preset's two worst cases there; WORST is both at once.
+
+    python examples/frontier.py --dataset mnist --plan rejudge --out-dir runs/frontier-mnist-standard
+
 Everything resumes: an interrupted training continues from its ``last.pt``, an interrupted
 evaluation from its last finished attack. Several processes may work on one output folder: each
 point is locked while a process trains or attacks it (``ckpt/.<tag>.lock``), others skip it and
@@ -154,8 +164,9 @@ def parse_args(argv=None):
     p.add_argument("--plan", default="default", choices=PLAN_NAMES,
                    help="'rejudge': the claims' settings plus FGR finite-difference and 2-step AT (use with "
                         "--preset standard)")
-    p.add_argument("--preset", default="paper", choices=("paper", "standard", "fast"),
-                   help="evaluation preset: 'paper' (the suite of the first frontiers, --attack-size picks full/"
+    p.add_argument("--preset", default=None, choices=("paper", "standard", "fast"),
+                   help="evaluation preset (default: 'standard' with --plan rejudge, else 'paper'): 'paper' (the "
+                        "suite of the first frontiers, --attack-size picks full/"
                         "small), 'standard' (flowtriton.attacks.evaluate's full-strength ensemble and its budgets; "
                         "--pgd-budgets / --tnorm-budgets / --attack-size unused), 'fast' (tests)")
     p.add_argument("--data-dir", default=default_data_dir())
@@ -182,7 +193,10 @@ def parse_args(argv=None):
     p.add_argument("--stop-after-min", type=float, default=None,
                    help="start no new point after this many minutes (the run resumes later)")
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.preset is None:
+        args.preset = "standard" if args.plan == "rejudge" else "paper"
+    return args
 
 
 def point_tag(method: str, lam, at_eps, seed: int) -> str:
@@ -945,7 +959,28 @@ MUST_MATCH = ("dataset", "plan", "preset", "epochs", "milestones", "batch_size",
 
 
 def check_settings(args, out: Path) -> None:
-    """Record MUST_MATCH in OUT/settings.json on the first run; refuse a later run that differs."""
+    """Check that the plan's featured rows exist under the chosen preset, then record MUST_MATCH in
+    OUT/settings.json on the first run; refuse a later run that differs."""
+    featured = plan_spec(args)["featured"]
+    linf, tnorm = args.pgd_budgets, args.tnorm_budgets
+    allowed = {"flowpgd": linf, "adef": tnorm, "stadv": tnorm, "rt": [None]}
+    advice = "add it to --pgd-budgets / --tnorm-budgets"
+    if args.preset != "paper":
+        from flowtriton.attacks import EVALUATION_PRESETS
+
+        spec = EVALUATION_PRESETS[args.preset]
+        linf, tnorm = spec["linf_budgets"], spec["tnorm_budgets"]
+        allowed = {"flowpgd": linf, "adef": tnorm, "stadv": tnorm, "rt": [None], "worst-case-linf": linf,
+                   "worst-case-tnorm": tnorm}
+        advice = f"preset {args.preset!r} runs its own budgets; use the plan made for it (--plan rejudge)"
+    missing = [name for name in featured if name not in allowed]
+    if missing:
+        raise SystemExit(f"[frontier] the plan features {missing}, which preset {args.preset!r} does not report: "
+                         "the 'rejudge' plan needs a preset with worst-case rows (--preset standard)")
+    for name, budget in featured.items():
+        if budget not in allowed[name]:
+            raise SystemExit(f"[frontier] the plan features {name} at {budget}, which is not among its budgets "
+                             f"{allowed[name]}: {advice}")
     path = out / "settings.json"
     mine = {k: getattr(args, k) for k in MUST_MATCH}
     if path.is_file():
@@ -956,18 +991,6 @@ def check_settings(args, out: Path) -> None:
                              "cached attacks belong to those; use the same settings or a new --out-dir")
     else:
         write_json(path, mine, indent=2)
-    featured = plan_spec(args)["featured"]
-    linf, tnorm = args.pgd_budgets, args.tnorm_budgets
-    if args.preset != "paper":
-        from flowtriton.attacks import EVALUATION_PRESETS
-
-        linf, tnorm = EVALUATION_PRESETS[args.preset]["linf_budgets"], EVALUATION_PRESETS[args.preset]["tnorm_budgets"]
-    allowed = {"flowpgd": linf, "adef": tnorm, "stadv": tnorm, "rt": [None], "worst-case-linf": linf,
-               "worst-case-tnorm": tnorm}
-    for name, budget in featured.items():
-        if budget not in allowed[name]:
-            raise SystemExit(f"[frontier] the plan features {name} at {budget}, which is not among its budgets "
-                             f"{allowed.get(name)}: add it to --pgd-budgets / --tnorm-budgets")
 
 
 # What a settings.json written before --plan and --preset existed ran.

@@ -123,3 +123,25 @@ def test_cache_dir_that_is_a_file_is_refused(tmp_path):
     path.write_text("x")
     with pytest.raises(ValueError, match="cache_dir"):
         evaluate(model, (images, labels), preset="fast", cache_dir=path)
+
+
+def test_the_model_class_and_a_generator_are_part_of_what_is_cached(tmp_path):
+    """Same weights under another forward: attacked again; an attack with its own generator:
+    never cached (the generator's state is not in the key)."""
+    from flowtriton.attacks import FlowPGD
+
+    model = Counting(tiny_model())
+    images, labels = data(model)
+    evaluate(model, (images, labels), preset="fast", attacks=["flowpgd"], cache_dir=tmp_path / "a")
+
+    class Doubled(torch.nn.Sequential):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    other = Counting(Doubled(*model.model))
+    evaluate(other, (images, labels), preset="fast", attacks=["flowpgd"], cache_dir=tmp_path / "a")
+    assert other.calls > 1
+
+    attack = {"pgd": FlowPGD(model, eps=0.02, steps=2, random_start=True, generator=torch.Generator())}
+    evaluate(model, (images, labels), attacks=attack, cache_dir=tmp_path / "b")
+    assert not list((tmp_path / "b").glob("*.pt"))

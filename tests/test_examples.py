@@ -568,3 +568,18 @@ def test_frontier_point_records_attack_settings_and_commit(tmp_path, monkeypatch
     text = m.protocol_text([old, record])
     assert "recorded for 1 of 2 points (not recorded for the other 1" in text and expected in text
     assert "not recorded for all 1 points" in m.protocol_text([old])
+
+
+def test_frontier_rejudge_plan_defaults_to_the_standard_preset_and_checks_before_recording(tmp_path):
+    """--plan rejudge runs under the standard preset unless told otherwise; a plan its preset
+    cannot report (worst-case rows under 'paper') is refused before settings.json is written, so
+    the corrected command is not refused as 'other settings'."""
+    m = example_module("frontier")
+    assert m.parse_args(["--plan", "rejudge"]).preset == "standard"
+    assert m.parse_args([]).preset == "paper"
+    bad = m.parse_args(["--plan", "rejudge", "--preset", "paper"])
+    with pytest.raises(SystemExit, match="--preset standard"):
+        m.check_settings(bad, tmp_path)
+    assert not (tmp_path / "settings.json").exists()
+    m.check_settings(m.parse_args(["--plan", "rejudge"]), tmp_path)
+    assert json.loads((tmp_path / "settings.json").read_text())["preset"] == "standard"

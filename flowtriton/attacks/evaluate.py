@@ -704,11 +704,15 @@ def evaluate(model, data, attacks=None, budgets=None, batch_size: int = 256, dev
             it with a flow within that budget (the L-inf box per flow component; the T-norm ball).
         cache_dir: a folder (created when missing) where each attack's per-example outcome is
             saved as it finishes (``<name>.pt``, written atomically); a later call with the same
-            folder, the same model weights, images, labels, attack settings and budgets reads it
+            folder, the same model (class, structure, weights), images, labels, attack settings,
+            budgets, preset, flowtriton version and commit, torch version and device reads it
             back instead of attacking again, so an interrupted evaluation resumes at the next
-            attack and gives the same result as an uninterrupted one. A saved outcome that differs
-            in any of these is attacked again (and overwritten). ``result.seconds`` holds each
-            attack's wall time, read back with the outcome.
+            attack. A saved outcome that differs in any of these is attacked again (and
+            overwritten). The result equals an uninterrupted run's when every attack is seeded
+            (``seed=``, as the presets' are): an unseeded attack draws from torch's global
+            generator, which an attack read back does not advance. An attack given a
+            ``generator`` is never cached (its state is not part of the key): it runs every time.
+            ``result.seconds`` holds each attack's wall time, read back with the outcome.
 
     Returns:
         An :class:`EvaluationResult`: rows (clean first, then per attack in the given order,
@@ -801,9 +805,12 @@ def evaluate(model, data, attacks=None, budgets=None, batch_size: int = 256, dev
     try:
         for name, attack in attacks.items():
             values = plans[name]
-            if cache_dir is not None:
-                key = {"fingerprint": fingerprint, "attack": protocol["attacks"][name],
-                       "preset": [protocol["preset"], protocol["version"]]}
+            cached = cache_dir is not None and getattr(attack, "generator", None) is None
+            if cached:
+                key = json.loads(json.dumps({  # plain JSON types: the file loads with weights_only
+                    "fingerprint": fingerprint, "attack": protocol["attacks"][name],
+                    "preset": [protocol["preset"], protocol["version"]], "library": protocol["library"],
+                    "torch": str(protocol["torch"]), "device": str(device)}))
                 saved = _read_cached(Path(cache_dir) / f"{name}.pt", key)
                 if saved is not None:
                     for store, part in ((robust, "robust"), (needed, "needed"), (tnorms, "tnorms")):
@@ -856,7 +863,7 @@ def evaluate(model, data, attacks=None, budgets=None, batch_size: int = 256, dev
                     norms[row_key(name, b)] = torch.cat(parts)
                     run_info[row_key(name, b)] = _run_info(attack, b)
             seconds[name] = round(time.perf_counter() - started, 3)
-            if cache_dir is not None:
+            if cached:
                 mine = [row_key(name, b) for b in flow_parts] if not attack.minimum_norm else [name]
                 state = {"key": key, "robust": robust[name], "seconds": seconds[name],
                          "norms": {k: norms[k] for k in mine}, "run_info": {k: run_info[k] for k in mine}}
@@ -872,10 +879,12 @@ def evaluate(model, data, attacks=None, budgets=None, batch_size: int = 256, dev
 
 
 def _fingerprint(model, batches) -> str:
-    """SHA-256 of the model's weights and buffers and of the examples: what a cached attack
-    outcome was computed on."""
+    """SHA-256 of the model (its class, its printed structure, its weights and buffers) and of the
+    examples: what a cached attack outcome was computed on."""
     digest = hashlib.sha256()
     module = _unwrapped(model)
+    kind = type(module)
+    digest.update(f"{kind.__module__}.{kind.__qualname__}\n{module!r}".encode())
     state = module.state_dict() if isinstance(module, torch.nn.Module) else {}
     for name, tensor in state.items():
         digest.update(name.encode())

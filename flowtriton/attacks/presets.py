@@ -155,7 +155,7 @@ def library_commit() -> dict:
     Returns:
         {'commit': ``git rev-parse HEAD`` of the checkout flowtriton is imported from, else
         'unknown'; 'uncommitted_changes': whether ``git status`` lists changes in the package
-        folder (True / False), 'unknown' without git}.
+        folder or, in a source checkout, in ``kernels/`` (True / False), 'unknown' without git}.
 
     Example:
         >>> from flowtriton.attacks import library_commit
@@ -172,7 +172,9 @@ def library_commit() -> dict:
                               timeout=10)
         if head.returncode == 0 and head.stdout.strip():
             out["commit"] = head.stdout.strip()
-            status = subprocess.run(["git", "-C", str(package), "status", "--porcelain", "--", "."],
+            # the package and, in a source checkout, the kernels installed as flowtriton.kernels
+            paths = ["."] + (["../kernels"] if (package.parent / "kernels").is_dir() else [])
+            status = subprocess.run(["git", "-C", str(package), "status", "--porcelain", "--", *paths],
                                     capture_output=True, text=True, timeout=30)
             if status.returncode == 0:
                 out["uncommitted_changes"] = bool(status.stdout.strip())
