@@ -311,12 +311,25 @@ def _train_and_attack(args, data, out: Path, point, tag: str, path: Path, images
         "preset": {"name": ev.protocol["preset"], "version": ev.protocol["version"]} if ev.protocol else None,
         "evaluation": ev.to_dict(masks=True),
     }
+    save_model(trainer, out / "models" / f"{tag}.pt")
     write_json(path, record)
     fa = record["featured_accuracy"]
     print(f"[frontier] {tag}: clean {fa['clean']:.3f}, " + ", ".join(f"{k} {v:.3f}" for k, v in fa.items()
                                                                        if k != "clean")
           + f"; training {record['fit_wall_s']:.0f} s, evaluation {sum(eval_s.values()):.0f} s", flush=True)
     return record
+
+
+def save_model(trainer, path: Path) -> None:
+    """A slim copy of the point's best checkpoint (weights, config, classes; no optimizer state,
+    about 0.8 MB for the small CNN), committed beside the points so that a later protocol can
+    attack the same models without retraining (``flowtriton.train.load_trained_model`` reads it)."""
+    from flowtriton.io import save_atomic
+
+    state = torch.load(Path(trainer.out_dir) / "best.pt", map_location="cpu", weights_only=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic({k: state[k] for k in ("model", "config", "classes", "in_channels", "best_epoch", "best_val_acc")
+                 if k in state}, path)
 
 
 def featured_accuracy(ev, featured: dict) -> dict:

@@ -304,6 +304,8 @@ def test_frontier_runs_points_resumes_per_attack_and_reports(tmp_path):
     assert len(summary["points"]) == 6 and summary["claims"] and summary["claims_detail"]
     assert all(isinstance(p["attack_settings"], dict) for p in summary["points"])
     _check_record(out, "frontier.py", 1)
+    models = sorted(p.stem for p in (out / "models").glob("*.pt"))  # slim copies of every point's best model
+    assert models == sorted(p.stem for p in (out / "points").glob("*.json")) and models
 
     # evaluation cut short after three attacks: only the missing attack runs again
     (out / "points" / "fgr-lam300-s1.json").unlink()
@@ -526,6 +528,7 @@ def test_frontier_point_records_attack_settings_and_commit(tmp_path, monkeypatch
     monkeypatch.setattr(m, "train_point", lambda *a: (trainer, result, {"fit_wall_s": 1.0, "fit_sessions": 1}))
     monkeypatch.setattr(m, "load_best", lambda t: model)
     monkeypatch.setattr(m, "eval_batch", lambda cfg, data, count, device: (images, labels))
+    monkeypatch.setattr(m, "save_model", lambda trainer, path: None)
     argv = ["--dataset", "mnist-subset", "--attack-size", "small", "--eval-subset", "3", "--no-progress",
             "--pgd-budgets", "0.05", "--tnorm-budgets", "1.0", "--out-dir", str(tmp_path)]
     args = m.parse_args(argv)
