@@ -791,7 +791,8 @@ def test_evaluate_inside_no_grad_and_refuses_inference_mode():
 def test_stadv_defaults_are_the_published_loss_with_a_tau_search():
     attack = StAdv(Linear())
     assert (attack.tau, attack.kappa, attack.optimizer, attack.steps, attack.lr) == (0.05, 0.0, "adam", 100, 0.05)
-    assert attack.search_steps == 5 and attack.warm_start and attack.padding_mode == "border"
+    assert attack.search_steps == 5 and not attack.warm_start and attack.padding_mode == "border"
+    assert attack.keep == "tnorm"
     fast = StAdv.preset("fast", Linear())  # the defaults before issue 20
     assert (fast.steps, fast.search_steps, fast.warm_start) == (20, 2, False)
 
@@ -1035,7 +1036,7 @@ def test_defaults_changed_only_where_documented():
     differ = sorted(k for k in pgd if pgd[k] != old[k])
     assert differ == ["keep", "loss", "random_start", "restarts", "schedule", "steps"]
     stadv, fast = StAdv(model).settings(), StAdv.preset("fast", model).settings()
-    assert sorted(k for k in stadv if stadv[k] != fast[k]) == ["search_steps", "steps", "warm_start"]
+    assert sorted(k for k in stadv if stadv[k] != fast[k]) == ["keep", "search_steps", "steps"]
     assert (fast["steps"], fast["search_steps"], fast["warm_start"]) == (20, 2, False)
     adef = ADef(model)
     assert (adef.candidates, adef.steps, adef.max_norm, adef.overshoot, adef.smooth) == ([1], 50, math.inf, 1.0, 0.0)
@@ -1096,7 +1097,7 @@ def test_evaluation_presets_are_fixed_and_versioned():
 
     model = TinyConv(classes=10)
     versions = {name: spec["version"] for name, spec in EVALUATION_PRESETS.items()}
-    assert versions == {"standard": 1, "paper": 1, "fast": 1}
+    assert versions == {"standard": 2, "paper": 1, "fast": 1}
     suite, budgets = preset_suite(model, "standard", 10)
     assert list(suite) == ["flowpgd", "random", "adef", "stadv", "rt"]
     assert budgets == {"flowpgd": [0.005, 0.01, 0.02, 0.04], "random": [0.005, 0.01, 0.02, 0.04],
@@ -1440,3 +1441,59 @@ def test_preset_attacks_declare_the_preset_budget_kinds():
             assert attack.budget_kind == kind
             assert attack.budget_units == (None if kind is None else BUDGET_UNITS[kind])
             assert (attack_name in plan) == (kind is not None)
+
+
+# -- StAdv: which successful flow is kept -------------------------------------------------------------
+def test_stadv_keep_smooth_is_the_old_behaviour_and_recorded():
+    model = Linear()
+    assert StAdv.preset("fast", model).settings()["keep"] == "smooth"
+    assert StAdv(model).settings()["keep"] == "tnorm"
+    assert StAdv.preset("standard", model).settings() == StAdv(model).settings()
+    x = blob_images(6, dtype=torch.float64)
+    blob = Blob(dtype=torch.float64, threshold=0.3)
+    labels = predictions(blob, x)
+    fast = StAdv.preset("fast", blob).run(x, labels)
+    smooth = StAdv(blob, steps=20, search_steps=2, warm_start=False, keep="smooth").run(x, labels)
+    for key in ("flow", "iterations", "success"):
+        assert torch.equal(getattr(fast, key), getattr(smooth, key))
+    assert torch.equal(fast.info["tau"], smooth.info["tau"])
+
+
+@pytest.mark.parametrize("settings", [dict(steps=30, search_steps=3, warm_start=True), dict(steps=30, search_steps=3),
+                                      dict(steps=8, search_steps=2, optimizer="lbfgs"),
+                                      dict(steps=30, search_steps=3, max_norm=0.4)])
+def test_stadv_keep_tnorm_keeps_no_larger_tnorm_with_the_same_success(settings):
+    x = torch.cat([blob_images(6, dtype=torch.float64), smooth_images(4, dtype=torch.float64)])
+    model = Blob(dtype=torch.float64, threshold=0.3)
+    labels = predictions(model, x)
+    smooth = StAdv(model, keep="smooth", **settings).run(x, labels)
+    small = StAdv(model, keep="tnorm", **settings).run(x, labels)
+    assert torch.equal(small.success, smooth.success) and small.success.any()
+    assert torch.all(small.tnorm <= smooth.tnorm + 1e-12)
+    assert torch.equal(small.iterations, smooth.iterations)
+    assert torch.equal(small.info["evaluations"], smooth.info["evaluations"])
+    torch.testing.assert_close(small.info["flow_loss"], flow_smoothness(small.flow))
+    assert torch.all(small.info["flow_loss"] >= smooth.info["flow_loss"] - 1e-9)  # the smoothest flow stays smoothest
+    if "max_norm" in settings:
+        assert torch.all(small.tnorm <= settings["max_norm"] + 1e-9)
+    # per example: the same as attacking each example alone
+    part = StAdv(model, keep="tnorm", **settings).run(x[[3, 0]], labels[[3, 0]])
+    torch.testing.assert_close(part.flow, small.flow[[3, 0]], atol=1e-9, rtol=1e-7)
+
+
+def test_stadv_keep_is_checked():
+    with pytest.raises(ValueError, match="keep.*'smallest'"):
+        StAdv(Linear(), keep="smallest")
+    with pytest.raises(ValueError, match="keep"):
+        StAdv.preset("fast", Linear(), keep=None)
+
+
+def test_standard_preset_version_2_runs_the_tnorm_keeping_stadv():
+    from flowtriton.attacks import EVALUATION_PRESETS, preset_suite
+
+    assert EVALUATION_PRESETS["standard"]["version"] == 2
+    assert (EVALUATION_PRESETS["paper"]["version"], EVALUATION_PRESETS["fast"]["version"]) == (1, 1)
+    model = Linear()
+    assert preset_suite(model, "standard")[0]["stadv"].keep == "tnorm"
+    for name in ("paper", "fast"):
+        assert preset_suite(model, name)[0]["stadv"].settings() == StAdv.preset("fast", model).settings()

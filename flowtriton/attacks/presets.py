@@ -62,15 +62,17 @@ def _fast(model, classes: int) -> dict:
 #: kind, as the attack's ``budget_kind`` says}, 'linf_budgets', 'tnorm_budgets', 'description'}.
 EVALUATION_PRESETS = {
     "standard": {
-        "version": 1, "build": _standard,
+        "version": 2, "build": _standard,
         "kinds": {"flowpgd": "linf", "random": "linf", "adef": "tnorm", "stadv": "tnorm", "rt": None},
         "linf_budgets": LINF_BUDGETS, "tnorm_budgets": TNORM_BUDGETS,
         "description": "flow L-inf: FlowPGD at its defaults (APGD schedule, cross-entropy and margin, a zero and a "
                        "random start each, best iterate) and RandomFlow (64 random flows on the box's faces, the "
                        "gradient-masking canary); flow T-norm: ADef (every label, 100 iterations, smooth 0.5, "
-                       "overshoot 1.2) and StAdv at its defaults (5 tau search steps x 100 Adam steps, warm "
-                       "starts); rotation + translation: the 5 x 5 x 5 grid (30 degrees, 3 px). Worst case per "
-                       "image at each budget over every attack whose successful flow lies within it.",
+                       "overshoot 1.2) and StAdv at its defaults (5 tau search steps x 100 Adam steps, "
+                       "each from zero flow, keeping per image the successful flow of smallest T-norm; version 1: "
+                       "warm starts and the smallest smoothness loss L_flow); rotation + translation: the 5 x 5 x 5 "
+                       "grid (30 degrees, 3 px). Worst case per image at each budget over every attack whose "
+                       "successful flow lies within it.",
     },
     "paper": {
         "version": 1, "build": _paper,
