@@ -40,6 +40,10 @@ and stAdv at 1 px and the preset's two worst cases there; WORST is both at once.
 
     python examples/frontier.py --dataset mnist --plan rejudge --out-dir runs/frontier-mnist-standard
 
+Each point keeps a slim copy of its best model (``models/<tag>.pt``). A point attacked under an
+older version of the folder's preset is attacked again on that model, not retrained (its record
+keeps the training results and lists the earlier evaluation under 'earlier_protocols').
+
 Everything resumes: an interrupted training continues from its ``last.pt``, an interrupted
 evaluation from its last finished attack. Several processes may work on one output folder: each
 point is locked while a process trains or attacks it (``ckpt/.<tag>.lock``), others skip it and
@@ -272,15 +276,53 @@ def run_point(args, data, out: Path, point, images_cache: dict) -> dict | None:
     earlier run left). None when another process holds the point's lock."""
     tag = point_tag(*point)
     path = out / "points" / f"{tag}.json"
-    if path.is_file():
+    if path.is_file() and not outdated(args, json.loads(path.read_text()), out, tag):
         return json.loads(path.read_text())
     with exclusive_lock(out / "ckpt" / f".{tag}.lock", wait=False) as mine:
         if not mine:
             print(f"[frontier] {tag}: another process is on it; next point", flush=True)
             return None
-        if path.is_file():  # finished by another process since the check above
-            return json.loads(path.read_text())
+        if path.is_file():  # finished by another process since the check above, or outdated
+            record = json.loads(path.read_text())
+            if not outdated(args, record, out, tag):
+                return record
+            return _attack_again(args, data, out, record, tag, path, images_cache)
         return _train_and_attack(args, data, out, point, tag, path, images_cache)
+
+
+def outdated(args, record: dict, out: Path, tag: str) -> bool:
+    """True when a finished point was attacked under an older version of the folder's preset and
+    its model is kept (``models/<tag>.pt``): the point is attacked again, not retrained."""
+    if args.preset == "paper" or not isinstance(record.get("preset"), dict):
+        return False
+    from flowtriton.attacks import EVALUATION_PRESETS
+
+    current = EVALUATION_PRESETS[args.preset]["version"]
+    return record["preset"].get("version") != current and (out / "models" / f"{tag}.pt").is_file()
+
+
+def _attack_again(args, data, out: Path, record: dict, tag: str, path: Path, images_cache: dict) -> dict:
+    """Attack a finished point's kept model under the current preset version; the record keeps its
+    training results and lists the summary of each earlier evaluation under 'earlier_protocols'."""
+    from flowtriton.train import load_trained_model
+
+    model, cfg, _ = load_trained_model(out / "models" / f"{tag}.pt", args.device)
+    if "images" not in images_cache:
+        images_cache["images"] = eval_batch(cfg, data, args.eval_subset, torch.device(args.device))
+    images, labels = images_cache["images"]
+    print(f"[frontier] {tag}: attacking its kept model again under preset {args.preset!r} "
+          f"(was version {record['preset'].get('version')})", flush=True)
+    ev, eval_s, settings = evaluate_point(args, model, images, labels, out / "ckpt" / tag / "eval",
+                                          data.train.num_classes)
+    featured = plan_spec(args)["featured"]
+    earlier = record.get("earlier_protocols", []) + [{k: record.get(k) for k in (
+        "preset", "library_commit", "eval_s", "featured_accuracy")}]
+    record.update({"featured": featured, "featured_accuracy": featured_accuracy(ev, featured),
+                   "attack_settings": settings, "library_commit": library_commit(), "eval_s": eval_s,
+                   "preset": {"name": ev.protocol["preset"], "version": ev.protocol["version"]},
+                   "evaluation": ev.to_dict(masks=True), "earlier_protocols": earlier})
+    write_json(path, record)
+    return record
 
 
 def _train_and_attack(args, data, out: Path, point, tag: str, path: Path, images_cache: dict) -> dict:

@@ -586,3 +586,29 @@ def test_frontier_rejudge_plan_defaults_to_the_standard_preset_and_checks_before
     assert not (tmp_path / "settings.json").exists()
     m.check_settings(m.parse_args(["--plan", "rejudge"]), tmp_path)
     assert json.loads((tmp_path / "settings.json").read_text())["preset"] == "standard"
+
+
+def test_frontier_attacks_a_point_of_an_older_preset_version_again_without_retraining(tmp_path):
+    """A finished point attacked under an older version of the folder's preset is attacked again on
+    its kept model (models/<tag>.pt): training results kept, the old summary under
+    'earlier_protocols', the new version recorded."""
+    out = tmp_path / "fr"
+    args = ["--dataset", "mnist-subset", "--plan", "rejudge", "--preset", "fast", "--methods", "standard",
+            "--seeds", "0", "--epochs", "1", "--milestones", "--max-steps-per-epoch", "2", "--val-size", "100",
+            "--eval-subset", "8", "--no-progress", "--out-dir", str(out)]
+    _run("frontier.py", *args, cwd=tmp_path)
+    path = out / "points" / "standard-s0.json"
+    first = json.loads(path.read_text())
+    assert first["preset"] == {"name": "fast", "version": 1} and (out / "models" / "standard-s0.pt").is_file()
+    first["preset"]["version"] = 0  # as if attacked under an earlier version of the preset
+    path.write_text(json.dumps(first))
+    sessions = (out / "ckpt" / "standard-s0" / "fit_sessions.json").read_text()
+    text = _run("frontier.py", *args, cwd=tmp_path)
+    assert "attacking its kept model again" in text
+    again = json.loads(path.read_text())
+    assert again["preset"] == {"name": "fast", "version": 1}
+    assert again["earlier_protocols"][0]["preset"]["version"] == 0
+    assert again["fit_wall_s"] == first["fit_wall_s"]
+    assert again["test_acc_full_test_set"] == first["test_acc_full_test_set"]
+    assert (out / "ckpt" / "standard-s0" / "fit_sessions.json").read_text() == sessions  # not trained again
+    assert again["evaluation"]["masks"]["clean"] == first["evaluation"]["masks"]["clean"]
