@@ -1097,11 +1097,13 @@ def test_evaluation_presets_are_fixed_and_versioned():
 
     model = TinyConv(classes=10)
     versions = {name: spec["version"] for name, spec in EVALUATION_PRESETS.items()}
-    assert versions == {"standard": 2, "paper": 1, "fast": 1}
+    assert versions == {"standard": 3, "paper": 1, "fast": 1}
     suite, budgets = preset_suite(model, "standard", 10)
-    assert list(suite) == ["flowpgd", "random", "adef", "stadv", "rt"]
+    assert list(suite) == ["flowpgd", "random", "adef", "stadv", "stadv-fast", "rt"]
     assert budgets == {"flowpgd": [0.005, 0.01, 0.02, 0.04], "random": [0.005, 0.01, 0.02, 0.04],
-                       "adef": [0.25, 0.5, 1.0, 2.0], "stadv": [0.25, 0.5, 1.0, 2.0]}
+                       "adef": [0.25, 0.5, 1.0, 2.0], "stadv": [0.25, 0.5, 1.0, 2.0],
+                       "stadv-fast": [0.25, 0.5, 1.0, 2.0]}
+    assert s_fast_is_the_cheap_stadv(suite["stadv-fast"], model)
     s = {name: attack.settings() for name, attack in suite.items()}
     assert s["flowpgd"] == {**FlowPGD(model, seed=0).settings()}  # FlowPGD's defaults, seeded
     assert (s["flowpgd"]["units"], s["flowpgd"]["norm"], s["flowpgd"]["seed"]) == ("normalized", "linf", 0)
@@ -1488,10 +1490,14 @@ def test_stadv_keep_is_checked():
         StAdv.preset("fast", Linear(), keep=None)
 
 
-def test_standard_preset_version_2_runs_the_tnorm_keeping_stadv():
+def s_fast_is_the_cheap_stadv(attack, model) -> bool:
+    return attack.settings() == StAdv.preset("fast", model).settings()
+
+
+def test_standard_preset_version_3_runs_the_tnorm_keeping_stadv_and_the_cheap_one():
     from flowtriton.attacks import EVALUATION_PRESETS, preset_suite
 
-    assert EVALUATION_PRESETS["standard"]["version"] == 2
+    assert EVALUATION_PRESETS["standard"]["version"] == 3
     assert (EVALUATION_PRESETS["paper"]["version"], EVALUATION_PRESETS["fast"]["version"]) == (1, 1)
     model = Linear()
     assert preset_suite(model, "standard")[0]["stadv"].keep == "tnorm"

@@ -220,6 +220,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, attacks=Non
             "budgets_given": {"pgd_budgets": pgd_budgets, "tnorm_budgets": tnorm_budgets},
             "units": {"flowpgd": "normalized (L-inf per flow component)", "random": "normalized (L-inf per flow "
                       "component)", "adef": "pixels (T-norm)", "stadv": "pixels (T-norm)",
+                      "stadv-fast": "pixels (T-norm)",
                       "union": "pixels (T-norm) where budgeted: the worst case per example over the attacks at that "
                       "budget; no budget: over every attack run",
                       "worst-case-linf": "normalized (L-inf per flow component): no attack's successful flow "
@@ -251,7 +252,8 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, attacks=Non
         if any(row.budget is not None for row in result.rows):
             plot_accuracy_vs_budget(curves_from(result, cfg.method), out / "accuracy_vs_budget.png",
                                     xlabel={"flowpgd": "eps (normalized)", "random": "eps (normalized)",
-                                            "adef": "T-norm (px)", "stadv": "T-norm (px)", "union": "T-norm (px)",
+                                            "adef": "T-norm (px)", "stadv": "T-norm (px)", "stadv-fast": "T-norm (px)",
+                                            "union": "T-norm (px)",
                                             "worst-case-linf": "eps (normalized)",
                                             "worst-case-tnorm": "T-norm (px)"})
         plot_gallery(gallery_rows(suite, images, labels, cfg.method), out / "gallery.png")
