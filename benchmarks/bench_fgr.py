@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import hbm_peak_gbps, parse_shape, results_dir, shown  # noqa: E402
+from common import device_timing_error, hbm_peak_gbps, parse_shape, results_dir, shown  # noqa: E402
 
 from flowtriton.models.resnet import BasicBlock  # noqa: E402
 from flowtriton.regularizers import DEFAULT_FGR_LAM  # noqa: E402
@@ -475,12 +475,9 @@ def main(argv=None) -> int:
     if args.case:
         return _child(args)
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: no CUDA device is visible; use --device cpu")
-        return 2
-    if args.timing == "device" and device.type != "cuda":
-        print("--timing device needs a CUDA device (device time is measured by replaying CUDA graphs); "
-              "on a CPU use --timing host")
+    problem = device_timing_error(device, args.timing)
+    if problem:
+        print(problem)
         return 2
     if args.timing == "both" and device.type != "cuda":
         print("table 2 device time: skipped (needs CUDA); host time only")

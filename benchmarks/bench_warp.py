@@ -49,8 +49,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (parse_shape, device_time_cuda_graph, environment, hbm_peak_gbps, host_enqueue_us,  # noqa: E402
-                    markdown_table, measure, measure_round_robin, results_dir, shown, write_results)
+from common import (parse_shape, device_time_cuda_graph, device_timing_error, environment, hbm_peak_gbps,  # noqa: E402
+                    host_enqueue_us, markdown_table, measure, measure_round_robin, results_dir, shown, write_results)
 
 import flowtriton  # noqa: E402
 from flowtriton import reference  # noqa: E402
@@ -173,12 +173,9 @@ def main(argv=None) -> int:
                         help="torch CPU threads (1 is steadier on a shared machine)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: no CUDA device is visible; use --device cpu")
-        return 2
-    if args.timing == "device" and device.type != "cuda":
-        print("--timing device needs a CUDA device (device time is measured by replaying CUDA graphs); "
-              "on a CPU use --timing host")
+    problem = device_timing_error(device, args.timing)
+    if problem:
+        print(problem)
         return 2
     device_timing = device.type == "cuda" and args.timing in ("both", "device")
     host_timing = args.timing in ("both", "host")

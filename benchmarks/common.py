@@ -213,3 +213,14 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
     if len(shape) != 4 or min(shape) < 1:
         raise argparse.ArgumentTypeError(f"shape must be NxCxHxW with positive sizes, got {text!r}")
     return shape
+
+
+def device_timing_error(device, timing: str) -> str | None:
+    """Why ``--device`` / ``--timing`` cannot run here (the message to print), or None: a CUDA
+    device that is not visible, or device time (CUDA-graph replay) asked for off CUDA."""
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "--device cuda: no CUDA device is visible; use --device cpu"
+    if timing == "device" and device.type != "cuda":
+        return ("--timing device needs a CUDA device (device time is measured by replaying CUDA graphs); "
+                "on a CPU use --timing host")
+    return None

@@ -314,13 +314,9 @@ def _attack_again(args, data, out: Path, record: dict, tag: str, path: Path, ima
           f"(was version {record['preset'].get('version')})", flush=True)
     ev, eval_s, settings = evaluate_point(args, model, images, labels, out / "ckpt" / tag / "eval",
                                           data.train.num_classes)
-    featured = plan_spec(args)["featured"]
     earlier = record.get("earlier_protocols", []) + [{k: record.get(k) for k in (
         "preset", "library_commit", "eval_s", "featured_accuracy")}]
-    record.update({"featured": featured, "featured_accuracy": featured_accuracy(ev, featured),
-                   "attack_settings": settings, "library_commit": library_commit(), "eval_s": eval_s,
-                   "preset": {"name": ev.protocol["preset"], "version": ev.protocol["version"]},
-                   "evaluation": ev.to_dict(masks=True), "earlier_protocols": earlier})
+    record.update({**evaluation_fields(args, ev, eval_s, settings), "earlier_protocols": earlier})
     write_json(path, record)
     return record
 
@@ -341,17 +337,13 @@ def _train_and_attack(args, data, out: Path, point, tag: str, path: Path, images
     ev, eval_s, settings = evaluate_point(args, model, images, labels, out / "ckpt" / tag / "eval",
                                           data.train.num_classes)
     n_train = len(data.train)
-    featured = plan_spec(args)["featured"]
     record = {
         "tag": tag, "method": method, "lam": lam, "at_eps": at_eps, "seed": seed, "dataset": args.dataset,
         "epochs": args.epochs, "best_epoch": res.best_epoch, "best_val_acc": res.best_val_acc,
         "val_acc_by_epoch": [h.get("val_acc") for h in res.history],
         "test_acc_full_test_set": res.test_acc, "train_images": n_train,
-        "train_step_s": train_step_seconds(res.history, n_train), **timing, "eval_s": eval_s,
-        "featured": featured, "featured_accuracy": featured_accuracy(ev, featured),
-        "attack_settings": settings, "library_commit": dict(library_commit()),
-        "preset": {"name": ev.protocol["preset"], "version": ev.protocol["version"]} if ev.protocol else None,
-        "evaluation": ev.to_dict(masks=True),
+        "train_step_s": train_step_seconds(res.history, n_train), **timing,
+        **evaluation_fields(args, ev, eval_s, settings),
     }
     save_model(trainer, out / "models" / f"{tag}.pt")
     write_json(path, record)
@@ -360,6 +352,15 @@ def _train_and_attack(args, data, out: Path, point, tag: str, path: Path, images
                                                                        if k != "clean")
           + f"; training {record['fit_wall_s']:.0f} s, evaluation {sum(eval_s.values()):.0f} s", flush=True)
     return record
+
+
+def evaluation_fields(args, ev, eval_s: dict, settings: dict) -> dict:
+    """The fields of a point's record that its evaluation sets (the rest come from training)."""
+    featured = plan_spec(args)["featured"]
+    return {"eval_s": eval_s, "featured": featured, "featured_accuracy": featured_accuracy(ev, featured),
+            "attack_settings": settings, "library_commit": dict(library_commit()),
+            "preset": {"name": ev.protocol["preset"], "version": ev.protocol["version"]} if ev.protocol else None,
+            "evaluation": ev.to_dict(masks=True)}
 
 
 def save_model(trainer, path: Path) -> None:
