@@ -69,7 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from _common import (RunRecord, default_data_dir, eval_batch, exclusive_lock, load_splits, md_table,  # noqa: E402
+from _common import (RunRecord, default_data_dir, eval_batch, exclusive_lock, load_splits, md_table, portable,  # noqa: E402
                      train_step_seconds, write_json, write_text_atomic)
 
 from flowtriton.attacks.presets import library_commit  # noqa: E402
@@ -371,8 +371,10 @@ def save_model(trainer, path: Path) -> None:
 
     state = torch.load(Path(trainer.out_dir) / "best.pt", map_location="cpu", weights_only=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic({k: state[k] for k in ("model", "config", "classes", "in_channels", "best_epoch", "best_val_acc")
-                 if k in state}, path)
+    slim = {k: state[k] for k in ("model", "config", "classes", "in_channels", "best_epoch", "best_val_acc")
+            if k in state}
+    slim["config"] = portable(slim["config"])  # no machine's absolute paths in a committed file
+    save_atomic(slim, path)
 
 
 def featured_accuracy(ev, featured: dict) -> dict:

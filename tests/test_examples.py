@@ -306,6 +306,10 @@ def test_frontier_runs_points_resumes_per_attack_and_reports(tmp_path):
     _check_record(out, "frontier.py", 1)
     models = sorted(p.stem for p in (out / "models").glob("*.pt"))  # slim copies of every point's best model
     assert models == sorted(p.stem for p in (out / "points").glob("*.json")) and models
+    import torch
+
+    kept = torch.load(out / "models" / f"{models[0]}.pt", map_location="cpu", weights_only=False)
+    assert not [v for v in kept["config"].values() if isinstance(v, str) and v.startswith("/")]  # portable paths
 
     # evaluation cut short after three attacks: only the missing attack runs again
     (out / "points" / "fgr-lam300-s1.json").unlink()
